@@ -1,0 +1,3 @@
+"""htsr: Heavy-Tailed Self-Regularization diagnostics from weights alone."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,159 @@
+"""The power-law fit of an eigenvalue spectrum (PL_Alpha_Hill, algorithms.md section 3).
+
+All functions take a 1-D float64 tensor of eigenvalues sorted ascending and work
+on whatever device it lives on. For a tail start index i (tail x_i..x_{N-1},
+n = N - i):
+
+    alpha(i) = 1 + n / sum_j ln(x_j / x_i)
+    D(i)     = max_k |1 - (x_{i+k} / x_i)^(1 - alpha(i)) - k / n|
+
+Candidates are scored in chunks of a [candidates, tail] matrix, so the exact
+O(N^2) scan runs as a few large tensor operations instead of a Python loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+KS_MIN_EIGENVALUE = 1e-5  # the `ks` method drops eigenvalues at or below this first
+EXACT_SCAN_LIMIT = 20_000  # above this many eigenvalues `ks` scores a candidate grid
+GRID_CANDIDATES = 2_000
+MEDIAN_XMIN_POS = 2.0
+PEAK_BINS = 100
+CHUNK_ELEMENTS = 1 << 22  # ~32 MB of float64 per temporary in the D scan
+
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    alpha: float
+    xmin: float
+    ks_distance: float
+    sigma: float
+    tail_size: int
+    candidates: str  # "exact" or "grid"
+
+
+def hill_alphas(x: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    """alpha(i) for each start index in `starts` (the Hill / maximum-likelihood estimate)."""
+    n_total = x.numel()
+    log_x = torch.log(x)
+    # suffix[i] = sum_{j >= i} ln x_j
+    suffix = torch.flip(torch.cumsum(torch.flip(log_x, (0,)), 0), (0,))
+    n = (n_total - starts).to(x.dtype)
+    log_sum = suffix[starts] - n * log_x[starts]
+    return 1.0 + n / log_sum
+
+
+def ks_distances(x: torch.Tensor, starts: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """D(i) for each start index; invalid candidates (alpha <= 1 or not finite) get 1."""
+    n_total = x.numel()
+    distances = torch.ones_like(alphas)
+    valid = torch.isfinite(alphas) & (alphas > 1.0)
+    if not bool(valid.any()):
+        return distances
+    starts_valid = starts[valid]
+    alphas_valid = alphas[valid]
+    out = torch.empty_like(alphas_valid)
+    first = int(starts_valid.min())
+    width = n_total - first
+    rows = max(1, CHUNK_ELEMENTS // max(width, 1))
+    for lo in range(0, starts_valid.numel(), rows):
+        s = starts_valid[lo : lo + rows]  # [B]
+        a = alphas_valid[lo : lo + rows]  # [B]
+        base = int(s.min())
+        tail = x[base:]  # [T], T = N - base
+        j = torch.arange(base, n_total, device=x.device)  # [T] absolute index
+        k = (j[None, :] - s[:, None]).to(x.dtype)  # [B, T] position inside each tail
+        n = (n_total - s).to(x.dtype)[:, None]  # [B, 1]
+        ratio = tail[None, :] / x[s][:, None]  # [B, T]
+        fitted_cdf = 1.0 - torch.pow(ratio, (1.0 - a)[:, None])
+        gap = torch.abs(fitted_cdf - k / n)
+        gap = torch.where(k >= 0, gap, torch.zeros((), dtype=x.dtype, device=x.device))
+        out[lo : lo + rows] = gap.amax(dim=1)
+    distances[valid] = out
+    return distances
+
+
+def _best_of(x: torch.Tensor, starts: torch.Tensor, candidates: str) -> PowerLawFit | None:
+    """Score the candidate start indices and keep the smallest D (first on ties)."""
+    if starts.numel() == 0:
+        return None
+    alphas = hill_alphas(x, starts)
+    distances = ks_distances(x, starts, alphas)
+    valid = torch.isfinite(alphas) & (alphas > 1.0)
+    if not bool(valid.any()):
+        return None
+    masked = torch.where(valid, distances, torch.full_like(distances, math.inf))
+    best = int(torch.argmin(masked))  # argmin returns the first minimum
+    i = int(starts[best])
+    n = x.numel() - i
+    alpha = float(alphas[best])
+    return PowerLawFit(
+        alpha=alpha,
+        xmin=float(x[i]),
+        ks_distance=float(distances[best]),
+        sigma=(alpha - 1.0) / math.sqrt(n),
+        tail_size=n,
+        candidates=candidates,
+    )
+
+
+def fit_ks(x: torch.Tensor) -> PowerLawFit | None:
+    """WeightWatcher's default: the xmin minimising the KS distance over all candidates."""
+    x = x[x > KS_MIN_EIGENVALUE]
+    n_total = x.numel()
+    if n_total < 2:
+        return None
+    if n_total <= EXACT_SCAN_LIMIT:
+        starts = torch.arange(0, n_total - 1, device=x.device)
+        return _best_of(x, starts, "exact")
+    # Quantile-spaced candidates: evenly spaced in sorted index.
+    grid = np.unique(np.round(np.linspace(0, n_total - 2, GRID_CANDIDATES)).astype(np.int64))
+    return _best_of(x, torch.as_tensor(grid, device=x.device), "grid")
+
+
+def fit_median(x: torch.Tensor, xmin_pos: float = MEDIAN_XMIN_POS) -> PowerLawFit | None:
+    """TempBalance's rule: xmin is the eigenvalue at index floor(N / xmin_pos)."""
+    n_total = x.numel()
+    i = int(n_total // xmin_pos)
+    if n_total < 2 or i > n_total - 2:
+        return None
+    return _best_of(x, torch.tensor([i], device=x.device), "exact")
+
+
+def peak_eigenvalue(x: torch.Tensor) -> float:
+    """10^(left edge of the fullest of 100 equal bins of log10 x, x > 0)."""
+    log_x = torch.log10(x[x > 0]).cpu().numpy()
+    counts, edges = np.histogram(log_x, bins=PEAK_BINS)
+    return float(10.0 ** edges[int(np.argmax(counts))])
+
+
+def fit_peak(x: torch.Tensor) -> PowerLawFit | None:
+    """AlphaPruning's rule: candidates up to 1.5x the spectrum's density peak.
+
+    The published lower bound compares x with log10(0.95 * peak), a log against a
+    linear value; it is kept as published (it rarely removes a candidate).
+    """
+    n_total = x.numel()
+    if n_total < 2 or not bool((x > 0).any()):
+        return None
+    peak = peak_eigenvalue(x)
+    head = x[: n_total - 1]
+    in_range = (head <= 1.5 * peak) & (head >= math.log10(0.95 * peak))
+    starts = torch.nonzero(in_range).flatten()
+    return _best_of(x, starts, "exact")
+
+
+def fit_power_law(x: torch.Tensor, method: str) -> PowerLawFit | None:
+    """Fit alpha with the named xmin method; None when no candidate is valid."""
+    if method == "ks":
+        return fit_ks(x)
+    if method == "median":
+        return fit_median(x)
+    if method == "peak":
+        return fit_peak(x)
+    raise ValueError(f"unknown xmin method {method!r}")

@@ -1,0 +1,234 @@
+"""The analysis result: one `LayerResult` per weight tensor, a summary, and the
+`htsr.report/1` JSON that other tools read.
+
+Everything downstream (tables, allocations, the gate, compare, plots) consumes
+a `Report`, whether it was just computed or read back from JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from htsr_cli.errors import HtsrError
+
+SCHEMA = "htsr.report/1"
+
+# Layer statuses.
+OK = "ok"
+SKIPPED = "skipped"
+FAILED = "failed"
+FIT_FAILED = "fit-failed"
+
+# Quality classes (algorithms.md section 4).
+QUALITY_CLASSES = ("ok", "under-trained", "over-trained", "unknown")
+
+METRIC_FIELDS = (
+    "num_evals",
+    "alpha",
+    "xmin",
+    "ks_distance",
+    "sigma",
+    "tail_size",
+    "lambda_max",
+    "log_spectral_norm",
+    "log_norm",
+    "stable_rank",
+    "alpha_weighted",
+    "log_alpha_norm",
+    "entropy",
+    "quality",
+)
+FARMS_FIELDS = ("alpha_farms", "xmin_farms", "ks_distance_farms", "farms_windows", "farms_num_evals")
+
+
+def quality_of(alpha: float | None) -> str:
+    if alpha is None:
+        return "unknown"
+    if alpha < 2.0:
+        return "over-trained"
+    if alpha > 6.0:
+        return "under-trained"
+    return "ok"
+
+
+@dataclass
+class LayerResult:
+    """One weight tensor: identity, status, and (when analysed) its metrics."""
+
+    name: str
+    tensor: str
+    kind: str
+    shape: list[int]
+    block: str | None
+    params: int
+    status: str = OK
+    reason: str | None = None
+    num_evals: int | None = None
+    alpha: float | None = None
+    xmin: float | None = None
+    ks_distance: float | None = None
+    sigma: float | None = None
+    tail_size: int | None = None
+    lambda_max: float | None = None
+    log_spectral_norm: float | None = None
+    log_norm: float | None = None
+    stable_rank: float | None = None
+    alpha_weighted: float | None = None
+    log_alpha_norm: float | None = None
+    entropy: float | None = None
+    quality: str | None = None
+    alpha_farms: float | None = None
+    xmin_farms: float | None = None
+    ks_distance_farms: float | None = None
+    farms_windows: int | None = None
+    farms_num_evals: int | None = None
+
+    @property
+    def analysed(self) -> bool:
+        """True when the layer has an eigenvalue spectrum (a fit may still have failed)."""
+        return self.status in (OK, FIT_FAILED)
+
+    def metric(self, name: str) -> float | None:
+        return getattr(self, name)
+
+    def to_json(self, with_farms: bool) -> dict[str, Any]:
+        data = asdict(self)
+        if not with_farms:
+            for key in FARMS_FIELDS:
+                data.pop(key)
+        return data
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def summarize(layers: list[LayerResult], seconds: float, with_farms: bool) -> dict[str, Any]:
+    """The model summary (algorithms.md section 4)."""
+    fitted = [layer for layer in layers if layer.alpha is not None]
+    alphas = [layer.alpha for layer in fitted]
+    weights = [layer.params for layer in fitted]
+    counts = {quality: 0 for quality in QUALITY_CLASSES}
+    for layer in layers:
+        if layer.analysed:
+            counts[layer.quality or "unknown"] += 1
+    summary: dict[str, Any] = {
+        "layers": len(layers),
+        "analyzed": sum(1 for layer in layers if layer.status == OK),
+        "skipped": sum(1 for layer in layers if layer.status == SKIPPED),
+        "failed": sum(1 for layer in layers if layer.status in (FAILED, FIT_FAILED)),
+        "mean_alpha": _mean(alphas),
+        "median_alpha": statistics.median(alphas) if alphas else None,
+        "weighted_alpha": (
+            sum(a * w for a, w in zip(alphas, weights)) / sum(weights) if fitted else None
+        ),
+        "mean_alpha_weighted": _mean(
+            [layer.alpha_weighted for layer in fitted if layer.alpha_weighted is not None]
+        ),
+        "quality_counts": counts,
+        "seconds": round(seconds, 3),
+    }
+    if with_farms:
+        farms = [layer for layer in layers if layer.alpha_farms is not None]
+        farms_alphas = [layer.alpha_farms for layer in farms]
+        summary["mean_alpha_farms"] = _mean(farms_alphas)
+        summary["median_alpha_farms"] = statistics.median(farms_alphas) if farms_alphas else None
+        summary["weighted_alpha_farms"] = (
+            sum(layer.alpha_farms * layer.params for layer in farms)
+            / sum(layer.params for layer in farms)
+            if farms
+            else None
+        )
+        summary["quality_counts_farms"] = {
+            quality: sum(1 for layer in layers if layer.analysed and quality_of(layer.alpha_farms) == quality)
+            for quality in QUALITY_CLASSES
+        }
+    return summary
+
+
+@dataclass
+class Report:
+    """A whole analysis: what was analysed, how, and the per-layer results."""
+
+    checkpoint: str
+    settings: dict[str, Any]
+    layers: list[LayerResult]
+    summary: dict[str, Any]
+    htsr_version: str = field(default="")
+
+    @property
+    def has_farms(self) -> bool:
+        return bool(self.settings.get("farms"))
+
+    def layer(self, name: str) -> LayerResult | None:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "htsr_version": self.htsr_version,
+            "checkpoint": self.checkpoint,
+            "settings": self.settings,
+            "layers": [layer.to_json(self.has_farms) for layer in self.layers],
+            "summary": self.summary,
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(_finite_or_null(self.to_json()), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = "report") -> "Report":
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+            raise HtsrError(f"{source}: not an {SCHEMA} report (schema is {found!r})")
+        known = {f.name for f in fields(LayerResult)}
+        try:
+            layers = [
+                LayerResult(**{key: value for key, value in entry.items() if key in known})
+                for entry in data["layers"]
+            ]
+            return cls(
+                checkpoint=data["checkpoint"],
+                settings=data["settings"],
+                layers=layers,
+                summary=data["summary"],
+                htsr_version=data.get("htsr_version", ""),
+            )
+        except (KeyError, TypeError) as error:
+            raise HtsrError(f"{source}: malformed {SCHEMA} report ({error})") from None
+
+
+def load_report(path: str | Path) -> Report:
+    """Read a saved `htsr.report/1` JSON file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HtsrError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise HtsrError(f"{path}: cannot read report JSON ({error})") from None
+    return Report.from_json(data, source=str(path))
+
+
+def is_report_file(path: str | Path) -> bool:
+    """True for a JSON file that declares itself an htsr report (cheap check on the suffix)."""
+    return str(path).endswith(".json") and Path(path).is_file()
+
+
+def _finite_or_null(value: Any) -> Any:
+    """JSON has no NaN/Inf: write them as null so strict parsers accept the file."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(item) for item in value]
+    return value

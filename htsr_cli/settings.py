@@ -1,0 +1,72 @@
+"""Typed settings, created once at the edge (CLI or library call) and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from htsr_cli.errors import HtsrError
+
+XminMethod = Literal["ks", "median", "peak"]
+XMIN_METHODS: tuple[str, ...] = ("ks", "median", "peak")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+PRECISIONS: tuple[str, ...] = ("float64", "float32")
+
+
+@dataclass(frozen=True)
+class FarmsSettings:
+    """Fixed-aspect-ratio matrix subsampling (algorithms.md section 5)."""
+
+    window: int = 2000
+    q: float = 1.0
+    steps: int = 10
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise HtsrError(f"--farms-window must be at least 1, got {self.window}")
+        if not self.q > 0:
+            raise HtsrError(f"--farms-q must be positive, got {self.q}")
+        if self.steps < 2:
+            raise HtsrError(
+                f"--farms-steps must be at least 2 (windows per dimension), got {self.steps}"
+            )
+
+
+@dataclass(frozen=True)
+class AnalyzeSettings:
+    """Everything that changes the numbers `analyze` reports."""
+
+    xmin: str = "ks"
+    farms: FarmsSettings | None = None
+    device: str = "auto"
+    precision: str = "float64"
+    conv_scale: float = 1.0
+    min_evals: int = 10
+    layers: str | None = None  # regex on the module name or tensor key
+
+    def __post_init__(self) -> None:
+        if self.xmin not in XMIN_METHODS:
+            raise HtsrError(f"--xmin must be one of {', '.join(XMIN_METHODS)}, got {self.xmin!r}")
+        if self.device not in DEVICES:
+            raise HtsrError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise HtsrError(
+                f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
+        if not self.conv_scale > 0:
+            raise HtsrError(f"--conv-scale must be positive, got {self.conv_scale}")
+        if self.min_evals < 2:
+            raise HtsrError(f"--min-evals must be at least 2, got {self.min_evals}")
+
+    def to_json(self, device_used: str, xmin_candidates: str) -> dict:
+        """The `settings` object of the htsr.report/1 JSON."""
+        return {
+            "xmin": self.xmin,
+            "xmin_candidates": xmin_candidates,
+            "farms": asdict(self.farms) if self.farms else None,
+            "device": device_used,
+            "precision": self.precision,
+            "conv_scale": self.conv_scale,
+            "min_evals": self.min_evals,
+            "layers": self.layers,
+        }
