@@ -8,13 +8,13 @@ a `Report`, whether it was just computed or read back from JSON.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from htsr_cli.errors import HtsrError
+from htsr_cli.outputs import dumps_json
 
 SCHEMA = "htsr.report/1"
 
@@ -160,6 +160,8 @@ class Report:
     layers: list[LayerResult]
     summary: dict[str, Any]
     htsr_version: str = field(default="")
+    # name -> LayerSpectra, filled only by analyze(..., keep_spectra=True); never serialised.
+    spectra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def has_farms(self) -> bool:
@@ -182,7 +184,7 @@ class Report:
         }
 
     def dumps(self) -> str:
-        return json.dumps(_finite_or_null(self.to_json()), indent=2) + "\n"
+        return dumps_json(self.to_json())
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str = "report") -> "Report":
@@ -222,13 +224,3 @@ def is_report_file(path: str | Path) -> bool:
     """True for a JSON file that declares itself an htsr report (cheap check on the suffix)."""
     return str(path).endswith(".json") and Path(path).is_file()
 
-
-def _finite_or_null(value: Any) -> Any:
-    """JSON has no NaN/Inf: write them as null so strict parsers accept the file."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite_or_null(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite_or_null(item) for item in value]
-    return value

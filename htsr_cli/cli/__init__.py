@@ -1,0 +1,1 @@
+"""The `htsr` command line: a thin shell over the library API, one module per command."""

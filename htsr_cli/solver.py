@@ -1,0 +1,68 @@
+"""Eigenvalues of W^T W: the only module that knows about devices and precision.
+
+The spectrum of a rows x cols slice is computed from the Gram matrix of its
+short side (W^T W when rows >= cols, else W W^T) with a batched symmetric
+eigensolver. There is no 1/N normalisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from htsr_cli.errors import HtsrError
+
+# Bytes of Gram matrices per batched eigvalsh call; bounds memory for large stacks.
+GRAM_BUDGET_BYTES = 256 << 20
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise HtsrError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Eigensolver:
+    device: torch.device
+    dtype: torch.dtype = torch.float64
+
+    @classmethod
+    def create(cls, device: str = "auto", precision: str = "float64") -> "Eigensolver":
+        return cls(resolve_device(device), torch.float64 if precision == "float64" else torch.float32)
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Move a stored tensor to the solver's device and precision, copying at most once."""
+        if tensor.device != self.device and self.device.type == "cuda":
+            # Transfer in the stored (usually narrower) dtype, upcast on the GPU.
+            tensor = tensor.to(self.device, non_blocking=True)
+        return tensor.to(device=self.device, dtype=self.dtype)
+
+    def gram_eigenvalues(self, slices: torch.Tensor) -> torch.Tensor:
+        """Eigenvalues of each slice's short-side Gram matrix.
+
+        slices: [B, rows, cols] -> [B, min(rows, cols)], ascending, clamped at 0.
+        """
+        slices = self.to_device(slices)
+        batch, rows, cols = slices.shape
+        side = min(rows, cols)
+        per_gram = side * side * slices.element_size()
+        chunk = max(1, GRAM_BUDGET_BYTES // max(per_gram, 1))
+        parts = []
+        for lo in range(0, batch, chunk):
+            part = slices[lo : lo + chunk]
+            gram = part.mT @ part if rows >= cols else part @ part.mT  # [b, side, side]
+            parts.append(torch.linalg.eigvalsh(gram))
+            del gram
+        values = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return values.clamp_min_(0.0)
+
+    def pooled_eigenvalues(self, slices: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """All slices' eigenvalues pooled into one sorted 1-D ESD (times `scale`)."""
+        values = self.gram_eigenvalues(slices).flatten()
+        if scale != 1.0:
+            values = values * scale
+        return torch.sort(values).values
