@@ -1,3 +1,37 @@
-"""htsr: Heavy-Tailed Self-Regularization diagnostics from weights alone."""
+"""htsr: Heavy-Tailed Self-Regularization diagnostics from weights alone.
+
+    import htsr_cli
+    report = htsr_cli.analyze("model.safetensors", xmin="ks")
+    report = htsr_cli.analyze(my_module, farms=htsr_cli.FarmsSettings())
+    print(report.summary["mean_alpha"])
+
+Names are resolved lazily so that `htsr --version` and `import htsr_cli`
+do not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "analyze": "htsr_cli.analysis",
+    "LayerSpectra": "htsr_cli.analysis",
+    "AnalyzeSettings": "htsr_cli.settings",
+    "FarmsSettings": "htsr_cli.settings",
+    "Report": "htsr_cli.report",
+    "LayerResult": "htsr_cli.report",
+    "load_report": "htsr_cli.report",
+    "HtsrError": "htsr_cli.errors",
+    "open_checkpoint": "htsr_cli.checkpoints",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'htsr_cli' has no attribute {name!r}")

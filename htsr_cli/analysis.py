@@ -90,6 +90,7 @@ def _prefetched(
             if error is not None:
                 raise error
             yield spec, slices
+            slices = None  # the consumer is done with it: do not pin it while fetching the next
     finally:
         stop.set()
         while loader.is_alive():  # unblock a loader waiting on a full queue

