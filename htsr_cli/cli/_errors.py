@@ -1,37 +1,60 @@
-"""The single error funnel: a user's mistake becomes one line on stderr and exit code 2."""
+"""The single error funnel: a user's mistake becomes one line on stderr and exit code 2.
+
+Two kinds of mistakes reach it: `HtsrError` raised by the library (a missing
+file, a bad regex, an out-of-range value) and click's usage errors (an unknown
+option, a value outside a choice). Both print `htsr: error: ...` and exit 2.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
-import click
+import typer
 from typer.core import TyperGroup
 
 from htsr_cli.errors import HtsrError
+
 
 USAGE_ERROR = 2
 
 
 def report_error(message: str) -> None:
-    first_line = str(message).strip().splitlines()[0] if str(message).strip() else "unknown error"
-    click.echo(f"htsr: error: {first_line}", err=True)
+    lines = str(message).strip().splitlines()
+    typer.echo(f"htsr: error: {lines[0] if lines else 'unknown error'}", err=True)
+
+
+def _debugging(ctx: typer.Context | None) -> bool:
+    root = ctx.find_root() if ctx is not None else None
+    return bool(os.environ.get("HTSR_DEBUG") or (root is not None and root.params.get("debug")))
 
 
 class FunnelGroup(TyperGroup):
-    """Runs a command and turns `HtsrError` (and a few OS errors on user paths) into exit 2.
+    """The root command group; `--debug` (or HTSR_DEBUG=1) lets tracebacks through."""
 
-    `--debug` on the root command, or HTSR_DEBUG=1, lets the traceback through.
-    """
-
-    def invoke(self, ctx: click.Context):  # type: ignore[override]
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except HtsrError as error:
-            if ctx.params.get("debug") or os.environ.get("HTSR_DEBUG"):
+            if _debugging(ctx):
                 raise
             report_error(str(error))
-            sys.exit(USAGE_ERROR)
-        except KeyboardInterrupt:
-            click.echo("htsr: interrupted", err=True)
-            sys.exit(130)
+            raise typer.Exit(USAGE_ERROR) from None
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+            code = result if isinstance(result, int) else 0
+        except typer.Exit as exit_:
+            code = exit_.exit_code
+        except typer.TyperException as error:  # typer's own click usage errors
+            command = error.ctx.command_path if getattr(error, "ctx", None) else "htsr"
+            report_error(f"{error.format_message()} (see '{command} --help')")
+            code = getattr(error, "exit_code", USAGE_ERROR)
+        except (typer.Abort, KeyboardInterrupt):
+            typer.echo("htsr: interrupted", err=True)
+            code = 130
+        if standalone_mode:
+            sys.exit(code)
+        return code

@@ -8,7 +8,8 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -34,6 +35,7 @@ from htsr_cli.cli._options import (
 from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress
 from htsr_cli.report_views import report_csv, report_markdown, report_table
 from htsr_cli.settings import AnalyzeSettings, FarmsSettings
+from htsr_cli.spectra_file import save_spectra
 
 
 class ReportFormat(str, Enum):
@@ -74,13 +76,17 @@ def analyze(
     farms_steps: FarmsStepsOpt = 10,
     precision: PrecisionOpt = Precision.float64,
     quiet: QuietOpt = False,
+    plots: Annotated[Optional[Path], typer.Option("--plots", help="Write one ESD plot per analysed layer and overview.png into this directory.", file_okay=False)] = None,
+    spectra_file: Annotated[Optional[Path], typer.Option("--save-spectra", help="Save every layer's eigenvalues (safetensors) for `htsr report`.", dir_okay=False)] = None,
 ) -> None:
     """Fit the power-law exponent alpha of every weight matrix's eigenvalue spectrum."""
     settings = settings_from_options(
         xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers
     )
     with layer_progress(quiet) as progress:
-        report = run_analysis(checkpoint, settings, progress=progress)
+        report = run_analysis(
+            checkpoint, settings, progress=progress, keep_spectra=plots is not None or spectra_file is not None
+        )
     if output_format is ReportFormat.table:
         emit_renderable(report_table(report), output)
     elif output_format is ReportFormat.json:
@@ -89,3 +95,9 @@ def analyze(
         emit_text(report_csv(report), output)
     else:
         emit_text(report_markdown(report), output)
+    if spectra_file is not None:
+        save_spectra(spectra_file, report.spectra)
+    if plots is not None:
+        from htsr_cli.plots import write_plots  # matplotlib loads only when drawing
+
+        write_plots(report, plots)

@@ -1,0 +1,113 @@
+"""htsr compare: per-layer alpha before (A) and after (B), largest change first.
+
+    htsr compare base.safetensors finetuned.safetensors
+    htsr compare main-report.json pr-report.json --format markdown
+    htsr compare base.pth pruned.pth --metric alpha_farms --farms --format json -o deltas.json
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+from rich.console import Group
+from rich.text import Text
+
+from htsr_cli.cli._options import (
+    ConvScaleOpt,
+    Device,
+    DeviceOpt,
+    FarmsOpt,
+    FarmsQOpt,
+    FarmsStepsOpt,
+    FarmsWindowOpt,
+    LayersOpt,
+    MinEvalsOpt,
+    OutputOpt,
+    Precision,
+    PrecisionOpt,
+    QuietOpt,
+    Xmin,
+    XminOpt,
+)
+from htsr_cli.cli._output import emit_renderable, emit_text
+from htsr_cli.cli._reports import CheckpointOrReportArg, Metric, report_from
+from htsr_cli.cli.analyze import settings_from_options
+from htsr_cli.compare import Comparison, compare_reports
+from htsr_cli.outputs import Column, dumps_json, format_cell, to_csv, to_markdown, to_rich_table
+
+
+class CompareFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+    markdown = "markdown"
+
+
+def _columns(metric: str) -> list[Column]:
+    return [
+        Column("name", "layer", justify="left"),
+        Column("before", f"{metric} A", 3),
+        Column("after", f"{metric} B", 3),
+        Column("delta", "delta", 3),
+        Column("status", "status", justify="left"),
+    ]
+
+
+def summary_line(comparison: Comparison) -> str:
+    s = comparison.summary()
+    largest = s["largest_change"]
+    parts = [
+        f"{s['layers_compared']} layers compared",
+        f"mean {comparison.metric} {format_cell(s['mean_before'], 3)} -> {format_cell(s['mean_after'], 3)}",
+        f"mean delta {format_cell(s['mean_delta'], 3)}",
+        f"mean |delta| {format_cell(s['mean_abs_delta'], 3)}",
+        f"largest {largest['name']} {largest['delta']:+.3f}" if largest else "largest -",
+        f"{s['only_in_a']} only in A, {s['only_in_b']} only in B, {s['without_value']} without a value",
+    ]
+    return " | ".join(parts)
+
+
+def _notes(comparison: Comparison) -> list[str]:
+    notes = [f"A = {comparison.a}", f"B = {comparison.b}"]
+    if comparison.settings_differences:
+        notes.append("analysis settings differ: " + "; ".join(comparison.settings_differences))
+    return notes
+
+
+def compare(
+    a: CheckpointOrReportArg,
+    b: CheckpointOrReportArg,
+    metric: Annotated[Metric, typer.Option("--metric", help="Which alpha to compare (alpha_farms needs --farms or FARMS reports).")] = Metric.alpha,
+    output_format: Annotated[CompareFormat, typer.Option("--format", "-f", help="Output format.")] = CompareFormat.table,
+    output: OutputOpt = None,
+    farms: FarmsOpt = False,
+    xmin: XminOpt = Xmin.ks,
+    layers: LayersOpt = None,
+    device: DeviceOpt = Device.auto,
+    min_evals: MinEvalsOpt = 10,
+    conv_scale: ConvScaleOpt = 1.0,
+    farms_window: FarmsWindowOpt = 2000,
+    farms_q: FarmsQOpt = 1.0,
+    farms_steps: FarmsStepsOpt = 10,
+    precision: PrecisionOpt = Precision.float64,
+    quiet: QuietOpt = False,
+) -> None:
+    """Per-layer delta (B - A) of alpha between two checkpoints or reports, matched by layer name."""
+    settings = settings_from_options(
+        xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers
+    )
+    comparison = compare_reports(report_from(a, settings, quiet), report_from(b, settings, quiet), metric.value)
+    columns = _columns(comparison.metric)
+    rows = [layer.to_json() for layer in comparison.layers]
+    if output_format is CompareFormat.table:
+        table = to_rich_table(columns, rows, title=f"htsr compare ({comparison.metric})", caption="\n".join(_notes(comparison)))
+        emit_renderable(Group(table, Text(summary_line(comparison), style="bold")), output)
+    elif output_format is CompareFormat.json:
+        emit_text(dumps_json(comparison.to_json()), output)
+    elif output_format is CompareFormat.csv:
+        emit_text(to_csv(columns, rows), output)
+    else:
+        notes = "".join(f"- {note}\n" for note in _notes(comparison))
+        emit_text(f"## htsr compare ({comparison.metric})\n\n{notes}\n{to_markdown(columns, rows)}\n{summary_line(comparison)}\n", output)

@@ -1,0 +1,133 @@
+"""htsr gate: pass/fail HT-SR rules for CI (exit 0 pass, 1 a rule violated, 2 usage or input error).
+
+    htsr gate model.safetensors
+    htsr gate report.json --alpha-max 5 --max-flagged 2 --junit htsr-junit.xml
+    htsr gate model.safetensors --baseline main-report.json --max-alpha-drift 0.5 --format github
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from htsr_cli.cli._options import (
+    ConvScaleOpt,
+    Device,
+    DeviceOpt,
+    FarmsOpt,
+    FarmsQOpt,
+    FarmsStepsOpt,
+    FarmsWindowOpt,
+    LayersOpt,
+    MinEvalsOpt,
+    Precision,
+    PrecisionOpt,
+    QuietOpt,
+    Xmin,
+    XminOpt,
+)
+from htsr_cli.cli._output import emit_renderable, emit_text
+from htsr_cli.cli._reports import CheckpointOrReportArg, Metric, report_from
+from htsr_cli.cli.analyze import settings_from_options
+from htsr_cli.errors import HtsrError
+from htsr_cli.gate.config import parse_max_flagged, resolve_config
+from htsr_cli.gate.formats import gate_github, gate_json, gate_markdown, gate_text
+from htsr_cli.gate.junit import gate_junit
+from htsr_cli.gate.rules import check_baseline_use, evaluate
+from htsr_cli.io import write_atomic
+from htsr_cli.outputs import dumps_json
+from htsr_cli.report import is_report_file
+
+class GateFormat(str, Enum):
+    text = "text"
+    json = "json"
+    github = "github"
+    markdown = "markdown"
+
+
+def append_step_summary(markdown: str) -> None:
+    """GitHub Actions shows $GITHUB_STEP_SUMMARY on the run page; other steps write to it too, so append."""
+    path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not path:
+        return
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(markdown + "\n")
+    except OSError as error:
+        raise HtsrError(f"GITHUB_STEP_SUMMARY {path}: cannot append the summary ({error.strerror})") from None
+
+
+def gate(
+    source: CheckpointOrReportArg,
+    config: Annotated[Optional[Path], typer.Option("--config", help="A TOML file with a [tool.htsr.gate] table (e.g. a pyproject.toml).", dir_okay=False)] = None,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Report JSON (or checkpoint) that max_alpha_drift measures against.")] = None,
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="Also write a JUnit XML file: one testcase per rule and layer.", dir_okay=False)] = None,
+    output_format: Annotated[GateFormat, typer.Option("--format", "-f", help="text for people, json (htsr.gate/1), github (workflow annotations), markdown.")] = GateFormat.text,
+    metric: Annotated[Optional[Metric], typer.Option("--metric", help="Which alpha the rules read [config: metric; default alpha].", show_default=False)] = None,
+    alpha_min: Annotated[Optional[float], typer.Option("--alpha-min", help="Lowest allowed alpha per layer [config: alpha_min].")] = None,
+    alpha_max: Annotated[Optional[float], typer.Option("--alpha-max", help="Highest allowed alpha per layer [config: alpha_max].")] = None,
+    max_flagged: Annotated[Optional[str], typer.Option("--max-flagged", help="Layers allowed outside [alpha-min, alpha-max]: a count (3) or a fraction (0.1) [config: max_flagged].")] = None,
+    mean_alpha_max: Annotated[Optional[float], typer.Option("--mean-alpha-max", help="Highest allowed mean alpha [config: mean_alpha_max].")] = None,
+    max_alpha_drift: Annotated[Optional[float], typer.Option("--max-alpha-drift", help="Largest allowed |alpha - baseline alpha| per layer; needs --baseline [config: max_alpha_drift].")] = None,
+    require_layers: Annotated[Optional[bool], typer.Option("--require-layers/--no-require-layers", help="Fail on any skipped or failed layer [config: require_layers].", show_default=False)] = None,
+    farms: FarmsOpt = False,
+    xmin: XminOpt = Xmin.ks,
+    layers: LayersOpt = None,
+    device: DeviceOpt = Device.auto,
+    min_evals: MinEvalsOpt = 10,
+    conv_scale: ConvScaleOpt = 1.0,
+    farms_window: FarmsWindowOpt = 2000,
+    farms_q: FarmsQOpt = 1.0,
+    farms_steps: FarmsStepsOpt = 10,
+    precision: PrecisionOpt = Precision.float64,
+    quiet: QuietOpt = False,
+) -> None:
+    """Check HT-SR rules on a checkpoint or a saved report and exit 1 if any is violated.
+
+    Rules come from [tool.htsr.gate] in the nearest pyproject.toml (searched from
+    the current directory up) or --config, and flags override them. Keys: metric,
+    alpha_min, alpha_max, max_flagged, mean_alpha_max, max_alpha_drift,
+    require_layers. With no rule configured, the gate applies max_flagged = 0.1:
+    at most 10% of the layers may have alpha outside the quality band [2, 6].
+    alpha_min/alpha_max alone fail every layer outside them; with max_flagged they
+    only set the band it counts. max_alpha_drift compares each layer with
+    --baseline by name (a layer that lost its alpha fails; a layer on one side
+    only is a warning). When GITHUB_STEP_SUMMARY is set, a markdown summary is
+    appended to it.
+    """
+    overrides = {
+        "metric": metric.value if metric else None,
+        "alpha_min": alpha_min,
+        "alpha_max": alpha_max,
+        "max_flagged": parse_max_flagged(max_flagged) if max_flagged is not None else None,
+        "mean_alpha_max": mean_alpha_max,
+        "max_alpha_drift": max_alpha_drift,
+        "require_layers": require_layers,
+    }
+    rules = resolve_config(config, Path.cwd(), overrides)
+    check_baseline_use(rules, baseline is not None)  # before a possibly long analysis
+    if rules.metric == "alpha_farms" and not farms and not is_report_file(source):
+        raise HtsrError("metric alpha_farms needs FARMS alphas: add --farms to analyse the checkpoint with FARMS")
+    settings = settings_from_options(
+        xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers
+    )
+    report = report_from(source, settings, quiet)
+    reference = report_from(baseline, settings, quiet) if baseline is not None else None
+    result = evaluate(report, rules, reference)
+    if junit is not None:
+        write_atomic(junit, gate_junit(result))
+    append_step_summary(gate_markdown(result))
+    if output_format is GateFormat.text:
+        emit_renderable(gate_text(result), None)
+    elif output_format is GateFormat.json:
+        emit_text(dumps_json(gate_json(result)), None)
+    elif output_format is GateFormat.github:
+        emit_text(gate_github(result), None)
+    else:
+        emit_text(gate_markdown(result), None)
+    if not result.passed:
+        raise typer.Exit(1)

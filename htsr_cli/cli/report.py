@@ -1,0 +1,103 @@
+"""htsr report: one self-contained HTML file with the summary, plots and a sortable layer table.
+
+    htsr report ./my-hf-model -o report.html
+    htsr analyze ./my-hf-model -f json -o run.json --save-spectra run.spectra.safetensors
+    htsr report run.json -o report.html              # reads run.spectra.safetensors beside it
+    htsr report run.json --spectra saved.safetensors -o report.html
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from htsr_cli.analysis import analyze as run_analysis
+from htsr_cli.cli._options import (
+    ConvScaleOpt,
+    Device,
+    DeviceOpt,
+    FarmsOpt,
+    FarmsQOpt,
+    FarmsStepsOpt,
+    FarmsWindowOpt,
+    LayersOpt,
+    MinEvalsOpt,
+    Precision,
+    PrecisionOpt,
+    QuietOpt,
+    Xmin,
+    XminOpt,
+)
+from htsr_cli.cli._output import layer_progress
+from htsr_cli.cli.analyze import settings_from_options
+from htsr_cli.errors import HtsrError
+from htsr_cli.io import write_atomic
+from htsr_cli.report import Report, is_report_file, load_report
+from htsr_cli.settings import AnalyzeSettings
+from htsr_cli.spectra_file import attach_spectra, spectra_path_for
+
+
+def _saved_report(path: str, spectra: Path | None) -> Report:
+    """A saved report with the spectra its plots need (--spectra, or the file beside it)."""
+    report = load_report(path)
+    if spectra is None:
+        spectra = spectra_path_for(path)
+        if not spectra.is_file():
+            raise HtsrError(
+                f"{path}: no spectra to plot ({spectra} does not exist); save them with "
+                "`htsr analyze CHECKPOINT --save-spectra FILE` and pass --spectra FILE, or give the checkpoint"
+            )
+    attach_spectra(report, spectra)
+    return report
+
+
+def report(
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="CHECKPOINT|REPORT.json",
+            help="A checkpoint (as for analyze) or an htsr.report/1 JSON saved by `htsr analyze -f json`.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The HTML file to write (atomically).", dir_okay=False, show_default=False)
+    ],
+    spectra: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--spectra",
+            help="Eigenvalues saved by `htsr analyze --save-spectra` (default: REPORT.spectra.safetensors beside REPORT.json).",
+            dir_okay=False,
+        ),
+    ] = None,
+    farms: FarmsOpt = False,
+    xmin: XminOpt = Xmin.ks,
+    layers: LayersOpt = None,
+    device: DeviceOpt = Device.auto,
+    min_evals: MinEvalsOpt = 10,
+    conv_scale: ConvScaleOpt = 1.0,
+    farms_window: FarmsWindowOpt = 2000,
+    farms_q: FarmsQOpt = 1.0,
+    farms_steps: FarmsStepsOpt = 10,
+    precision: PrecisionOpt = Precision.float64,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write an HTML report: summary, alpha overview, sortable per-layer table and ESD plots."""
+    settings = settings_from_options(
+        xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers
+    )
+    if is_report_file(source):
+        if settings != AnalyzeSettings():
+            raise HtsrError(f"{source} is a saved report: analysis options (--xmin, --farms, ...) apply only to a checkpoint")
+        result = _saved_report(source, spectra)
+    else:
+        if spectra is not None:
+            raise HtsrError(f"--spectra {spectra}: applies to a saved REPORT.json; {source} is analysed afresh")
+        with layer_progress(quiet) as progress:
+            result = run_analysis(source, settings, progress=progress, keep_spectra=True)
+    from htsr_cli.html_report import render_html  # matplotlib loads only for commands that draw
+
+    write_atomic(output, render_html(result))
