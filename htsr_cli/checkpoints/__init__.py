@@ -1,0 +1,65 @@
+"""Checkpoint readers: where weights come from.
+
+`open_checkpoint` takes whatever the user has (a torch file, a safetensors
+file, a Hugging Face directory, a hub id, an `nn.Module` or a state dict) and
+returns a `Checkpoint` that lists tensors without reading them and loads one
+at a time, so a model never has to fit in memory.
+
+    with open_checkpoint("resnet18-f37072fd.pth") as checkpoint:
+        for info in checkpoint.tensors():
+            weight = checkpoint.load(info.key)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from htsr_cli.checkpoints.base import Checkpoint, TensorInfo
+from htsr_cli.checkpoints.hf_directory import open_directory
+from htsr_cli.checkpoints.hub import looks_like_repo_id, resolve_repo
+from htsr_cli.checkpoints.sharded import ShardedCheckpoint
+from htsr_cli.checkpoints.statedict import StateDictCheckpoint
+from htsr_cli.checkpoints.torchfile import is_torch_file
+from htsr_cli.errors import HtsrError
+
+__all__ = ["Checkpoint", "TensorInfo", "open_checkpoint"]
+
+CheckpointSource = str | os.PathLike | torch.nn.Module | Mapping[str, torch.Tensor]
+
+
+def open_checkpoint(source: CheckpointSource) -> Checkpoint:
+    """A reader for `source`; raises `HtsrError` (one line) when it cannot be read."""
+    if isinstance(source, (torch.nn.Module, Mapping)):
+        return StateDictCheckpoint.from_object(source)
+    if not isinstance(source, (str, os.PathLike)):
+        raise HtsrError(
+            f"cannot read a checkpoint from a {type(source).__name__}: pass a path, a hub id "
+            "(org/name), an nn.Module or a state dict"
+        )
+    text = os.fsdecode(source)
+    path = Path(text)
+    if path.is_dir():
+        return open_directory(path, text)
+    if path.is_file():
+        return _open_file(path, text)
+    if path.exists():
+        raise HtsrError(f"{text}: not a regular file or directory")
+    if looks_like_repo_id(text):
+        return open_directory(resolve_repo(text), text)
+    raise HtsrError(f"{text}: no such file or directory")
+
+
+def _open_file(path: Path, source: str) -> Checkpoint:
+    if path.suffix.lower() == ".safetensors":
+        # Saved by a Hugging Face model? Its config beside the file gives the module order.
+        return ShardedCheckpoint(source, [path], config_dir=path.parent, sorted_storage=True)
+    if is_torch_file(path):
+        return ShardedCheckpoint(source, [path], sorted_storage=False)
+    raise HtsrError(
+        f"{source}: unknown checkpoint format '{path.suffix}' (expected .safetensors, .pt, .pth, "
+        ".bin, .ckpt, or a Hugging Face directory)"
+    )

@@ -1,0 +1,128 @@
+"""Hugging Face hub ids (`org/name`): resolved through the local cache, downloaded
+only when the network is allowed.
+
+Only the config and the weights are fetched, never tokenizers, ONNX exports
+or other variants. huggingface_hub reads its environment when imported, so the
+cache location and offline switch are read here, at call time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from htsr_cli.checkpoints.hf_directory import SAFETENSORS_INDEX, TORCH_INDEX, has_weights
+from htsr_cli.checkpoints.torchfile import is_torch_file
+from htsr_cli.errors import HtsrError
+
+# huggingface_hub's own rule: word characters, "-" and "." inside, at most 96 per part.
+_REPO_ID = re.compile(r"^\w(?:[\w.-]{0,94}\w)?/\w(?:[\w.-]{0,94}\w)?$")
+_TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
+
+# Tried in turn until a snapshot holds weights: the standard safetensors
+# layout, the standard pickle layout, then any weight file at all. A cached
+# snapshot counts as complete when it has every file of one pattern set, so
+# the cache is searched with the same sets.
+WEIGHT_PATTERNS = (
+    ["config.json", "model.safetensors", SAFETENSORS_INDEX, "model-*-of-*.safetensors"],
+    ["config.json", "pytorch_model.bin", TORCH_INDEX, "pytorch_model-*-of-*.bin"],
+    ["config.json", "*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt"],
+)
+
+
+def looks_like_repo_id(text: str) -> bool:
+    """`org/name`, and not a mistyped path to a weight file."""
+    if not _REPO_ID.match(text) or ".." in text or "--" in text:
+        return False
+    return not (text.lower().endswith(".safetensors") or is_torch_file(Path(text)))
+
+
+def resolve_repo(repo_id: str) -> Path:
+    """The local snapshot folder of `repo_id`, downloading it if allowed and needed."""
+    # Imported here: only hub ids need huggingface_hub.
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import LocalEntryNotFoundError
+
+    cache_dir = hub_cache_dir()
+    for patterns in WEIGHT_PATTERNS:
+        try:
+            snapshot = Path(
+                snapshot_download(
+                    repo_id, cache_dir=cache_dir, local_files_only=True, allow_patterns=patterns
+                )
+            )
+        except LocalEntryNotFoundError:  # not cached, or cached without these files
+            continue
+        if has_weights(snapshot):
+            return snapshot
+    if hub_offline():
+        raise HtsrError(
+            f"{repo_id}: not in the local Hugging Face cache and the hub is offline "
+            f"(HF_HUB_OFFLINE=1); download it first with `hf download {repo_id}` "
+            "or pass a local path"
+        )
+    return _download(repo_id, cache_dir)
+
+
+def _download(repo_id: str, cache_dir: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        for patterns in WEIGHT_PATTERNS:
+            snapshot = Path(
+                snapshot_download(repo_id, cache_dir=cache_dir, allow_patterns=patterns)
+            )
+            if has_weights(snapshot):
+                return snapshot
+    except GatedRepoError as error:
+        raise HtsrError(
+            f"{repo_id}: the model is gated on the Hugging Face hub; accept its terms on "
+            "huggingface.co and log in with `hf auth login`"
+        ) from error
+    except RepositoryNotFoundError as error:
+        raise HtsrError(
+            f"{repo_id}: no such model on the Hugging Face hub (or it is private: log in with "
+            "`hf auth login`); check the id or pass a local path"
+        ) from error
+    except (HfHubHTTPError, LocalEntryNotFoundError) as error:  # no connection, timeouts, hub down
+        raise HtsrError(
+            f"{repo_id}: not in the local Hugging Face cache and the hub could not be reached "
+            f"({type(error).__name__}); download it first with `hf download {repo_id}` "
+            "or pass a local path"
+        ) from error
+    except OSError as error:  # a full disk, an unwritable cache
+        raise HtsrError(
+            f"{repo_id}: download into {cache_dir} failed ({error.strerror or error})"
+        ) from error
+    raise HtsrError(
+        f"{repo_id}: no weights found on the hub "
+        "(expected model.safetensors, shards with an index, or pytorch_model*.bin)"
+    )
+
+
+def hub_cache_dir() -> str:
+    """Where the hub cache is, by the same environment variables huggingface_hub reads."""
+    from huggingface_hub import constants
+
+    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(variable):
+            return os.path.expanduser(os.environ[variable])
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
+    return constants.HF_HUB_CACHE
+
+
+def hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    value = os.environ.get("HF_HUB_OFFLINE")
+    if value is not None:
+        return value.upper() in _TRUE_VALUES
+    return constants.HF_HUB_OFFLINE
