@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from os import PathLike
 from typing import Any
@@ -22,6 +23,7 @@ import torch
 from htsr_cli import __version__
 from htsr_cli.checkpoints import Checkpoint, open_checkpoint
 from htsr_cli.errors import HtsrError
+from htsr_cli.farms import farms_fit
 from htsr_cli.fit import fit_power_law
 from htsr_cli.matrices import MatrixSpec, as_slices, describe
 from htsr_cli.metrics import spectral_metrics
@@ -34,6 +36,25 @@ CONV_KINDS = ("conv1d", "conv2d")
 
 Source = str | PathLike | torch.nn.Module | Mapping[str, torch.Tensor]
 ProgressCallback = Callable[[int, int, str], None]
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per pipeline stage (`--profile`).
+
+    read and transfer run on the loader thread, concurrently with solve and fit
+    on the main thread, so the stages can add up to more than the wall time.
+    """
+
+    read: float = 0.0
+    transfer: float = 0.0
+    solve: float = 0.0
+    fit: float = 0.0
+    farms: float = 0.0
+    wall: float = 0.0
+
+    def to_json(self) -> dict[str, float]:
+        return {key: round(value, 4) for key, value in self.__dict__.items()}
 
 
 @dataclass
@@ -62,7 +83,7 @@ def select_layers(specs: list[MatrixSpec], pattern: str | None) -> list[MatrixSp
 
 
 def _prefetched(
-    checkpoint: Checkpoint, specs: list[MatrixSpec], solver: Eigensolver
+    checkpoint: Checkpoint, specs: list[MatrixSpec], solver: Eigensolver, times: StageTimes
 ) -> Iterator[tuple[MatrixSpec, torch.Tensor | None]]:
     """Yield (spec, slices on the solver's device) in order; None for specs not to be read."""
     slots: queue.Queue = queue.Queue(maxsize=PREFETCH)
@@ -75,9 +96,13 @@ def _prefetched(
                     return
                 slices = None
                 if spec.skip_reason is None:
+                    started = time.perf_counter()
                     stored = checkpoint.load(spec.tensor)
+                    loaded = time.perf_counter()
                     slices = solver.to_device(as_slices(stored))
                     del stored
+                    times.read += loaded - started
+                    times.transfer += time.perf_counter() - loaded
                 slots.put((spec, slices, None))
         except BaseException as error:  # handed to the consumer, which re-raises it
             slots.put((None, None, error))
@@ -116,14 +141,20 @@ def analyze_slices(
     slices: torch.Tensor,
     settings: AnalyzeSettings,
     solver: Eigensolver,
+    times: StageTimes | None = None,
 ) -> tuple[LayerResult, LayerSpectra | None, set[str]]:
-    """Solve and fit one weight tensor given as [B, rows, cols] on the solver's device."""
+    """Solve and fit one weight tensor given as [B, rows, cols] on the solver's device.
+
+    With `times`, the device is synchronised between stages so each is timed alone.
+    """
     result = _layer_result(spec)
     if not bool(torch.isfinite(slices).all()):
         result.status, result.reason = FAILED, "non-finite weights"
         return result, None, set()
+    clock = _StageClock(solver, times)
     scale = settings.conv_scale if spec.kind in CONV_KINDS else 1.0
     esd = solver.pooled_eigenvalues(slices, scale)
+    clock.lap("solve")
     fit = fit_power_law(esd, settings.xmin)
     for key, value in spectral_metrics(esd, fit).items():
         setattr(result, key, value)
@@ -133,9 +164,9 @@ def analyze_slices(
         result.status, result.reason = FIT_FAILED, "no valid power-law fit (every candidate alpha <= 1)"
     farms_esd = None
     if settings.farms is not None:
-        from htsr_cli.farms import farms_fit
-
+        clock.lap("fit")
         farms = farms_fit(slices, spec.kind, settings.farms, solver, settings.xmin)
+        clock.lap("farms")
         if farms is not None:
             result.alpha_farms = farms.alpha
             result.xmin_farms = farms.xmin
@@ -144,7 +175,25 @@ def analyze_slices(
             result.farms_num_evals = farms.num_evals
             candidates |= farms.candidates
             farms_esd = farms.pooled
+    else:
+        clock.lap("fit")
     return result, LayerSpectra(esd, farms_esd), candidates
+
+
+class _StageClock:
+    """Adds the time since the last lap to a stage of `StageTimes`; a no-op without one."""
+
+    def __init__(self, solver: Eigensolver, times: StageTimes | None):
+        self.solver, self.times = solver, times
+        self.last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        if self.times is None:
+            return
+        self.solver.synchronize()
+        now = time.perf_counter()
+        setattr(self.times, stage, getattr(self.times, stage) + now - self.last)
+        self.last = now
 
 
 def analyze(
@@ -153,13 +202,15 @@ def analyze(
     *,
     progress: ProgressCallback | None = None,
     keep_spectra: bool = False,
+    profile: bool = False,
     **options: Any,
 ) -> Report:
     """Analyse every weight matrix of a checkpoint, module or state dict.
 
     `source` is a path (file or Hugging Face directory), a hub id, an `nn.Module`
     or a state dict. Settings come as an `AnalyzeSettings` or as its fields by
-    keyword (`analyze(model, xmin="median")`).
+    keyword (`analyze(model, xmin="median")`). With `profile`, `report.timings`
+    holds the seconds per stage (read, transfer, solve, fit, farms).
     """
     if settings is None:
         settings = AnalyzeSettings(**options)
@@ -167,10 +218,13 @@ def analyze(
         raise TypeError("pass either settings or keyword options, not both")
     started = time.perf_counter()
     solver = Eigensolver.create(settings.device, settings.precision)
-    with open_checkpoint(source) as checkpoint:
+    with open_checkpoint(source) as checkpoint, ThreadPoolExecutor(1, "htsr-order") as pool:
+        # Module order can need the architecture (transformers on the meta device):
+        # work it out beside the solves, read in storage order, sort at the end.
+        module_order = pool.submit(lambda: [info.key for info in checkpoint.tensors()])
         specs = [
             spec
-            for info in checkpoint.tensors()
+            for info in checkpoint.stored()
             if (spec := describe(info.key, info.shape, info.dtype, settings.min_evals)) is not None
         ]
         if not specs:
@@ -179,14 +233,18 @@ def analyze(
         layers: list[LayerResult] = []
         spectra: dict[str, LayerSpectra] = {}
         candidates: set[str] = set()
-        for done, (spec, slices) in enumerate(_prefetched(checkpoint, specs, solver), start=1):
+        times = StageTimes()
+        stream = _prefetched(checkpoint, specs, solver, times)
+        for done, (spec, slices) in enumerate(stream, start=1):
             if progress is not None:
                 progress(done - 1, len(specs), spec.name)
             if slices is None:
                 result = _layer_result(spec)
                 result.status, result.reason = SKIPPED, spec.skip_reason
             else:
-                result, layer_spectra, used = analyze_slices(spec, slices, settings, solver)
+                result, layer_spectra, used = analyze_slices(
+                    spec, slices, settings, solver, times if profile else None
+                )
                 candidates |= used
                 del slices
                 if keep_spectra and layer_spectra is not None:
@@ -197,6 +255,8 @@ def analyze(
             layers.append(result)
         if progress is not None:
             progress(len(specs), len(specs), "")
+        rank = {key: index for index, key in enumerate(module_order.result())}
+        layers.sort(key=lambda layer: rank[layer.tensor])
         source_name = checkpoint.source
     seconds = time.perf_counter() - started
     report = Report(
@@ -207,4 +267,7 @@ def analyze(
         htsr_version=__version__,
     )
     report.spectra = spectra
+    if profile:
+        times.wall = seconds
+        report.timings = times
     return report

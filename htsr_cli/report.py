@@ -162,6 +162,8 @@ class Report:
     htsr_version: str = field(default="")
     # name -> LayerSpectra, filled only by analyze(..., keep_spectra=True); never serialised.
     spectra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # Seconds per pipeline stage, filled only by analyze(..., profile=True).
+    timings: Any = field(default=None, repr=False, compare=False)
 
     @property
     def has_farms(self) -> bool:

@@ -17,6 +17,15 @@ from htsr_cli.errors import HtsrError
 GRAM_BUDGET_BYTES = 256 << 20
 
 
+_COPY_STREAMS: dict[torch.device, "torch.cuda.Stream"] = {}
+
+
+def _copy_stream(device: torch.device) -> "torch.cuda.Stream":
+    if device not in _COPY_STREAMS:
+        _COPY_STREAMS[device] = torch.cuda.Stream(device)
+    return _COPY_STREAMS[device]
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -35,11 +44,28 @@ class Eigensolver:
         return cls(resolve_device(device), torch.float64 if precision == "float64" else torch.float32)
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Move a stored tensor to the solver's device and precision, copying at most once."""
-        if tensor.device != self.device and self.device.type == "cuda":
-            # Transfer in the stored (usually narrower) dtype, upcast on the GPU.
-            tensor = tensor.to(self.device, non_blocking=True)
-        return tensor.to(device=self.device, dtype=self.dtype)
+        """Move a stored tensor to the solver's device and precision.
+
+        On CUDA the copy runs from pinned memory on a side stream, in the stored
+        (usually narrower) dtype, and is upcast on the GPU; the loader thread
+        calls this, so the copy of the next matrix overlaps the current solve.
+        """
+        if self.device.type != "cuda" or tensor.device == self.device:
+            return tensor.to(device=self.device, dtype=self.dtype)
+        stream = _copy_stream(self.device)
+        host = tensor if tensor.is_pinned() else tensor.pin_memory()
+        with torch.cuda.stream(stream):
+            moved = host.to(self.device, non_blocking=True).to(self.dtype)
+        # The solve runs on the default stream: keep the allocator from reusing
+        # this block for the next copy while that solve may still read it.
+        moved.record_stream(torch.cuda.default_stream(self.device))
+        stream.synchronize()  # blocks only the loader thread; `host` may be freed after
+        return moved
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (only for timing: results never need it)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def gram_eigenvalues(self, slices: torch.Tensor) -> torch.Tensor:
         """Eigenvalues of each slice's short-side Gram matrix.

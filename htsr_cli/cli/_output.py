@@ -62,3 +62,10 @@ def layer_progress(quiet: bool, description: str = "analysing") -> Iterator:
 
     with progress:
         yield update
+
+
+def print_timings(timings) -> None:
+    """The `--profile` breakdown, on stderr so it never mixes with results."""
+    stages = timings.to_json()
+    parts = " | ".join(f"{stage} {seconds:.3f} s" for stage, seconds in stages.items())
+    stderr_console.print(f"profile: {parts} (read/transfer overlap solve/fit on a loader thread)")
