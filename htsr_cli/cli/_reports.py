@@ -1,4 +1,4 @@
-"""For commands that take `CHECKPOINT or REPORT.json`: read the saved report, or analyse now."""
+"""For commands that take `CHECKPOINT|REPORT.json`: read saved reports, analyse checkpoints."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import typer
 
 from htsr_cli.analysis import analyze as run_analysis
 from htsr_cli.cli._output import layer_progress
+from htsr_cli.errors import HtsrError
 from htsr_cli.report import Report, is_report_file, load_report
 from htsr_cli.settings import AnalyzeSettings
 
@@ -21,15 +22,29 @@ class Metric(str, Enum):
 CheckpointOrReportArg = Annotated[
     str,
     typer.Argument(
-        help="A checkpoint (analysed now, with the analysis flags) or a saved `htsr analyze --format json` report.",
+        metavar="CHECKPOINT|REPORT.json",
+        help="A checkpoint (analysed now, with the analysis options) or an htsr.report/1 JSON saved by `htsr analyze -f json`.",
         show_default=False,
     ),
 ]
 
 
-def report_from(source: str, settings: AnalyzeSettings, quiet: bool) -> Report:
-    """An htsr.report/1 JSON file is read as is (analysis flags do not apply); anything else is analysed."""
-    if is_report_file(source):
-        return load_report(source)
-    with layer_progress(quiet) as progress:
-        return run_analysis(source, settings, progress=progress)
+def reports_from(sources: list[str], settings: AnalyzeSettings, quiet: bool) -> list[Report]:
+    """Saved reports are read as they are; checkpoints are analysed with `settings`.
+
+    Analysis options given when every source is a saved report would silently do
+    nothing, so they are refused.
+    """
+    saved = [is_report_file(source) for source in sources]
+    if all(saved) and settings != AnalyzeSettings():
+        raise HtsrError(
+            f"{sources[0]} is a saved report: analysis options (--xmin, --farms, ...) apply only to a checkpoint"
+        )
+    reports = []
+    for source, is_saved in zip(sources, saved):
+        if is_saved:
+            reports.append(load_report(source))
+        else:
+            with layer_progress(quiet) as progress:
+                reports.append(run_analysis(source, settings, progress=progress))
+    return reports

@@ -32,7 +32,7 @@ from htsr_cli.cli._options import (
     XminOpt,
 )
 from htsr_cli.cli._output import emit_renderable, emit_text
-from htsr_cli.cli._reports import CheckpointOrReportArg, Metric, report_from
+from htsr_cli.cli._reports import Metric, reports_from
 from htsr_cli.cli.analyze import settings_from_options
 from htsr_cli.compare import Comparison, compare_reports
 from htsr_cli.outputs import Column, dumps_json, format_cell, to_csv, to_markdown, to_rich_table
@@ -77,8 +77,8 @@ def _notes(comparison: Comparison) -> list[str]:
 
 
 def compare(
-    a: CheckpointOrReportArg,
-    b: CheckpointOrReportArg,
+    a: Annotated[str, typer.Argument(metavar="A", help="The reference: a checkpoint or a saved report JSON.", show_default=False)],
+    b: Annotated[str, typer.Argument(metavar="B", help="The one to compare with A: a checkpoint or a saved report JSON.", show_default=False)],
     metric: Annotated[Metric, typer.Option("--metric", help="Which alpha to compare (alpha_farms needs --farms or FARMS reports).")] = Metric.alpha,
     output_format: Annotated[CompareFormat, typer.Option("--format", "-f", help="Output format.")] = CompareFormat.table,
     output: OutputOpt = None,
@@ -98,11 +98,12 @@ def compare(
     settings = settings_from_options(
         xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers
     )
-    comparison = compare_reports(report_from(a, settings, quiet), report_from(b, settings, quiet), metric.value)
+    comparison = compare_reports(*reports_from([a, b], settings, quiet), metric.value)
     columns = _columns(comparison.metric)
     rows = [layer.to_json() for layer in comparison.layers]
     if output_format is CompareFormat.table:
-        table = to_rich_table(columns, rows, title=f"htsr compare ({comparison.metric})", caption="\n".join(_notes(comparison)))
+        title = f"htsr compare ({comparison.metric})"
+        table = to_rich_table(columns, rows, title=title, caption="\n".join(_notes(comparison)))
         emit_renderable(Group(table, Text(summary_line(comparison), style="bold")), output)
     elif output_format is CompareFormat.json:
         emit_text(dumps_json(comparison.to_json()), output)
@@ -110,4 +111,5 @@ def compare(
         emit_text(to_csv(columns, rows), output)
     else:
         notes = "".join(f"- {note}\n" for note in _notes(comparison))
-        emit_text(f"## htsr compare ({comparison.metric})\n\n{notes}\n{to_markdown(columns, rows)}\n{summary_line(comparison)}\n", output)
+        heading = f"## htsr compare ({comparison.metric})\n\n{notes}\n"
+        emit_text(f"{heading}{to_markdown(columns, rows)}\n{summary_line(comparison)}\n", output)

@@ -31,7 +31,7 @@ from htsr_cli.cli._options import (
     XminOpt,
 )
 from htsr_cli.cli._output import emit_renderable, emit_text
-from htsr_cli.cli._reports import CheckpointOrReportArg, Metric, report_from
+from htsr_cli.cli._reports import CheckpointOrReportArg, Metric, reports_from
 from htsr_cli.cli.analyze import settings_from_options
 from htsr_cli.errors import HtsrError
 from htsr_cli.gate.config import parse_max_flagged, resolve_config
@@ -41,6 +41,7 @@ from htsr_cli.gate.rules import check_baseline_use, evaluate
 from htsr_cli.io import write_atomic
 from htsr_cli.outputs import dumps_json
 from htsr_cli.report import is_report_file
+
 
 class GateFormat(str, Enum):
     text = "text"
@@ -63,17 +64,17 @@ def append_step_summary(markdown: str) -> None:
 
 def gate(
     source: CheckpointOrReportArg,
-    config: Annotated[Optional[Path], typer.Option("--config", help="A TOML file with a [tool.htsr.gate] table (e.g. a pyproject.toml).", dir_okay=False)] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="A TOML file with a tool.htsr.gate table (e.g. a pyproject.toml).", dir_okay=False)] = None,
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="Report JSON (or checkpoint) that max_alpha_drift measures against.")] = None,
     junit: Annotated[Optional[Path], typer.Option("--junit", help="Also write a JUnit XML file: one testcase per rule and layer.", dir_okay=False)] = None,
     output_format: Annotated[GateFormat, typer.Option("--format", "-f", help="text for people, json (htsr.gate/1), github (workflow annotations), markdown.")] = GateFormat.text,
-    metric: Annotated[Optional[Metric], typer.Option("--metric", help="Which alpha the rules read [config: metric; default alpha].", show_default=False)] = None,
-    alpha_min: Annotated[Optional[float], typer.Option("--alpha-min", help="Lowest allowed alpha per layer [config: alpha_min].")] = None,
-    alpha_max: Annotated[Optional[float], typer.Option("--alpha-max", help="Highest allowed alpha per layer [config: alpha_max].")] = None,
-    max_flagged: Annotated[Optional[str], typer.Option("--max-flagged", help="Layers allowed outside [alpha-min, alpha-max]: a count (3) or a fraction (0.1) [config: max_flagged].")] = None,
-    mean_alpha_max: Annotated[Optional[float], typer.Option("--mean-alpha-max", help="Highest allowed mean alpha [config: mean_alpha_max].")] = None,
-    max_alpha_drift: Annotated[Optional[float], typer.Option("--max-alpha-drift", help="Largest allowed |alpha - baseline alpha| per layer; needs --baseline [config: max_alpha_drift].")] = None,
-    require_layers: Annotated[Optional[bool], typer.Option("--require-layers/--no-require-layers", help="Fail on any skipped or failed layer [config: require_layers].", show_default=False)] = None,
+    metric: Annotated[Optional[Metric], typer.Option("--metric", help="Which alpha the rules read (config: metric; default alpha).", show_default=False)] = None,
+    alpha_min: Annotated[Optional[float], typer.Option("--alpha-min", help="Lowest allowed alpha per layer (config: alpha_min).")] = None,
+    alpha_max: Annotated[Optional[float], typer.Option("--alpha-max", help="Highest allowed alpha per layer (config: alpha_max).")] = None,
+    max_flagged: Annotated[Optional[str], typer.Option("--max-flagged", help="Layers allowed outside alpha-min..alpha-max (default 2..6): a count (3) or a fraction (0.1) (config: max_flagged).")] = None,
+    mean_alpha_max: Annotated[Optional[float], typer.Option("--mean-alpha-max", help="Highest allowed mean alpha (config: mean_alpha_max).")] = None,
+    max_alpha_drift: Annotated[Optional[float], typer.Option("--max-alpha-drift", help="Largest allowed |alpha - baseline alpha| per layer; needs --baseline (config: max_alpha_drift).")] = None,
+    require_layers: Annotated[Optional[bool], typer.Option("--require-layers/--no-require-layers", help="Fail on any skipped or failed layer (config: require_layers).", show_default=False)] = None,
     farms: FarmsOpt = False,
     xmin: XminOpt = Xmin.ks,
     layers: LayersOpt = None,
@@ -86,9 +87,9 @@ def gate(
     precision: PrecisionOpt = Precision.float64,
     quiet: QuietOpt = False,
 ) -> None:
-    """Check HT-SR rules on a checkpoint or a saved report and exit 1 if any is violated.
+    r"""Check HT-SR rules on a checkpoint or a saved report and exit 1 if any is violated.
 
-    Rules come from [tool.htsr.gate] in the nearest pyproject.toml (searched from
+    Rules come from \[tool.htsr.gate] in the nearest pyproject.toml (searched from
     the current directory up) or --config, and flags override them. Keys: metric,
     alpha_min, alpha_max, max_flagged, mean_alpha_max, max_alpha_drift,
     require_layers. With no rule configured, the gate applies max_flagged = 0.1:
@@ -115,9 +116,9 @@ def gate(
     settings = settings_from_options(
         xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers
     )
-    report = report_from(source, settings, quiet)
-    reference = report_from(baseline, settings, quiet) if baseline is not None else None
-    result = evaluate(report, rules, reference)
+    sources = [source] if baseline is None else [source, baseline]
+    report, *reference = reports_from(sources, settings, quiet)
+    result = evaluate(report, rules, reference[0] if reference else None)
     if junit is not None:
         write_atomic(junit, gate_junit(result))
     append_step_summary(gate_markdown(result))

@@ -1,0 +1,190 @@
+"""The gate's rules as typed settings: read from `[tool.htsr.gate]`, overridden by flags.
+
+    [tool.htsr.gate]
+    metric = "alpha"          # or "alpha_farms" (needs a report analysed with --farms)
+    alpha_min = 2.0
+    alpha_max = 6.0
+    max_flagged = 0.1         # at most 10% of layers outside [alpha_min, alpha_max]; 3 = three layers
+    mean_alpha_max = 4.5
+    max_alpha_drift = 0.5     # per layer, against --baseline
+    require_layers = true     # no layer may be skipped or failed
+
+The table is looked up like ruff and pytest do: the nearest `pyproject.toml`
+from the current directory upwards that has a `[tool.htsr.gate]` table, or the
+file given with `--config`. With no rule configured anywhere the gate applies
+`max_flagged = 0.1` over the quality band [2, 6].
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from htsr_cli.errors import HtsrError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 has no tomllib; tomli is the same parser released separately
+    import tomli as tomllib
+
+METRICS = ("alpha", "alpha_farms")
+QUALITY_BAND = (2.0, 6.0)  # algorithms.md section 4: outside it a layer is over- or under-trained
+DEFAULT_MAX_FLAGGED = 0.1
+TABLE = "[tool.htsr.gate]"
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Which rules run and their limits; None (or False) means the rule is off."""
+
+    metric: str = "alpha"
+    alpha_min: float | None = None
+    alpha_max: float | None = None
+    max_flagged: int | float | None = None  # int: a count of layers; float in [0, 1): a fraction
+    mean_alpha_max: float | None = None
+    max_alpha_drift: float | None = None
+    require_layers: bool = False
+    origin: str = "defaults"  # where the rules came from, for the output: a file, "flags", or both
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise HtsrError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        if self.max_flagged is not None:
+            validate_max_flagged(self.max_flagged, "max_flagged")
+        if self.max_alpha_drift is not None and self.max_alpha_drift < 0:
+            raise HtsrError(f"max_alpha_drift must not be negative, got {self.max_alpha_drift}")
+        if self.alpha_min is not None and self.alpha_max is not None and self.alpha_min > self.alpha_max:
+            raise HtsrError(
+                f"alpha_min ({self.alpha_min}) is above alpha_max ({self.alpha_max}): no layer could pass"
+            )
+
+    @property
+    def has_rules(self) -> bool:
+        return self.require_layers or any(
+            getattr(self, key) is not None
+            for key in ("alpha_min", "alpha_max", "max_flagged", "mean_alpha_max", "max_alpha_drift")
+        )
+
+    @property
+    def band(self) -> tuple[float, float]:
+        """The [low, high] band that `max_flagged` counts against; unset ends are the quality band's."""
+        low = self.alpha_min if self.alpha_min is not None else QUALITY_BAND[0]
+        high = self.alpha_max if self.alpha_max is not None else QUALITY_BAND[1]
+        return low, high
+
+
+KEYS = tuple(f.name for f in fields(GateConfig) if f.name != "origin")
+
+
+def validate_max_flagged(value: int | float, name: str) -> None:
+    """A whole count (3) or a fraction of the layers checked (0.1); nothing in between."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return
+    if isinstance(value, float) and 0 <= value < 1:
+        return
+    raise HtsrError(
+        f"{name} must be a whole number of layers (e.g. 3) or a fraction in [0, 1) (e.g. 0.1), got {value!r}"
+    )
+
+
+def parse_max_flagged(text: str) -> int | float:
+    """The --max-flagged flag: '3' is a count, '0.1' a fraction."""
+    try:
+        value: int | float = int(text)
+    except ValueError:
+        try:
+            value = float(text)
+        except ValueError:
+            raise HtsrError(f"--max-flagged must be a count (3) or a fraction (0.1), got {text!r}") from None
+    validate_max_flagged(value, "--max-flagged")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)  # TOML true is not a number
+
+
+def config_from_table(table: Any, path: Path | str) -> GateConfig:
+    """Validate the `[tool.htsr.gate]` table read from `path`; every message names both."""
+    where = f"{path} {TABLE}"
+    if not isinstance(table, dict):
+        raise HtsrError(f"{where}: must be a table, got {table!r}")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in KEYS:
+            raise HtsrError(f"{where}: unknown key {key!r} (known: {', '.join(KEYS)})")
+        if key == "metric":
+            if value not in METRICS:
+                raise HtsrError(f"{where}: 'metric' must be one of {', '.join(METRICS)}, got {value!r}")
+        elif key == "require_layers":
+            if not isinstance(value, bool):
+                raise HtsrError(f"{where}: 'require_layers' must be true or false, got {value!r}")
+        elif key == "max_flagged":
+            if not _is_number(value):
+                raise HtsrError(f"{where}: 'max_flagged' must be a count or a fraction, got {value!r}")
+            validate_max_flagged(value, f"{where}: 'max_flagged'")
+        elif not _is_number(value):
+            raise HtsrError(f"{where}: {key!r} must be a number, got {value!r}")
+        else:
+            value = float(value)
+        values[key] = value
+    try:
+        return GateConfig(**values, origin=str(path))
+    except HtsrError as error:
+        raise HtsrError(f"{where}: {error}") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise HtsrError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise HtsrError(f"{path}: cannot read TOML ({error})") from None
+
+
+def gate_table(data: dict[str, Any]) -> Any:
+    """The `[tool.htsr.gate]` table of parsed TOML, or None when there is none."""
+    htsr = data.get("tool", {}).get("htsr", {}) if isinstance(data.get("tool"), dict) else {}
+    return htsr.get("gate") if isinstance(htsr, dict) else None
+
+
+def find_pyproject(start: Path) -> Path | None:
+    """The nearest pyproject.toml with a gate table, from `start` up to the filesystem root.
+
+    The path is relative to the current directory (e.g. `../pyproject.toml`), as linters print it.
+    """
+    start = start.resolve()
+    for directory in (start, *start.parents):
+        candidate = Path(os.path.relpath(directory / "pyproject.toml"))
+        if candidate.is_file() and gate_table(read_toml(candidate)) is not None:
+            return candidate
+    return None
+
+
+def load_config(config_file: Path | None, start: Path) -> GateConfig:
+    """Rules from `--config FILE`, else from the nearest pyproject.toml; no rules when neither has any."""
+    path = config_file if config_file is not None else find_pyproject(start)
+    if path is None:
+        return GateConfig()
+    table = gate_table(read_toml(path))
+    if table is None:
+        raise HtsrError(f"{path}: no {TABLE} table (see `htsr gate --help` for its keys)")
+    return config_from_table(table, path)
+
+
+def resolve_config(config_file: Path | None, start: Path, overrides: dict[str, Any]) -> GateConfig:
+    """The rules the gate runs: file, then flags (None = flag not given), then the default rule."""
+    config = load_config(config_file, start)
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if given:
+        origin = "flags" if config.origin == "defaults" else f"{config.origin} and flags"
+        config = replace(config, **given, origin=origin)
+    if not config.has_rules:
+        why = f"no {TABLE} found" if config.origin == "defaults" else f"{config.origin} sets no rule"
+        config = replace(config, max_flagged=DEFAULT_MAX_FLAGGED, origin=f"defaults ({why})")
+    return config

@@ -1,0 +1,246 @@
+"""The gate's rules: pure checks of a `Report` (and a baseline) against a `GateConfig`.
+
+Every rule reports every offending layer, not just the first. A violation with
+severity "error" fails the gate; a "warning" is only reported.
+
+- `alpha_min` / `alpha_max`: each layer's metric must lie in the band. When
+  `max_flagged` is also set they only define its band (see below).
+- `max_flagged`: the layers outside [alpha_min, alpha_max] (unset ends: the
+  quality band [2, 6]) may number at most this many (int) or this fraction of
+  the layers with a value (float). Each such layer is a warning; the count
+  over the limit is the error.
+- `mean_alpha_max`: the mean metric over layers with a value.
+- `max_alpha_drift`: |metric - baseline metric| per layer, matched by name. A
+  layer that lost its value (fitted in the baseline, not now) is an error; a
+  layer on one side only, or without a value in the baseline, is a warning
+  (architectures change; `require_layers` is the rule for failed layers); no
+  layer in common at all is an error. Analysis settings that differ from the
+  baseline's (xmin, FARMS, conv scale, precision) are a warning.
+- `require_layers`: every layer must have status "ok".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from htsr_cli.compare import COMPARED, NO_VALUE_A, NO_VALUE_B, ONLY_A, ONLY_B, compare_reports, require_metric
+from htsr_cli.errors import HtsrError
+from htsr_cli.gate.config import GateConfig
+from htsr_cli.report import OK, Report
+
+ERROR = "error"
+WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: str
+    layer: str | None  # None: a finding about the whole model
+    value: float | None
+    limit: float | None
+    message: str  # what is wrong, e.g. "alpha=1.732 < 2.0"
+    severity: str = ERROR
+
+
+@dataclass(frozen=True)
+class RuleOutcome:
+    rule: str
+    limit: float | int | None
+    description: str  # the rule in words, e.g. "alpha >= 2.0 in every layer"
+    per_layer: bool  # judged layer by layer (one JUnit testcase per layer) or once for the model
+    checked: tuple[str, ...]  # the layers the rule looked at
+    violations: tuple[Violation, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not any(v.severity == ERROR for v in self.violations)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    checkpoint: str
+    metric: str
+    config: GateConfig
+    layers: int  # layers in the report, whatever their status
+    outcomes: tuple[RuleOutcome, ...]
+    baseline: str | None = None
+
+    @property
+    def violations(self) -> list[Violation]:
+        return [v for outcome in self.outcomes for v in outcome.violations]
+
+    @property
+    def errors(self) -> list[Violation]:
+        return [v for v in self.violations if v.severity == ERROR]
+
+    @property
+    def warnings(self) -> list[Violation]:
+        return [v for v in self.violations if v.severity == WARNING]
+
+    @property
+    def passed(self) -> bool:
+        return not self.errors
+
+
+def metric_values(report: Report, metric: str) -> dict[str, float]:
+    """Layer name -> metric, in module order, for the layers that have one."""
+    return {
+        layer.name: value for layer in report.layers if (value := layer.metric(metric)) is not None
+    }
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def check_bound(values: dict[str, float], rule: str, limit: float, metric: str) -> RuleOutcome:
+    """alpha_min (every value >= limit) or alpha_max (every value <= limit)."""
+    below = rule == "alpha_min"
+    sign, relation = ("<", ">=") if below else (">", "<=")
+    offending = [
+        Violation(rule, name, value, limit, f"{metric}={_fmt(value)} {sign} {limit}")
+        for name, value in values.items()
+        if (value < limit if below else value > limit)
+    ]
+    return RuleOutcome(
+        rule, limit, f"{metric} {relation} {limit} in every layer", True, tuple(values), tuple(offending)
+    )
+
+
+def check_max_flagged(
+    values: dict[str, float], limit: int | float, band: tuple[float, float], metric: str
+) -> RuleOutcome:
+    low, high = band
+    flagged = [
+        Violation(
+            "max_flagged", name, value, low if value < low else high,
+            f"{metric}={_fmt(value)} outside [{low}, {high}]", WARNING,
+        )
+        for name, value in values.items()
+        if not low <= value <= high
+    ]
+    checked = len(values)
+    if isinstance(limit, int):
+        allowed = plural(limit, "layer")
+        measured: float = len(flagged)
+        share = ""
+    else:
+        allowed = f"{limit * 100:g}% of layers"
+        measured = len(flagged) / checked if checked else 0.0
+        share = f" ({measured * 100:.1f}%)"
+    description = f"at most {allowed} with {metric} outside [{low}, {high}]"
+    violations = list(flagged)
+    if measured > limit:
+        message = f"{len(flagged)} of {checked} layers{share} outside [{low}, {high}] (allowed: {allowed})"
+        violations.append(Violation("max_flagged", None, measured, limit, message))
+    return RuleOutcome("max_flagged", limit, description, False, tuple(values), tuple(violations))
+
+
+def check_mean(values: dict[str, float], limit: float, metric: str) -> RuleOutcome:
+    description = f"mean {metric} <= {limit}"
+    if not values:
+        missing = Violation("mean_alpha_max", None, None, limit, f"no layer has a value of {metric} to average")
+        return RuleOutcome("mean_alpha_max", limit, description, False, (), (missing,))
+    mean = sum(values.values()) / len(values)
+    violations = ()
+    if mean > limit:
+        violations = (
+            Violation("mean_alpha_max", None, mean, limit, f"mean {metric}={_fmt(mean)} > {limit}"),
+        )
+    return RuleOutcome("mean_alpha_max", limit, description, False, tuple(values), violations)
+
+
+# How max_alpha_drift judges each matched layer (A = baseline, B = this report).
+DRIFT_FINDINGS = {
+    NO_VALUE_A: (WARNING, "no {metric} in the baseline"),
+    NO_VALUE_B: (ERROR, "{metric} lost: {before} in the baseline, none now"),
+    ONLY_A: (WARNING, "in the baseline only"),
+    ONLY_B: (WARNING, "not in the baseline"),
+}
+
+
+def check_drift(report: Report, baseline: Report, limit: float, metric: str) -> RuleOutcome:
+    rule = "max_alpha_drift"
+    comparison = compare_reports(baseline, report, metric)
+    violations = [
+        Violation(rule, None, None, limit, f"settings differ from the baseline ({difference})", WARNING)
+        for difference in comparison.settings_differences
+    ]
+    for layer in comparison.layers:
+        if layer.status == COMPARED:
+            drift = abs(layer.delta)
+            if drift > limit:
+                message = f"|{metric} drift|={_fmt(drift)} > {limit} ({_fmt(layer.before)} -> {_fmt(layer.after)})"
+                violations.append(Violation(rule, layer.name, drift, limit, message))
+        elif layer.status in DRIFT_FINDINGS:  # no value on either side is require_layers' business
+            severity, message = DRIFT_FINDINGS[layer.status]
+            before = _fmt(layer.before) if layer.before is not None else None
+            message = message.format(metric=metric, before=before)
+            violations.append(Violation(rule, layer.name, None, limit, message, severity))
+    if not comparison.compared:
+        violations.append(
+            Violation(
+                rule, None, None, limit,
+                f"no layer with a value of {metric} in common with the baseline {baseline.checkpoint}",
+            )
+        )
+    description = f"|{metric} - baseline {metric}| <= {limit} in every layer"
+    names = tuple(layer.name for layer in report.layers)
+    return RuleOutcome(rule, limit, description, True, names, tuple(violations))
+
+
+def check_require_layers(report: Report) -> RuleOutcome:
+    violations = tuple(
+        Violation(
+            "require_layers", layer.name, None, None,
+            f"{layer.status}: {layer.reason}" if layer.reason else layer.status,
+        )
+        for layer in report.layers
+        if layer.status != OK
+    )
+    names = tuple(layer.name for layer in report.layers)
+    return RuleOutcome("require_layers", None, "every layer analysed and fitted", True, names, violations)
+
+
+def check_baseline_use(config: GateConfig, has_baseline: bool) -> None:
+    """A baseline goes with max_alpha_drift: one without the other is a usage mistake."""
+    if config.max_alpha_drift is not None and not has_baseline:
+        raise HtsrError("max_alpha_drift needs --baseline REPORT.json (the report to measure drift against)")
+    if config.max_alpha_drift is None and has_baseline:
+        raise HtsrError(
+            "--baseline is only used by max_alpha_drift; set --max-alpha-drift or max_alpha_drift in the config"
+        )
+
+
+def evaluate(report: Report, config: GateConfig, baseline: Report | None = None) -> GateResult:
+    """Run every configured rule on `report`; `baseline` is needed by max_alpha_drift only."""
+    metric = config.metric
+    check_baseline_use(config, baseline is not None)
+    require_metric(report, metric, "report")
+    values = metric_values(report, metric)
+    outcomes: list[RuleOutcome] = []
+    if config.max_flagged is None:
+        for rule in ("alpha_min", "alpha_max"):
+            if (limit := getattr(config, rule)) is not None:
+                outcomes.append(check_bound(values, rule, limit, metric))
+    else:
+        outcomes.append(check_max_flagged(values, config.max_flagged, config.band, metric))
+    if config.mean_alpha_max is not None:
+        outcomes.append(check_mean(values, config.mean_alpha_max, metric))
+    if config.max_alpha_drift is not None:
+        require_metric(baseline, metric, "baseline")
+        outcomes.append(check_drift(report, baseline, config.max_alpha_drift, metric))
+    if config.require_layers:
+        outcomes.append(check_require_layers(report))
+    return GateResult(
+        checkpoint=report.checkpoint,
+        metric=metric,
+        config=config,
+        layers=len(report.layers),
+        outcomes=tuple(outcomes),
+        baseline=baseline.checkpoint if baseline is not None else None,
+    )
