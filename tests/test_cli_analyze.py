@@ -177,3 +177,13 @@ def test_failed_run_leaves_no_output_file(cli, tmp_path):
 def test_output_into_missing_directory(cli, checkpoint, tmp_path):
     target = tmp_path / "no" / "such" / "dir" / "r.json"
     assert_user_error(cli("analyze", checkpoint, "-o", target), str(target))
+
+
+def test_output_file_permissions_follow_the_umask(cli, checkpoint, tmp_path):
+    old = os.umask(0o022)
+    try:
+        target = tmp_path / "r.json"
+        assert cli("analyze", checkpoint, "-f", "json", "-o", target).exit_code == 0
+    finally:
+        os.umask(old)
+    assert target.stat().st_mode & 0o777 == 0o644

@@ -32,7 +32,7 @@ from htsr_cli.cli._options import (
     Xmin,
     XminOpt,
 )
-from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress
+from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress, print_timings
 from htsr_cli.report_views import report_csv, report_markdown, report_table
 from htsr_cli.settings import AnalyzeSettings, FarmsSettings
 from htsr_cli.spectra_file import save_spectra
@@ -78,6 +78,7 @@ def analyze(
     quiet: QuietOpt = False,
     plots: Annotated[Optional[Path], typer.Option("--plots", help="Write one ESD plot per analysed layer and overview.png into this directory.", file_okay=False)] = None,
     spectra_file: Annotated[Optional[Path], typer.Option("--save-spectra", help="Save every layer's eigenvalues (safetensors) for `htsr report`.", dir_okay=False)] = None,
+    profile: Annotated[bool, typer.Option("--profile", help="Print seconds per stage (read, transfer, solve, fit, farms) on stderr.")] = False,
 ) -> None:
     """Fit the power-law exponent alpha of every weight matrix's eigenvalue spectrum."""
     settings = settings_from_options(
@@ -85,8 +86,14 @@ def analyze(
     )
     with layer_progress(quiet) as progress:
         report = run_analysis(
-            checkpoint, settings, progress=progress, keep_spectra=plots is not None or spectra_file is not None
+            checkpoint,
+            settings,
+            progress=progress,
+            keep_spectra=plots is not None or spectra_file is not None,
+            profile=profile,
         )
+    if profile:
+        print_timings(report.timings)
     if output_format is ReportFormat.table:
         emit_renderable(report_table(report), output)
     elif output_format is ReportFormat.json:
