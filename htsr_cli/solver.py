@@ -27,11 +27,14 @@ def _copy_stream(device: torch.device) -> "torch.cuda.Stream":
 
 
 def resolve_device(name: str) -> torch.device:
+    """cpu, or cuda with its index (tensors report `cuda:0`, never bare `cuda`)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
         raise HtsrError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    return torch.device(name)
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 @dataclass(frozen=True)

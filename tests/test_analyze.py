@@ -35,7 +35,7 @@ def test_report_layers_follow_module_order_and_skip_non_matrices(state_dict):
 
 
 def test_layer_numbers_are_the_fit_of_the_pooled_spectrum(state_dict):
-    report = htsr_cli.analyze(state_dict, xmin="ks")
+    report = htsr_cli.analyze(state_dict, xmin="ks", device="cpu")
     weight = state_dict["features.0.weight"]
     esd = Eigensolver.create("cpu").pooled_eigenvalues(weight.reshape(32, 16, 9).permute(2, 0, 1))
     fit = fit_power_law(esd, "ks")
