@@ -26,6 +26,12 @@ _EXPORTS = {
     "load_report": "htsr_cli.report",
     "HtsrError": "htsr_cli.errors",
     "open_checkpoint": "htsr_cli.checkpoints",
+    "TempBalance": "htsr_cli.allocations",
+    "sparsity_plan": "htsr_cli.allocations",
+    "lr_schedule": "htsr_cli.allocations",
+    "expert_plan": "htsr_cli.allocations",
+    "GateConfig": "htsr_cli.gate",
+    "compare_reports": "htsr_cli.compare",
 }
 
 __all__ = ["__version__", *_EXPORTS]

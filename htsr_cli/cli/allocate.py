@@ -1,13 +1,14 @@
 """htsr allocate: per-layer pruning sparsity (AlphaPruning) and LoRA experts (AlphaLoRA).
 
     htsr allocate sparsity ./llama-7b --target 0.7
-    htsr allocate sparsity fixtures/tiny-cnn-trained.pth --target 0.5 --granularity matrix --format json -o sparsity.json
+    htsr allocate sparsity fixtures/tiny-cnn-trained.pth --target 0.5 --granularity matrix -f json -o plan.json
     htsr allocate experts ./llama-7b --total 160 --format json
 """
 
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -15,7 +16,7 @@ import typer
 from htsr_cli.allocations.experts import DEFAULT_BETA, ExpertSettings, expert_plan
 from htsr_cli.allocations.sparsity import SparsitySettings, sparsity_plan
 from htsr_cli.analysis import analyze
-from htsr_cli.cli._options import CheckpointArg, Device, DeviceOpt, FarmsOpt, OutputOpt, QuietOpt, Xmin, XminOpt
+from htsr_cli.cli._options import CheckpointArg, Device, DeviceOpt, OutputOpt, QuietOpt, Xmin, XminOpt
 from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress
 from htsr_cli.outputs import Column, dumps_json, format_cell, to_csv, to_rich_table
 from htsr_cli.report import Report
@@ -40,6 +41,19 @@ class AllocationFormat(str, Enum):
 
 
 FormatOpt = Annotated[AllocationFormat, typer.Option("--format", "-f", help="Output format.")]
+MetricFarmsOpt = Annotated[bool, typer.Option("--farms", help="Use alpha_farms (FARMS) instead of alpha.")]
+TargetOpt = Annotated[
+    float, typer.Option("--target", help="Parameter-weighted mean sparsity, in (0, 1).", show_default=False)
+]
+EpsilonOpt = Annotated[float, typer.Option("--epsilon", help="Spread of the sparsities around the target, in [0, 1).")]
+GranularityOpt = Annotated[
+    Granularity, typer.Option("--granularity", help="One sparsity per block (its mean alpha) or per matrix.")
+]
+NoClipOpt = Annotated[bool, typer.Option("--no-clip", help="Do not cap sparsities at 0.99 (the reference output).")]
+TotalOpt = Annotated[
+    Optional[int], typer.Option("--total", help="Experts over all blocks (default 5 per block).", show_default=False)
+]
+BetaOpt = Annotated[float, typer.Option("--beta", help="Exponent on the block score; larger concentrates experts.")]
 
 
 def analyse(checkpoint: str, xmin: Xmin, farms: bool, device: Device, quiet: bool) -> Report:
@@ -49,7 +63,9 @@ def analyse(checkpoint: str, xmin: Xmin, farms: bool, device: Device, quiet: boo
         return analyze(checkpoint, settings, progress=progress)
 
 
-def emit_plan(plan: dict[str, Any], columns: list[Column], output_format: AllocationFormat, output, caption: str) -> None:
+def emit_plan(
+    plan: dict[str, Any], columns: list[Column], output_format: AllocationFormat, output: Path | None, caption: str
+) -> None:
     if output_format is AllocationFormat.json:
         emit_text(dumps_json(plan), output)
     elif output_format is AllocationFormat.csv:
@@ -61,12 +77,12 @@ def emit_plan(plan: dict[str, Any], columns: list[Column], output_format: Alloca
 @app.command("sparsity")
 def sparsity(
     checkpoint: CheckpointArg,
-    target: Annotated[float, typer.Option("--target", help="Parameter-weighted mean sparsity, in (0, 1).", show_default=False)],
-    epsilon: Annotated[float, typer.Option("--epsilon", help="Spread of the sparsities around the target, in [0, 1).")] = 0.3,
-    granularity: Annotated[Granularity, typer.Option("--granularity", help="One sparsity per block (mean alpha) or per matrix.")] = Granularity.block,
-    farms: Annotated[bool, typer.Option("--farms", help="Allocate from alpha_farms (FARMS) instead of alpha.")] = False,
+    target: TargetOpt,
+    epsilon: EpsilonOpt = 0.3,
+    granularity: GranularityOpt = Granularity.block,
+    farms: MetricFarmsOpt = False,
     xmin: XminOpt = Xmin.peak,
-    no_clip: Annotated[bool, typer.Option("--no-clip", help="Do not cap sparsities at 0.99 (the reference output).")] = False,
+    no_clip: NoClipOpt = False,
     device: DeviceOpt = Device.auto,
     output_format: FormatOpt = AllocationFormat.table,
     output: OutputOpt = None,
@@ -87,7 +103,8 @@ def sparsity(
         columns.append(Column("score", "block mean", 3))
     columns += [Column("sparsity", "sparsity", 4), Column("note", "note", justify="left")]
     if output_format is AllocationFormat.csv:
-        columns = [Column(key, key) for key in ("name", "tensor", "kind", "block", "params", settings.metric, "score", "sparsity", "note")]
+        keys = ("name", "tensor", "kind", "block", "params", settings.metric, "score", "sparsity", "note")
+        columns = [Column(key, key) for key in keys]
     summary = plan["summary"]
     caption = (
         f"weighted mean sparsity {summary['weighted_mean']:.4f} (target {settings.target}) over "
@@ -101,9 +118,9 @@ def sparsity(
 @app.command("experts")
 def experts(
     checkpoint: CheckpointArg,
-    total: Annotated[Optional[int], typer.Option("--total", help="Experts over all blocks (default 5 per block).", show_default=False)] = None,
-    beta: Annotated[float, typer.Option("--beta", help="Exponent on the block score; larger concentrates experts.")] = DEFAULT_BETA,
-    farms: Annotated[bool, typer.Option("--farms", help="Allocate from alpha_farms (FARMS) instead of alpha.")] = False,
+    total: TotalOpt = None,
+    beta: BetaOpt = DEFAULT_BETA,
+    farms: MetricFarmsOpt = False,
     xmin: XminOpt = Xmin.peak,
     device: DeviceOpt = Device.auto,
     output_format: FormatOpt = AllocationFormat.table,
@@ -121,8 +138,6 @@ def experts(
         Column("top_k", "top_k"),
         Column("note", "note", justify="left"),
     ]
-    if output_format is AllocationFormat.csv:
-        columns = [Column(column.key, column.key) for column in columns]
     caption = (
         f"{plan['summary']['experts']} experts over {plan['summary']['blocks']} blocks "
         f"(beta {format_cell(settings.beta, None)})"

@@ -1,7 +1,7 @@
 """htsr lr-schedule: layer-wise learning rates from alpha (TempBalance, Model Balancing).
 
     htsr lr-schedule export fixtures/resnet18_w16.pth --base-lr 0.1 -o schedule.json
-    htsr lr-schedule export fixtures/resnet18_w16.pth --base-lr 0.1 --epochs 200 --schedule cosine --format csv
+    htsr lr-schedule export fixtures/resnet18_w16.pth --base-lr 0.1 --epochs 200 --format csv
     htsr lr-schedule export ./my-hf-model --base-lr 2e-5 --map sigmoid --unit block --format yaml
 """
 
@@ -17,7 +17,7 @@ from htsr_cli.allocations.learning_rates import LrSettings, lr_schedule, modules
 from htsr_cli.checkpoints import open_checkpoint
 from htsr_cli.cli._options import CheckpointArg, Device, DeviceOpt, OutputOpt, QuietOpt, Xmin, XminOpt
 from htsr_cli.cli._output import emit_text, stderr_console
-from htsr_cli.cli.allocate import analyse
+from htsr_cli.cli.allocate import MetricFarmsOpt, analyse
 from htsr_cli.outputs import Column, dumps_json, to_csv
 
 app = typer.Typer(
@@ -52,20 +52,32 @@ class ScheduleFormat(str, Enum):
     yaml = "yaml"
 
 
+BaseLrOpt = Annotated[float, typer.Option("--base-lr", help="The base learning rate eta0 (> 0).", show_default=False)]
+MapOpt = Annotated[Map, typer.Option("--map", help="How alphas become LR factors (sigmoid: Model Balancing).")]
+UnitOpt = Annotated[Unit, typer.Option("--unit", help="One factor per layer, or per block from its mean alpha.")]
+MinRatioOpt = Annotated[float, typer.Option("--min-ratio", help="Smallest factor (linear and step maps).")]
+MaxRatioOpt = Annotated[float, typer.Option("--max-ratio", help="Largest factor (linear and step maps).")]
+EpochsOpt = Annotated[
+    Optional[int], typer.Option("--epochs", help="Also list each module's LR for epochs 0..T-1.", show_default=False)
+]
+ScheduleOpt = Annotated[Schedule, typer.Option("--schedule", help="Base LR schedule over --epochs.")]
+FormatOpt = Annotated[ScheduleFormat, typer.Option("--format", "-f", help="Output format.")]
+
+
 @app.command("export")
 def export(
     checkpoint: CheckpointArg,
-    base_lr: Annotated[float, typer.Option("--base-lr", help="The base learning rate eta0 (> 0).", show_default=False)],
-    factor_map: Annotated[Map, typer.Option("--map", help="How alphas become LR factors (sigmoid: Model Balancing).")] = Map.linear,
-    unit: Annotated[Unit, typer.Option("--unit", help="One factor per layer, or per block from its mean alpha.")] = Unit.layer,
-    min_ratio: Annotated[float, typer.Option("--min-ratio", help="Smallest factor (linear and step maps).")] = 0.5,
-    max_ratio: Annotated[float, typer.Option("--max-ratio", help="Largest factor (linear and step maps).")] = 1.5,
-    farms: Annotated[bool, typer.Option("--farms", help="Use alpha_farms (FARMS) instead of alpha.")] = False,
+    base_lr: BaseLrOpt,
+    factor_map: MapOpt = Map.linear,
+    unit: UnitOpt = Unit.layer,
+    min_ratio: MinRatioOpt = 0.5,
+    max_ratio: MaxRatioOpt = 1.5,
+    farms: MetricFarmsOpt = False,
     xmin: XminOpt = Xmin.median,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Also list each module's LR for epochs 0..T-1.", show_default=False)] = None,
-    schedule: Annotated[Schedule, typer.Option("--schedule", help="Base LR schedule over --epochs.")] = Schedule.cosine,
+    epochs: EpochsOpt = None,
+    schedule: ScheduleOpt = Schedule.cosine,
     device: DeviceOpt = Device.auto,
-    output_format: Annotated[ScheduleFormat, typer.Option("--format", "-f", help="Output format.")] = ScheduleFormat.json,
+    output_format: FormatOpt = ScheduleFormat.json,
     output: OutputOpt = None,
     quiet: QuietOpt = False,
 ) -> None:

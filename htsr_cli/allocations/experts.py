@@ -1,0 +1,110 @@
+"""AlphaLoRA: LoRA experts per transformer block from alpha (algorithms.md section 9).
+
+Less-trained blocks (larger mean alpha) get more experts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from htsr_cli.allocations.scores import block_means, check_metric, score_of
+from htsr_cli.errors import HtsrError
+from htsr_cli.report import Report
+
+SCHEMA = "htsr.experts/1"
+EXPERTS_PER_BLOCK = 5  # default total = 5 x number of blocks
+DEFAULT_BETA = 2.5
+
+
+@dataclass(frozen=True)
+class ExpertSettings:
+    total: int | None = None  # None: EXPERTS_PER_BLOCK per scored block
+    beta: float = DEFAULT_BETA
+    metric: str = "alpha"  # or "alpha_farms"
+
+    def __post_init__(self) -> None:
+        if self.total is not None and self.total < 1:
+            raise HtsrError(f"--total must be at least 1, got {self.total}")
+        if not math.isfinite(self.beta):
+            raise HtsrError(f"--beta must be a finite number, got {self.beta}")
+        check_metric(self.metric)
+
+
+def expert_allocation(scores: Sequence[float], total: int, beta: float = DEFAULT_BETA) -> list[int]:
+    """Expert counts summing to exactly `total`, at least 1 each.
+
+    Quotas q_l = T score_l^beta / sum score^beta; each layer gets floor(q_l), the
+    units still missing go to the largest remainders (first on ties). A layer left
+    at 0 is raised to 1, taking the unit from the layer most above its quota.
+    """
+    if total < len(scores):
+        raise HtsrError(
+            f"--total {total} is smaller than the number of blocks ({len(scores)}): "
+            "every block needs at least one expert"
+        )
+    weights = [score**beta for score in scores]
+    quotas = [total * w / sum(weights) for w in weights]
+    counts = [math.floor(q) for q in quotas]
+    by_remainder = sorted(range(len(quotas)), key=lambda i: counts[i] - quotas[i])  # stable sort
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    for i in range(len(counts)):
+        if counts[i] == 0:
+            donor = max((j for j in range(len(counts)) if counts[j] > 1), key=lambda j: counts[j] - quotas[j])
+            counts[donor] -= 1
+            counts[i] = 1
+    return counts
+
+
+def top_k(experts: int) -> int:
+    return 2 if experts > 1 else 1
+
+
+def expert_plan(report: Report, settings: ExpertSettings) -> dict[str, Any]:
+    """The `htsr.experts/1` document: one entry per numbered block.
+
+    A block's score is the plain mean alpha of its linear matrices (embeddings and
+    convs excluded). A block none of whose linear matrices has an alpha gets
+    `experts: null` and a note, and does not count towards the default total.
+    """
+    metric = settings.metric
+    scored = [
+        layer
+        for layer in report.layers
+        if layer.kind == "linear" and layer.block is not None and score_of(layer, metric) is not None
+    ]
+    blocks = list(dict.fromkeys(layer.block for layer in report.layers if layer.block is not None))
+    if not blocks:
+        raise HtsrError(
+            f"{report.checkpoint}: no numbered blocks (like model.layers.0); "
+            "AlphaLoRA allocates experts per transformer block"
+        )
+    means = block_means([layer.block for layer in scored], [score_of(layer, metric) for layer in scored])
+    if not means:
+        raise HtsrError(f"{report.checkpoint}: no linear matrix inside a block has an {metric}")
+    total = settings.total if settings.total is not None else EXPERTS_PER_BLOCK * len(means)
+    counts = dict(zip(means, expert_allocation(list(means.values()), total, settings.beta)))
+    entries = []
+    for block in blocks:
+        experts = counts.get(block)
+        entries.append(
+            {
+                "name": block,
+                "matrices": sum(1 for layer in scored if layer.block == block),
+                "score": means.get(block),
+                "experts": experts,
+                "top_k": top_k(experts) if experts is not None else None,
+                "note": None if experts is not None else f"no linear matrix with an {metric}",
+            }
+        )
+    return {
+        "schema": SCHEMA,
+        "htsr_version": report.htsr_version,
+        "checkpoint": report.checkpoint,
+        "settings": {"total": total, "beta": settings.beta, "metric": metric, "analysis": report.settings},
+        "layers": entries,
+        "summary": {"blocks": len(means), "experts": sum(counts.values())},
+    }
