@@ -72,11 +72,11 @@ def select_layers(specs: list[MatrixSpec], pattern: str | None) -> list[MatrixSp
     try:
         regex = re.compile(pattern)
     except re.error as error:
-        raise HtsrError(f"--layers {pattern!r}: invalid regular expression ({error})") from None
+        raise HtsrError(f"--layers '{pattern}': invalid regular expression ({error})") from None
     chosen = [spec for spec in specs if regex.search(spec.name) or regex.search(spec.tensor)]
     if not chosen:
         raise HtsrError(
-            f"--layers {pattern!r} matches none of the {len(specs)} weight matrices "
+            f"--layers '{pattern}' matches none of the {len(specs)} weight matrices "
             f"(e.g. {specs[0].name!r})"
         )
     return chosen
