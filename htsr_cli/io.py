@@ -15,6 +15,14 @@ from htsr_cli.errors import HtsrError
 def write_atomic(path: str | Path, data: str | bytes) -> None:
     """Write `data` to `path` so that readers see either the old file or the whole new one."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        # A device, pipe or /dev/stdout: renaming over it would replace the
+        # device node itself (as root, /dev/null), so stream into it instead.
+        if path.is_dir():
+            raise HtsrError(f"{path}: is a directory, expected a file name")
+        with open(path, "wb" if isinstance(data, bytes) else "w") as handle:
+            handle.write(data)
+        return
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise HtsrError(f"{path}: directory {directory} does not exist")

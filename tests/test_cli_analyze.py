@@ -187,3 +187,26 @@ def test_output_file_permissions_follow_the_umask(cli, checkpoint, tmp_path):
     finally:
         os.umask(old)
     assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_output_to_a_device_writes_into_it_and_never_replaces_it(cli, checkpoint):
+    """`-o /dev/null` must not rename a temp file over the device node (fatal when run as root)."""
+    import stat
+
+    assert cli("analyze", checkpoint, "-f", "json", "-o", "/dev/null").exit_code == 0
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_output_to_a_fifo_streams_into_it(tmp_path):
+    import threading
+
+    from htsr_cli.io import write_atomic
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(open(fifo).read()))
+    reader.start()
+    write_atomic(fifo, "hello\n")
+    reader.join(timeout=10)
+    assert received == ["hello\n"] and fifo.is_fifo()
