@@ -85,7 +85,7 @@ def select_layers(specs: list[MatrixSpec], pattern: str | None) -> list[MatrixSp
 def _prefetched(
     checkpoint: Checkpoint, specs: list[MatrixSpec], solver: Eigensolver, times: StageTimes
 ) -> Iterator[tuple[MatrixSpec, torch.Tensor | None]]:
-    """Yield (spec, slices on the solver's device) in order; None for specs not to be read."""
+    """Yield (spec, stored-dtype slices on the solver's device) in order; None for specs not to be read."""
     slots: queue.Queue = queue.Queue(maxsize=PREFETCH)
     stop = threading.Event()
 
@@ -99,7 +99,7 @@ def _prefetched(
                     started = time.perf_counter()
                     stored = checkpoint.load(spec.tensor)
                     loaded = time.perf_counter()
-                    slices = solver.to_device(as_slices(stored))
+                    slices = solver.transfer(as_slices(stored))
                     del stored
                     times.read += loaded - started
                     times.transfer += time.perf_counter() - loaded
@@ -143,11 +143,12 @@ def analyze_slices(
     solver: Eigensolver,
     times: StageTimes | None = None,
 ) -> tuple[LayerResult, LayerSpectra | None, set[str]]:
-    """Solve and fit one weight tensor given as [B, rows, cols] on the solver's device.
+    """Solve and fit one weight tensor given as [B, rows, cols] (any float dtype, any device).
 
     With `times`, the device is synchronised between stages so each is timed alone.
     """
     result = _layer_result(spec)
+    slices = solver.prepare(slices)
     if not bool(torch.isfinite(slices).all()):
         result.status, result.reason = FAILED, "non-finite weights"
         return result, None, set()

@@ -46,24 +46,29 @@ class Eigensolver:
     def create(cls, device: str = "auto", precision: str = "float64") -> "Eigensolver":
         return cls(resolve_device(device), torch.float64 if precision == "float64" else torch.float32)
 
-    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Move a stored tensor to the solver's device and precision.
+    def transfer(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Move a stored tensor to the solver's device, keeping its stored dtype.
 
-        On CUDA the copy runs from pinned memory on a side stream, in the stored
-        (usually narrower) dtype, and is upcast on the GPU; the loader thread
-        calls this, so the copy of the next matrix overlaps the current solve.
+        The loader thread calls this, so what waits in the prefetch queue is the
+        narrow stored tensor (bf16 is a quarter of float64), and on CUDA the copy
+        of the next matrix overlaps the current solve: it runs from pinned memory
+        on a side stream. Upcasting happens on the device in `prepare`.
         """
         if self.device.type != "cuda" or tensor.device == self.device:
-            return tensor.to(device=self.device, dtype=self.dtype)
+            return tensor.to(self.device)
         stream = _copy_stream(self.device)
         host = tensor if tensor.is_pinned() else tensor.pin_memory()
         with torch.cuda.stream(stream):
-            moved = host.to(self.device, non_blocking=True).to(self.dtype)
+            moved = host.to(self.device, non_blocking=True)
         # The solve runs on the default stream: keep the allocator from reusing
         # this block for the next copy while that solve may still read it.
         moved.record_stream(torch.cuda.default_stream(self.device))
         stream.synchronize()  # blocks only the loader thread; `host` may be freed after
         return moved
+
+    def prepare(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The tensor on the solver's device in the solver's precision (one copy at most)."""
+        return tensor.to(device=self.device, dtype=self.dtype)
 
     def synchronize(self) -> None:
         """Wait for queued device work (only for timing: results never need it)."""
@@ -75,7 +80,7 @@ class Eigensolver:
 
         slices: [B, rows, cols] -> [B, min(rows, cols)], ascending, clamped at 0.
         """
-        slices = self.to_device(slices)
+        slices = self.prepare(slices)
         batch, rows, cols = slices.shape
         side = min(rows, cols)
         per_gram = side * side * slices.element_size()
