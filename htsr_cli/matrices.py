@@ -7,12 +7,12 @@ slices are pooled into one ESD.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 
-_NUMERIC = re.compile(r"^\d+$")
+from htsr_cli.names import block_of, module_name
+
 _FLOAT_DTYPES = {torch.float64, torch.float32, torch.float16, torch.bfloat16} | {
     getattr(torch, name)
     for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
@@ -33,19 +33,6 @@ class MatrixSpec:
     params: int
     num_evals: int  # eigenvalues in the pooled ESD (0 when not analysable)
     skip_reason: str | None  # set when the tensor cannot be analysed at all
-
-
-def module_name(key: str) -> str:
-    return key[: -len(".weight")] if key.endswith(".weight") else key
-
-
-def block_of(name: str) -> str | None:
-    """Everything up to and including the first purely numeric path component."""
-    parts = name.split(".")
-    for index, part in enumerate(parts):
-        if _NUMERIC.match(part):
-            return ".".join(parts[: index + 1])
-    return None
 
 
 def is_weight_key(key: str) -> bool:

@@ -24,7 +24,7 @@ from htsr_cli.allocations import (
 )
 from htsr_cli.allocations.learning_rates import bn_partner, modules_of
 from htsr_cli.errors import HtsrError
-from htsr_cli.matrices import block_of
+from htsr_cli.names import block_of
 from htsr_cli.report import LayerResult, Report
 
 LLAMA_7B_BLOCK_ALPHAS = [

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from htsr_cli import analysis
 from htsr_cli.cli import allocate
 from conftest import FIXTURES, REPO
 
@@ -23,7 +24,7 @@ _reports: dict = {}
 @pytest.fixture(autouse=True)
 def analyse_each_fixture_once(monkeypatch):
     """Every command here re-analyses its checkpoint; the numbers cannot differ, so reuse them."""
-    analyze = allocate.analyze
+    analyze = analysis.analyze
 
     def cached(source, settings, progress=None):
         key = (str(source), settings)
@@ -31,7 +32,7 @@ def analyse_each_fixture_once(monkeypatch):
             _reports[key] = analyze(source, settings, progress=progress)
         return _reports[key]
 
-    monkeypatch.setattr(allocate, "analyze", cached)
+    monkeypatch.setattr(analysis, "analyze", cached)
 
 
 def assert_usage_error(result, *fragments):

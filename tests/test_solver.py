@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from htsr_cli.errors import HtsrError
-from htsr_cli.matrices import as_slices, block_of, describe, module_name
+from htsr_cli.matrices import as_slices, describe
+from htsr_cli.names import block_of, module_name
 from htsr_cli.solver import Eigensolver, resolve_device
 
 SOLVER = Eigensolver.create("cpu")

@@ -16,7 +16,18 @@ from htsr_cli.allocations.learning_rates import (
     tb_factors,
 )
 from htsr_cli.allocations.sparsity import SparsitySettings, sparsity_allocation, sparsity_plan
-from htsr_cli.allocations.tempbalance import TempBalance
+
+
+
+def __getattr__(name: str):
+    # TempBalance needs torch; the allocation functions do not, and the CLI
+    # imports them at start-up.
+    if name == "TempBalance":
+        from htsr_cli.allocations.tempbalance import TempBalance
+
+        return TempBalance
+    raise AttributeError(f"module 'htsr_cli.allocations' has no attribute {name!r}")
+
 
 __all__ = [
     "ExpertSettings",

@@ -14,7 +14,7 @@ from typing import Any
 
 from htsr_cli.allocations.scores import block_means, check_metric, missing_score_note, score_of
 from htsr_cli.errors import HtsrError
-from htsr_cli.matrices import block_of
+from htsr_cli.names import block_of
 from htsr_cli.report import LayerResult, Report
 
 SCHEMA = "htsr.lr_schedule/1"

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from htsr_cli.analysis import analyze as run_analysis
 from htsr_cli.cli._output import layer_progress
 from htsr_cli.errors import HtsrError
 from htsr_cli.report import Report, is_report_file, load_report
@@ -45,6 +44,8 @@ def reports_from(sources: list[str], settings: AnalyzeSettings, quiet: bool) -> 
         if is_saved:
             reports.append(load_report(source))
         else:
+            from htsr_cli.analysis import analyze as run_analysis  # lazy torch, see app.py
+
             with layer_progress(quiet) as progress:
                 reports.append(run_analysis(source, settings, progress=progress))
     return reports

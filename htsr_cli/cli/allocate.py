@@ -15,7 +15,6 @@ import typer
 
 from htsr_cli.allocations.experts import DEFAULT_BETA, ExpertSettings, expert_plan
 from htsr_cli.allocations.sparsity import SparsitySettings, sparsity_plan
-from htsr_cli.analysis import analyze
 from htsr_cli.cli._options import CheckpointArg, Device, DeviceOpt, OutputOpt, QuietOpt, Xmin, XminOpt
 from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress
 from htsr_cli.outputs import Column, dumps_json, format_cell, to_csv, to_rich_table
@@ -58,6 +57,8 @@ BetaOpt = Annotated[float, typer.Option("--beta", help="Exponent on the block sc
 
 def analyse(checkpoint: str, xmin: Xmin, farms: bool, device: Device, quiet: bool) -> Report:
     """The analysis behind an allocation, with the progress bar on stderr."""
+    from htsr_cli.analysis import analyze  # lazy torch, see app.py
+
     settings = AnalyzeSettings(xmin=xmin.value, farms=FarmsSettings() if farms else None, device=device.value)
     with layer_progress(quiet) as progress:
         return analyze(checkpoint, settings, progress=progress)

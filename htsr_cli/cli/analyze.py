@@ -13,7 +13,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from htsr_cli.analysis import analyze as run_analysis
 from htsr_cli.cli._options import (
     CheckpointArg,
     ConvScaleOpt,
@@ -35,7 +34,6 @@ from htsr_cli.cli._options import (
 from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress, print_timings
 from htsr_cli.report_views import report_csv, report_markdown, report_table
 from htsr_cli.settings import AnalyzeSettings, FarmsSettings
-from htsr_cli.spectra_file import save_spectra
 
 
 class ReportFormat(str, Enum):
@@ -81,6 +79,9 @@ def analyze(
     profile: Annotated[bool, typer.Option("--profile", help="Print seconds per stage (read, transfer, solve, fit, farms) on stderr.")] = False,
 ) -> None:
     """Fit the power-law exponent alpha of every weight matrix's eigenvalue spectrum."""
+    from htsr_cli.analysis import analyze as run_analysis  # lazy torch, see app.py
+    from htsr_cli.spectra_file import save_spectra
+
     settings = settings_from_options(
         xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers
     )

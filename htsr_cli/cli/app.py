@@ -47,7 +47,9 @@ def root(
         raise typer.Exit(USAGE_ERROR)
 
 
-# Subcommands: one module each.
+# Subcommands: one module each. Command modules import torch-backed code inside
+# the command functions, so `htsr --version`, `--help` and the commands that only
+# read saved reports (gate, compare) start in a fraction of torch's import time.
 app.command("analyze")(analyze.analyze)
 app.command("report")(report.report)
 app.command("gate")(gate.gate)

@@ -14,7 +14,6 @@ import typer
 import yaml
 
 from htsr_cli.allocations.learning_rates import LrSettings, lr_schedule, modules_of
-from htsr_cli.checkpoints import open_checkpoint
 from htsr_cli.cli._options import CheckpointArg, Device, DeviceOpt, OutputOpt, QuietOpt, Xmin, XminOpt
 from htsr_cli.cli._output import emit_text, stderr_console
 from htsr_cli.cli.allocate import MetricFarmsOpt, analyse
@@ -86,6 +85,8 @@ def export(
         base_lr, factor_map.value, unit.value, min_ratio, max_ratio,
         metric="alpha_farms" if farms else "alpha", epochs=epochs, schedule=schedule.value,
     )
+    from htsr_cli.checkpoints import open_checkpoint  # lazy torch, see app.py
+
     report = analyse(checkpoint, xmin, farms, device, quiet)
     with open_checkpoint(checkpoint) as source:  # metadata only: finds the BatchNorm modules
         modules = modules_of(info.key for info in source.tensors())

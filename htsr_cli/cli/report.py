@@ -13,7 +13,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from htsr_cli.analysis import analyze as run_analysis
 from htsr_cli.cli._options import (
     ConvScaleOpt,
     Device,
@@ -36,11 +35,12 @@ from htsr_cli.errors import HtsrError
 from htsr_cli.io import write_atomic
 from htsr_cli.report import Report, is_report_file, load_report
 from htsr_cli.settings import AnalyzeSettings
-from htsr_cli.spectra_file import attach_spectra, spectra_path_for
 
 
 def _saved_report(path: str, spectra: Path | None) -> Report:
     """A saved report with the spectra its plots need (--spectra, or the file beside it)."""
+    from htsr_cli.spectra_file import attach_spectra, spectra_path_for  # lazy torch, see app.py
+
     report = load_report(path)
     if spectra is None:
         spectra = spectra_path_for(path)
@@ -96,6 +96,8 @@ def report(
     else:
         if spectra is not None:
             raise HtsrError(f"--spectra {spectra}: applies to a saved REPORT.json; {source} is analysed afresh")
+        from htsr_cli.analysis import analyze as run_analysis  # lazy torch, see app.py
+
         with layer_progress(quiet) as progress:
             result = run_analysis(source, settings, progress=progress, keep_spectra=True)
     from htsr_cli.html_report import render_html  # matplotlib loads only for commands that draw
