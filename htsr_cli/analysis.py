@@ -166,7 +166,7 @@ def analyze_slices(
     farms_esd = None
     if settings.farms is not None:
         clock.lap("fit")
-        farms = farms_fit(slices, spec.kind, settings.farms, solver, settings.xmin)
+        farms = farms_fit(slices, spec.kind, settings.farms, solver, settings.xmin, scale)
         clock.lap("farms")
         if farms is not None:
             result.alpha_farms = farms.alpha

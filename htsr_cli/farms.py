@@ -193,7 +193,7 @@ def _linear_fit(matrix: torch.Tensor, settings: FarmsSettings, xmin: str) -> Far
 
 
 def _conv_fit(
-    slices: torch.Tensor, settings: FarmsSettings, solver: Eigensolver, xmin: str
+    slices: torch.Tensor, settings: FarmsSettings, solver: Eigensolver, xmin: str, scale: float
 ) -> FarmsResult | None:
     num_slices, rows, cols = slices.shape
     if rows < cols:
@@ -203,7 +203,7 @@ def _conv_fit(
         return None
     # Rows past count * height are ignored, as published (with Q > 1 about 1 - 1/Q of them).
     spectra = [
-        solver.pooled_eigenvalues(slices[:, d * blocks.height : (d + 1) * blocks.height, : blocks.width])
+        solver.pooled_eigenvalues(slices[:, d * blocks.height : (d + 1) * blocks.height, : blocks.width], scale)
         for d in range(blocks.count)
     ]
     pooled = torch.sort(torch.cat(spectra)).values
@@ -211,13 +211,20 @@ def _conv_fit(
 
 
 def farms_fit(
-    slices: torch.Tensor, kind: str, settings: FarmsSettings, solver: Eigensolver, xmin: str
+    slices: torch.Tensor,
+    kind: str,
+    settings: FarmsSettings,
+    solver: Eigensolver,
+    xmin: str,
+    conv_scale: float = 1.0,
 ) -> FarmsResult | None:
     """FARMS alpha of one layer; None when its pool would hold fewer than 5 eigenvalues.
 
     slices: [B, rows, cols] on the solver's device in its dtype (B = 1 for
-    linear/embedding, kh*kw for conv2d, k for conv1d).
+    linear/embedding, kh*kw for conv2d, k for conv1d). `conv_scale` multiplies
+    conv eigenvalues as it does for the plain spectrum, so xmin_farms is in the
+    same units as xmin.
     """
     if kind in CONV_KINDS:
-        return _conv_fit(slices, settings, solver, xmin)
+        return _conv_fit(slices, settings, solver, xmin, conv_scale)
     return _linear_fit(slices[0], settings, xmin)

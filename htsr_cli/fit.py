@@ -21,7 +21,9 @@ import torch
 
 KS_MIN_EIGENVALUE = 1e-5  # the `ks` method drops eigenvalues at or below this first
 EXACT_SCAN_LIMIT = 20_000  # above this many eigenvalues `ks` scores a candidate grid
-GRID_CANDIDATES = 2_000
+GRID_CANDIDATES = 2_000  # candidates scored in all above EXACT_SCAN_LIMIT
+GRID_FRACTION = 0.8  # of them on the first grid; the rest refine its best brackets
+REFINED_MINIMA = 2
 MEDIAN_XMIN_POS = 2.0
 PEAK_BINS = 100
 CHUNK_ELEMENTS = 1 << 22  # ~32 MB of float64 per temporary in the D scan
@@ -78,17 +80,22 @@ def ks_distances(x: torch.Tensor, starts: torch.Tensor, alphas: torch.Tensor) ->
     return distances
 
 
+def _score(x: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha, D) of each candidate; invalid candidates get D = inf so they never win."""
+    alphas = hill_alphas(x, starts)
+    distances = ks_distances(x, starts, alphas)
+    valid = torch.isfinite(alphas) & (alphas > 1.0)
+    return alphas, torch.where(valid, distances, torch.full_like(distances, math.inf))
+
+
 def _best_of(x: torch.Tensor, starts: torch.Tensor, candidates: str) -> PowerLawFit | None:
     """Score the candidate start indices and keep the smallest D (first on ties)."""
     if starts.numel() == 0:
         return None
-    alphas = hill_alphas(x, starts)
-    distances = ks_distances(x, starts, alphas)
-    valid = torch.isfinite(alphas) & (alphas > 1.0)
-    if not bool(valid.any()):
+    alphas, distances = _score(x, starts)
+    best = int(torch.argmin(distances))  # argmin returns the first minimum
+    if not math.isfinite(float(distances[best])):
         return None
-    masked = torch.where(valid, distances, torch.full_like(distances, math.inf))
-    best = int(torch.argmin(masked))  # argmin returns the first minimum
     i = int(starts[best])
     n = x.numel() - i
     alpha = float(alphas[best])
@@ -102,6 +109,40 @@ def _best_of(x: torch.Tensor, starts: torch.Tensor, candidates: str) -> PowerLaw
     )
 
 
+def candidate_grid(n_total: int, size: int) -> np.ndarray:
+    """At most `size` start indices spread over a large spectrum.
+
+    Half are evenly spaced in index (quantiles of the spectrum), half evenly
+    spaced in log tail size, so short tails, which an index grid steps over on a
+    10^5-eigenvalue FARMS pool, are candidates too.
+    """
+    by_index = np.linspace(0, n_total - 2, size // 2)
+    by_tail = n_total - np.geomspace(2, n_total, size - size // 2)
+    grid = np.round(np.concatenate([by_index, by_tail])).astype(np.int64)
+    return np.unique(np.clip(grid, 0, n_total - 2))
+
+
+def _refined_grid(x: torch.Tensor) -> PowerLawFit | None:
+    """Score a grid, then more candidates between the neighbours of its best points.
+
+    At most GRID_CANDIDATES are scored in all: GRID_FRACTION of them on the grid,
+    the rest spread evenly inside the brackets of the REFINED_MINIMA best grid
+    points (every index when a bracket is that small).
+    """
+    n_total = x.numel()
+    grid = candidate_grid(n_total, int(GRID_CANDIDATES * GRID_FRACTION))
+    _, distances = _score(x, torch.as_tensor(grid, device=x.device))
+    per_bracket = (GRID_CANDIDATES - len(grid)) // REFINED_MINIMA
+    extra = []
+    for k in torch.argsort(distances).cpu().numpy()[:REFINED_MINIMA]:
+        if not np.isfinite(float(distances[k])):
+            continue
+        low, high = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+        extra.append(np.unique(np.round(np.linspace(low, high, min(per_bracket, high - low + 1))).astype(np.int64)))
+    starts = np.unique(np.concatenate([grid, *extra]))
+    return _best_of(x, torch.as_tensor(starts, device=x.device), "grid")
+
+
 def fit_ks(x: torch.Tensor) -> PowerLawFit | None:
     """WeightWatcher's default: the xmin minimising the KS distance over all candidates."""
     x = x[x > KS_MIN_EIGENVALUE]
@@ -109,11 +150,8 @@ def fit_ks(x: torch.Tensor) -> PowerLawFit | None:
     if n_total < 2:
         return None
     if n_total <= EXACT_SCAN_LIMIT:
-        starts = torch.arange(0, n_total - 1, device=x.device)
-        return _best_of(x, starts, "exact")
-    # Quantile-spaced candidates: evenly spaced in sorted index.
-    grid = np.unique(np.round(np.linspace(0, n_total - 2, GRID_CANDIDATES)).astype(np.int64))
-    return _best_of(x, torch.as_tensor(grid, device=x.device), "grid")
+        return _best_of(x, torch.arange(0, n_total - 1, device=x.device), "exact")
+    return _refined_grid(x)
 
 
 def fit_median(x: torch.Tensor, xmin_pos: float = MEDIAN_XMIN_POS) -> PowerLawFit | None:

@@ -169,3 +169,14 @@ def test_real_trained_model_end_to_end(minilm_dir):
     assert report.summary["mean_alpha"] == pytest.approx(sum(layer.alpha for layer in ok) / len(ok))
     # A trained encoder: most of its layers sit in the healthy band.
     assert report.summary["quality_counts"]["ok"] >= len(ok) // 2
+
+
+def test_conv_scale_applies_to_the_farms_spectrum_too(state_dict):
+    from htsr_cli.settings import FarmsSettings
+
+    farms = FarmsSettings(window=16, steps=2)
+    plain = htsr_cli.analyze(state_dict, farms=farms).layer("features.0")
+    scaled = htsr_cli.analyze(state_dict, farms=farms, conv_scale=0.5).layer("features.0")
+    assert scaled.alpha_farms == pytest.approx(plain.alpha_farms, rel=1e-9)
+    assert scaled.xmin_farms == pytest.approx(plain.xmin_farms * 0.5, rel=1e-12)
+    assert scaled.xmin == pytest.approx(plain.xmin * 0.5, rel=1e-12)

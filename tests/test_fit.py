@@ -130,3 +130,25 @@ def test_grid_used_above_exact_limit(monkeypatch):
     exact = fit_ks(x)
     assert grid.candidates == "grid" and exact.candidates == "exact"
     assert abs(grid.alpha - exact.alpha) < 0.02
+
+
+def test_refined_grid_finds_a_short_tail_an_index_grid_steps_over(monkeypatch):
+    """A cubed-Gaussian matrix's ESD has its KS optimum in a short tail; the grid must reach it.
+
+    Sizes are scaled down (400 candidates on 6,000 eigenvalues) to keep the exact
+    scan fast; the ratio of grid spacing to tail size is that of a real FARMS pool.
+    """
+    from htsr_cli.solver import Eigensolver
+
+    g = torch.Generator().manual_seed(0)
+    windows = torch.randn(10, 600, 600, generator=g, dtype=torch.float64) ** 3  # a pool of 6,000
+    x = Eigensolver.create("cpu").pooled_eigenvalues(windows)
+    monkeypatch.setattr(fit, "EXACT_SCAN_LIMIT", 100)
+    monkeypatch.setattr(fit, "GRID_CANDIDATES", 400)
+    exact = fit._best_of(x, torch.arange(x.numel() - 1), "exact")
+    index_only = fit._best_of(x, torch.as_tensor(np.unique(np.linspace(0, x.numel() - 2, 400).round().astype(int))), "grid")
+    grid = fit_ks(x)
+    assert exact.tail_size < x.numel() / 400  # shorter than one index-grid step
+    assert abs(index_only.alpha - exact.alpha) > 1.0
+    assert grid.candidates == "grid"
+    assert grid.alpha == pytest.approx(exact.alpha, abs=0.02)
