@@ -148,8 +148,7 @@ def analyze_slices(
     With `times`, the device is synchronised between stages so each is timed alone.
     """
     result = _layer_result(spec)
-    slices = solver.prepare(slices)
-    if not bool(torch.isfinite(slices).all()):
+    if not solver.all_finite(slices):
         result.status, result.reason = FAILED, "non-finite weights"
         return result, None, set()
     clock = _StageClock(solver, times)
@@ -166,7 +165,7 @@ def analyze_slices(
     farms_esd = None
     if settings.farms is not None:
         clock.lap("fit")
-        farms = farms_fit(slices, spec.kind, settings.farms, solver, settings.xmin, scale)
+        farms = farms_fit(solver.prepare(slices), spec.kind, settings.farms, solver, settings.xmin, scale)
         clock.lap("farms")
         if farms is not None:
             result.alpha_farms = farms.alpha

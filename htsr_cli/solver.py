@@ -15,6 +15,12 @@ from htsr_cli.errors import HtsrError
 
 # Bytes of Gram matrices per batched eigvalsh call; bounds memory for large stacks.
 GRAM_BUDGET_BYTES = 256 << 20
+# Bytes of one upcast block of a matrix's long side while its Gram is accumulated.
+UPCAST_BLOCK_BYTES = 64 << 20
+
+
+def _bytes(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 _COPY_STREAMS: dict[torch.device, "torch.cuda.Stream"] = {}
@@ -52,7 +58,7 @@ class Eigensolver:
         The loader thread calls this, so what waits in the prefetch queue is the
         narrow stored tensor (bf16 is a quarter of float64), and on CUDA the copy
         of the next matrix overlaps the current solve: it runs from pinned memory
-        on a side stream. Upcasting happens on the device in `prepare`.
+        on a side stream. Upcasting happens on the device, block by block, in `gram`.
         """
         if self.device.type != "cuda" or tensor.device == self.device:
             return tensor.to(self.device)
@@ -75,24 +81,41 @@ class Eigensolver:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def gram(self, slices: torch.Tensor) -> torch.Tensor:
+        """Short-side Gram matrices in the solver's precision: [B, rows, cols] -> [B, side, side].
+
+        The long side is consumed in blocks of at most UPCAST_BLOCK_BYTES, each
+        upcast on its own, so a 32000 x 2048 bf16 embedding never exists as a
+        524 MB float64 copy: memory is the Gram plus one block.
+        """
+        slices = self.transfer(slices)
+        if slices.shape[1] < slices.shape[2]:
+            slices = slices.mT  # the Gram of the short side: rows become the long side
+        batch, long_side, side = slices.shape
+        gram = torch.zeros(batch, side, side, dtype=self.dtype, device=self.device)
+        step = max(1, UPCAST_BLOCK_BYTES // (batch * side * _bytes(self.dtype)))
+        for lo in range(0, long_side, step):
+            block = slices[:, lo : lo + step].to(self.dtype)  # [B, step, side]
+            gram.baddbmm_(block.mT, block)
+        return gram
+
     def gram_eigenvalues(self, slices: torch.Tensor) -> torch.Tensor:
         """Eigenvalues of each slice's short-side Gram matrix.
 
-        slices: [B, rows, cols] -> [B, min(rows, cols)], ascending, clamped at 0.
+        slices: [B, rows, cols], any float dtype -> [B, min(rows, cols)], ascending, clamped at 0.
         """
-        slices = self.prepare(slices)
         batch, rows, cols = slices.shape
         side = min(rows, cols)
-        per_gram = side * side * slices.element_size()
-        chunk = max(1, GRAM_BUDGET_BYTES // max(per_gram, 1))
-        parts = []
-        for lo in range(0, batch, chunk):
-            part = slices[lo : lo + chunk]
-            gram = part.mT @ part if rows >= cols else part @ part.mT  # [b, side, side]
-            parts.append(torch.linalg.eigvalsh(gram))
-            del gram
+        chunk = max(1, GRAM_BUDGET_BYTES // (side * side * _bytes(self.dtype)))
+        parts = [torch.linalg.eigvalsh(self.gram(slices[lo : lo + chunk])) for lo in range(0, batch, chunk)]
         values = parts[0] if len(parts) == 1 else torch.cat(parts)
         return values.clamp_min_(0.0)
+
+    def all_finite(self, slices: torch.Tensor) -> bool:
+        """No NaN or Inf, checked in blocks so no full-size temporary is made."""
+        flat = slices.reshape(-1) if slices.is_contiguous() else slices.flatten()
+        blocks = flat.split(UPCAST_BLOCK_BYTES // 8)
+        return bool(torch.stack([torch.isfinite(block).all() for block in blocks]).all())  # one sync
 
     def pooled_eigenvalues(self, slices: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         """All slices' eigenvalues pooled into one sorted 1-D ESD (times `scale`)."""

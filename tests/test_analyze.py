@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 
 import pytest
@@ -133,6 +134,8 @@ def test_streaming_holds_a_bounded_number_of_tensors(monkeypatch):
 
     def tracked(self, tensor):
         nonlocal peak
+        if threading.current_thread().name != "htsr-loader":  # the solver's own no-op call
+            return original(self, tensor)
         moved = original(self, tensor).clone()  # a fresh tensor per layer, as a file reader makes
         ident = id(moved)
         alive.add(ident)

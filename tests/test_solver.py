@@ -120,3 +120,28 @@ def test_names_and_blocks():
     assert block_of("layer3.1.conv2") == "layer3.1"
     assert block_of("encoder.layer.0.attention.self.query") == "encoder.layer.0"
     assert block_of("lm_head") is None
+
+
+def test_gram_accumulated_over_upcast_blocks_is_exact(monkeypatch):
+    """A tall bf16 matrix is upcast block by block (never whole); the spectrum is unchanged."""
+    import htsr_cli.solver as solver_module
+
+    weight = torch.randn(1000, 64).to(torch.bfloat16)
+    monkeypatch.setattr(solver_module, "UPCAST_BLOCK_BYTES", 64 * 8 * 37)  # 37-row blocks
+    esd = SOLVER.pooled_eigenvalues(as_slices(weight))
+    expected = reference(as_slices(weight))
+    assert abs(esd[-1] - expected[-1]) / expected[-1] < 1e-10
+    torch.testing.assert_close(esd, expected, rtol=1e-8, atol=1e-9 * float(expected[-1]))
+
+
+def test_non_finite_check_is_blockwise(monkeypatch):
+    import htsr_cli.solver as solver_module
+
+    monkeypatch.setattr(solver_module, "UPCAST_BLOCK_BYTES", 8 * 10)  # 10-element blocks
+    weight = torch.randn(30, 7)
+    assert SOLVER.all_finite(as_slices(weight))
+    weight[29, 6] = float("nan")
+    assert not SOLVER.all_finite(as_slices(weight))
+    conv = torch.randn(4, 3, 2, 2)
+    conv[0, 0, 1, 1] = float("inf")
+    assert not SOLVER.all_finite(as_slices(conv))
