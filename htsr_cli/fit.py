@@ -60,6 +60,7 @@ def ks_distances(x: torch.Tensor, starts: torch.Tensor, alphas: torch.Tensor) ->
     starts_valid = starts[valid]
     alphas_valid = alphas[valid]
     out = torch.empty_like(alphas_valid)
+    log_x = torch.log(x)
     first = int(starts_valid.min())
     width = n_total - first
     rows = max(1, CHUNK_ELEMENTS // max(width, 1))
@@ -67,14 +68,14 @@ def ks_distances(x: torch.Tensor, starts: torch.Tensor, alphas: torch.Tensor) ->
         s = starts_valid[lo : lo + rows]  # [B]
         a = alphas_valid[lo : lo + rows]  # [B]
         base = int(s.min())
-        tail = x[base:]  # [T], T = N - base
+        log_tail = log_x[base:]  # [T], T = N - base
         j = torch.arange(base, n_total, device=x.device)  # [T] absolute index
-        k = (j[None, :] - s[:, None]).to(x.dtype)  # [B, T] position inside each tail
         n = (n_total - s).to(x.dtype)[:, None]  # [B, 1]
-        ratio = tail[None, :] / x[s][:, None]  # [B, T]
-        fitted_cdf = 1.0 - torch.pow(ratio, (1.0 - a)[:, None])
-        gap = torch.abs(fitted_cdf - k / n)
-        gap = torch.where(k >= 0, gap, torch.zeros((), dtype=x.dtype, device=x.device))
+        empirical = (j[None, :] - s[:, None]).to(x.dtype).div_(n)  # [B, T] k / n, negative before the tail
+        # In place on one [B, T] buffer: (x_j / x_i)^(1 - alpha), then |1 - that - k/n|.
+        gap = log_tail[None, :] - log_x[s][:, None]
+        gap.mul_((1.0 - a)[:, None]).exp_().add_(empirical).sub_(1.0).abs_()
+        gap.masked_fill_(empirical < 0, 0.0)
         out[lo : lo + rows] = gap.amax(dim=1)
     distances[valid] = out
     return distances

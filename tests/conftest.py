@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# htsr caches module orders per architecture; tests keep theirs out of ~/.cache.
+os.environ.setdefault("HTSR_CACHE_DIR", tempfile.mkdtemp(prefix="htsr-test-cache-"))
 
 
 def small_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -34,3 +34,21 @@ def test_gate_and_compare_on_saved_reports_do_not_import_torch(tmp_path, cli):
     )
     assert out.strip().splitlines()[-1] == "False"
     assert json.loads(report.read_text())["schema"] == "htsr.report/1"
+
+
+def test_module_order_is_cached_per_architecture(tmp_path):
+    """The second analysis of an architecture gets its module order without importing transformers."""
+    code = (
+        "import sys\n"
+        "from htsr_cli.checkpoints import open_checkpoint\n"
+        f"keys = [info.key for info in open_checkpoint({str(FIXTURES / 'tiny-llama')!r}).tensors()]\n"
+        "print('transformers' in sys.modules, keys[0], keys[3], keys[-1])"
+    )
+    env_code = f"import os; os.environ['HTSR_CACHE_DIR'] = {str(tmp_path)!r}\n" + code
+    first = run_python(env_code).split()
+    second = run_python(env_code).split()
+    assert first[0] == "True" and second[0] == "False"
+    assert first[1:] == second[1:] == [
+        "model.embed_tokens.weight", "model.layers.0.self_attn.v_proj.weight", "lm_head.weight",
+    ]
+    assert len(list((tmp_path / "module-order").glob("*.json"))) == 1

@@ -9,12 +9,19 @@ embeddings first and heads last is the best guess.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import json
+import os
 import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from htsr_cli.errors import HtsrError
+from htsr_cli.io import write_atomic
 
 EMBEDDING_COMPONENTS = frozenset({"wte", "wpe"})
 HEAD_COMPONENTS = frozenset({"lm_head", "classifier", "fc", "head", "score"})
@@ -68,7 +75,7 @@ def _is_head(modules: list[str]) -> bool:
 def architecture_order(config_dir: Path, keys: Sequence[str]) -> list[str] | None:
     """`keys` in the order of the architecture's own state dict, or None when
     the architecture cannot be built or shares no key with the checkpoint."""
-    architecture = _architecture_keys(config_dir)
+    architecture = cached_architecture_keys(config_dir)
     if architecture is None:
         return None
     return order_by_reference(keys, *architecture)
@@ -117,6 +124,42 @@ def order_by_reference(
     if not any(name in position for key in keys for name in spellings(key)):
         return None
     return [key for _, key in sorted(enumerate(keys), key=sort_key)]
+
+
+def cache_directory() -> Path:
+    """$HTSR_CACHE_DIR, else $XDG_CACHE_HOME/htsr, else ~/.cache/htsr."""
+    if os.environ.get("HTSR_CACHE_DIR"):
+        return Path(os.environ["HTSR_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "htsr"
+
+
+def cached_architecture_keys(config_dir: Path) -> tuple[list[str], str] | None:
+    """`_architecture_keys`, remembered per config.json content and transformers version.
+
+    Building the order imports transformers (seconds of CPU on a small machine)
+    for what is a pure function of the config; a CI gate that analyses the same
+    architecture on every run pays it once. A cache that cannot be read or
+    written is ignored.
+    """
+    try:
+        version = importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    digest = hashlib.sha256((config_dir / "config.json").read_bytes() + version.encode()).hexdigest()
+    entry = cache_directory() / "module-order" / f"{digest}.json"
+    try:
+        cached = json.loads(entry.read_text())
+        return list(cached["keys"]), str(cached["base_model_prefix"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    architecture = _architecture_keys(config_dir)
+    if architecture is not None:
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(entry, json.dumps({"keys": architecture[0], "base_model_prefix": architecture[1]}))
+        except (OSError, HtsrError):
+            pass
+    return architecture
 
 
 def _architecture_keys(config_dir: Path) -> tuple[list[str], str] | None:
