@@ -27,7 +27,7 @@ from htsr_cli.farms import farms_fit
 from htsr_cli.fit import fit_power_law
 from htsr_cli.matrices import MatrixSpec, as_slices, describe
 from htsr_cli.metrics import spectral_metrics
-from htsr_cli.report import FAILED, FIT_FAILED, OK, SKIPPED, LayerResult, Report, quality_of, summarize
+from htsr_cli.report import FAILED, FIT_FAILED, SKIPPED, LayerResult, Report, quality_of, summarize
 from htsr_cli.settings import AnalyzeSettings
 from htsr_cli.solver import Eigensolver
 

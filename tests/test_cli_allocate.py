@@ -11,7 +11,6 @@ import torch
 import yaml
 
 from htsr_cli import analysis
-from htsr_cli.cli import allocate
 from conftest import FIXTURES, REPO
 
 TINY_LLAMA = FIXTURES / "tiny-llama"

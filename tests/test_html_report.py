@@ -154,5 +154,5 @@ def test_clicking_headers_sorts_and_clicking_rows_shows_plots(report, page, tmp_
     # second click: alpha descending; layers without alpha stay last
     by_alpha = sorted(range(2), key=lambda i: -report.layers[i].alpha)
     assert [int(row) for row in rows] == [*by_alpha, 2, 3]
-    assert f'aria-sort="descending">alpha</th>' in dom
+    assert 'aria-sort="descending">alpha</th>' in dom
     assert dom.count('<tr class="plot">') == 1 and dom.count('<tr class="plot" hidden="">') == 2
