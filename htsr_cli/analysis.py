@@ -97,12 +97,18 @@ def _prefetched(
                 slices = None
                 if spec.skip_reason is None:
                     started = time.perf_counter()
-                    stored = checkpoint.load(spec.tensor)
-                    loaded = time.perf_counter()
-                    slices = solver.transfer(as_slices(stored))
-                    del stored
-                    times.read += loaded - started
-                    times.transfer += time.perf_counter() - loaded
+                    moved = 0.0
+
+                    def timed_transfer(stored: torch.Tensor) -> torch.Tensor:
+                        nonlocal moved
+                        begin = time.perf_counter()
+                        on_device = solver.transfer(stored)
+                        moved += time.perf_counter() - begin
+                        return on_device
+
+                    slices = as_slices(checkpoint.load_for(spec.tensor, timed_transfer))
+                    times.transfer += moved
+                    times.read += time.perf_counter() - started - moved
                 slots.put((spec, slices, None))
         except BaseException as error:  # handed to the consumer, which re-raises it
             slots.put((None, None, error))
@@ -133,6 +139,7 @@ def _layer_result(spec: MatrixSpec) -> LayerResult:
         shape=list(spec.shape),
         block=spec.block,
         params=spec.params,
+        storage=spec.storage,
     )
 
 
@@ -225,7 +232,8 @@ def analyze(
         specs = [
             spec
             for info in checkpoint.stored()
-            if (spec := describe(info.key, info.shape, info.dtype, settings.min_evals)) is not None
+            if (spec := describe(info.key, info.shape, info.dtype, settings.min_evals, info.storage_label))
+            is not None
         ]
         if not specs:
             raise HtsrError(f"{checkpoint.source}: no weight matrices found (no tensor of 2 or more dimensions named *weight)")

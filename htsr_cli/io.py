@@ -12,6 +12,45 @@ from pathlib import Path
 from htsr_cli.errors import HtsrError
 
 
+def _resolved(path: str | os.PathLike) -> Path:
+    return Path(os.path.realpath(os.fspath(path)))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # hard links and bind mounts too
+    except OSError:
+        return False
+
+
+def check_output_paths(outputs: dict[str, str | os.PathLike | None], inputs: list[str | os.PathLike]) -> None:
+    """Refuse outputs that would overwrite an input or each other, before any work is done.
+
+    `outputs` maps how the user named each output ("-o", "--save-spectra") to its
+    path (None when not given); `inputs` are the files and directories read. An
+    output may not resolve (symlinks followed) to an input file, be a hard link
+    to one, or lie inside an input directory; two outputs may not be one file.
+    Outputs that are devices or pipes (`-o /dev/null`) are never inputs.
+    """
+    given = {flag: _resolved(path) for flag, path in outputs.items() if path is not None}
+    sources = [_resolved(path) for path in inputs if path is not None and os.path.lexists(os.fspath(path))]
+    for flag, target in given.items():
+        if target.exists() and not (target.is_file() or target.is_dir()):
+            continue
+        for source in sources:
+            if target == source or _same_file(target, source):
+                raise HtsrError(f"{flag} {outputs[flag]}: is an input of this command; refusing to overwrite it")
+            if source.is_dir() and target.is_relative_to(source):
+                raise HtsrError(
+                    f"{flag} {outputs[flag]}: lies inside the input directory {source}; write it elsewhere"
+                )
+    flags = list(given)
+    for i, first in enumerate(flags):
+        for second in flags[i + 1 :]:
+            if given[first] == given[second] or _same_file(given[first], given[second]):
+                raise HtsrError(f"{first} and {second} name the same file ({outputs[first]}); give each its own")
+
+
 def write_atomic(path: str | Path, data: str | bytes) -> None:
     """Write `data` to `path` so that readers see either the old file or the whole new one."""
     path = Path(path)

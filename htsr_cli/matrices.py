@@ -33,6 +33,7 @@ class MatrixSpec:
     params: int
     num_evals: int  # eigenvalues in the pooled ESD (0 when not analysable)
     skip_reason: str | None  # set when the tensor cannot be analysed at all
+    storage: str | None = None  # how the weight is stored (see TensorInfo.storage_label)
 
 
 def is_weight_key(key: str) -> bool:
@@ -53,7 +54,9 @@ def _slice_grid(shape: tuple[int, ...]) -> tuple[int, int, int]:
     return slices, rows, cols
 
 
-def describe(key: str, shape: tuple[int, ...], dtype: torch.dtype, min_evals: int) -> MatrixSpec | None:
+def describe(
+    key: str, shape: tuple[int, ...], dtype: torch.dtype, min_evals: int, storage: str | None = None
+) -> MatrixSpec | None:
     """Classify a stored tensor; None for tensors that are not weight matrices (biases, norms, buffers)."""
     if len(shape) < 2 or not is_weight_key(key):
         return None
@@ -75,7 +78,7 @@ def describe(key: str, shape: tuple[int, ...], dtype: torch.dtype, min_evals: in
         reason = f"unsupported {len(shape)}-D tensor"
     elif num_evals < min_evals:
         reason = f"{num_evals} eigenvalues < min_evals {min_evals}"
-    return MatrixSpec(name, key, kind, tuple(shape), block_of(name), params, num_evals, reason)
+    return MatrixSpec(name, key, kind, tuple(shape), block_of(name), params, num_evals, reason, storage)
 
 
 def _is_embedding(name: str) -> bool:

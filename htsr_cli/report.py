@@ -66,6 +66,7 @@ class LayerResult:
     shape: list[int]
     block: str | None
     params: int
+    storage: str | None = None  # how the weight was stored: its dtype, or a quantization format
     status: str = OK
     reason: str | None = None
     num_evals: int | None = None

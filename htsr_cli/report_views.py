@@ -35,7 +35,7 @@ TABLE_COLUMNS = [
 CSV_COLUMNS = [
     Column(key, key)
     for key in (
-        "name", "tensor", "kind", "shape", "block", "params", "status", "reason", "num_evals",
+        "name", "tensor", "kind", "shape", "block", "params", "storage", "status", "reason", "num_evals",
         "alpha", "xmin", "ks_distance", "sigma", "tail_size", "lambda_max", "log_spectral_norm",
         "log_norm", "stable_rank", "alpha_weighted", "log_alpha_norm", "entropy", "quality",
         *FARMS_FIELDS,

@@ -682,3 +682,23 @@ def test_directory_of_plain_weight_files(tmp_path):
 
 def test_not_a_checkpoint_object():
     assert_one_line_error(42, "int", "nn.Module")
+
+
+def test_load_for_moves_the_stored_tensor_before_returning_it(tmp_path):
+    from htsr_cli.checkpoints import open_checkpoint
+
+    path = tmp_path / "m.safetensors"
+    weight = torch.arange(12, dtype=torch.bfloat16).reshape(3, 4)
+    save_file({"a.weight": weight}, str(path))
+    seen = []
+
+    def move(tensor):
+        seen.append(tensor.dtype)
+        return tensor.to(torch.float64)
+
+    with open_checkpoint(path) as checkpoint:
+        info = checkpoint.tensors()[0]
+        assert info.storage is None and info.storage_label == "bfloat16"
+        loaded = checkpoint.load_for("a.weight", move)
+    assert seen == [torch.bfloat16]
+    assert loaded.dtype == torch.float64 and torch.equal(loaded, weight.double())

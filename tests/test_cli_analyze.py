@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from conftest import FIXTURES
 
 LAYER_KEYS = {
-    "name", "tensor", "kind", "shape", "block", "params", "status", "reason", "num_evals", "alpha",
+    "name", "tensor", "kind", "shape", "block", "params", "storage", "status", "reason", "num_evals", "alpha",
     "xmin", "ks_distance", "sigma", "tail_size", "lambda_max", "log_spectral_norm", "log_norm",
     "stable_rank", "alpha_weighted", "log_alpha_norm", "entropy", "quality",
 }
@@ -54,6 +54,7 @@ def test_json_follows_the_report_schema(cli, checkpoint):
     for layer in report["layers"]:
         assert set(layer) == LAYER_KEYS
     assert report["settings"]["xmin"] == "ks" and report["settings"]["device"] == "cpu"
+    assert {layer["storage"] for layer in report["layers"]} == {"float32"}
 
 
 def test_csv_markdown_and_table_carry_the_same_alphas(cli, checkpoint):

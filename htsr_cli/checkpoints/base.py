@@ -9,6 +9,7 @@ drops when done.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,8 +20,16 @@ class TensorInfo:
     """One stored tensor, described without reading its data."""
 
     key: str  # after unwrapping containers and wrapper prefixes (no "module.")
-    shape: tuple[int, ...]
-    dtype: torch.dtype
+    shape: tuple[int, ...]  # the logical shape (a quantized weight's unpacked shape)
+    dtype: torch.dtype  # the dtype `load_for` returns (a quantized weight's dequantized dtype)
+    # How the tensor is stored when that is not simply `dtype` ("gptq int4 g128",
+    # "fp8-e4m3 block 128x128"); None for a plain tensor of `dtype`.
+    storage: str | None = None
+
+    @property
+    def storage_label(self) -> str:
+        """What a report says about how the weight was stored: the format, or the dtype's name."""
+        return self.storage or str(self.dtype).removeprefix("torch.")
 
 
 class Checkpoint(ABC):
@@ -42,6 +51,17 @@ class Checkpoint(ABC):
         """One tensor with its stored dtype, on the CPU (an in-memory module's
         tensors stay on their device). It may share memory with the source:
         read it, do not modify it."""
+
+    def load_for(self, key: str, move: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The logical tensor of `key`, with its stored data passed through `move` first.
+
+        `move` takes a stored tensor to where the work happens (the solver's
+        device, in its stored dtype). A plain tensor is loaded and moved; a
+        reader of packed formats overrides this to move the packed parts and
+        decode them there, so dequantization runs on the device and only one
+        decoded matrix exists at a time.
+        """
+        return move(self.load(key))
 
     @abstractmethod
     def close(self) -> None:
