@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from os import PathLike
 from typing import Any
@@ -242,25 +243,28 @@ def analyze(
         spectra: dict[str, LayerSpectra] = {}
         candidates: set[str] = set()
         times = StageTimes()
-        stream = _prefetched(checkpoint, specs, solver, times)
-        for done, (spec, slices) in enumerate(stream, start=1):
-            if progress is not None:
-                progress(done - 1, len(specs), spec.name)
-            if slices is None:
-                result = _layer_result(spec)
-                result.status, result.reason = SKIPPED, spec.skip_reason
-            else:
-                result, layer_spectra, used = analyze_slices(
-                    spec, slices, settings, solver, times if profile else None
-                )
-                candidates |= used
-                del slices
-                if keep_spectra and layer_spectra is not None:
-                    spectra[spec.name] = LayerSpectra(
-                        layer_spectra.esd.cpu(),
-                        None if layer_spectra.farms is None else layer_spectra.farms.cpu(),
+        with closing(_prefetched(checkpoint, specs, solver, times)) as stream:
+            for done in range(len(specs)):
+                # next() rather than enumerate(): enumerate keeps its last result
+                # tuple, pinning the previous layer's tensor while the next is fetched.
+                spec, slices = next(stream)
+                if progress is not None:
+                    progress(done, len(specs), spec.name)
+                if slices is None:
+                    result = _layer_result(spec)
+                    result.status, result.reason = SKIPPED, spec.skip_reason
+                else:
+                    result, layer_spectra, used = analyze_slices(
+                        spec, slices, settings, solver, times if profile else None
                     )
-            layers.append(result)
+                    candidates |= used
+                    del slices
+                    if keep_spectra and layer_spectra is not None:
+                        spectra[spec.name] = LayerSpectra(
+                            layer_spectra.esd.cpu(),
+                            None if layer_spectra.farms is None else layer_spectra.farms.cpu(),
+                        )
+                layers.append(result)
         if progress is not None:
             progress(len(specs), len(specs), "")
         rank = {key: index for index, key in enumerate(module_order.result())}
