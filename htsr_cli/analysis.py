@@ -204,6 +204,70 @@ class _StageClock:
         self.last = now
 
 
+@dataclass
+class SolvedLayers:
+    """What solving a list of specs yields: one result per spec, in the specs' order."""
+
+    layers: list[LayerResult]
+    spectra: dict[str, LayerSpectra]  # name -> spectra, only with keep_spectra
+    candidates: set[str]  # xmin candidate sets the fits used: "exact" / "grid"
+
+
+def plan_layers(checkpoint: Checkpoint, settings: AnalyzeSettings) -> list[MatrixSpec]:
+    """The weight matrices to analyse, in storage order (the cheapest to read in)."""
+    specs = [
+        spec
+        for info in checkpoint.stored()
+        if (spec := describe(info.key, info.shape, info.dtype, settings.min_evals, info.storage_label))
+        is not None
+    ]
+    if not specs:
+        raise HtsrError(f"{checkpoint.source}: no weight matrices found (no tensor of 2 or more dimensions named *weight)")
+    return select_layers(specs, settings.layers)
+
+
+def solve_layers(
+    checkpoint: Checkpoint,
+    specs: list[MatrixSpec],
+    settings: AnalyzeSettings,
+    solver: Eigensolver,
+    *,
+    progress: ProgressCallback | None = None,
+    keep_spectra: bool = False,
+    times: StageTimes | None = None,
+) -> SolvedLayers:
+    """Read, solve and fit every spec; results come back in the order of `specs`.
+
+    With `times`, each stage's seconds are added to it (the device is synchronised
+    between stages so each is timed alone).
+    """
+    solved = SolvedLayers([], {}, set())
+    loader_times = times if times is not None else StageTimes()
+    with closing(_prefetched(checkpoint, specs, solver, loader_times)) as stream:
+        for done in range(len(specs)):
+            # next() rather than enumerate(): enumerate keeps its last result
+            # tuple, pinning the previous layer's tensor while the next is fetched.
+            spec, slices = next(stream)
+            if progress is not None:
+                progress(done, len(specs), spec.name)
+            if slices is None:
+                result = _layer_result(spec)
+                result.status, result.reason = SKIPPED, spec.skip_reason
+            else:
+                result, layer_spectra, used = analyze_slices(spec, slices, settings, solver, times)
+                solved.candidates |= used
+                del slices
+                if keep_spectra and layer_spectra is not None:
+                    solved.spectra[spec.name] = LayerSpectra(
+                        layer_spectra.esd.cpu(),
+                        None if layer_spectra.farms is None else layer_spectra.farms.cpu(),
+                    )
+            solved.layers.append(result)
+    if progress is not None:
+        progress(len(specs), len(specs), "")
+    return solved
+
+
 def analyze(
     source: Source,
     settings: AnalyzeSettings | None = None,
@@ -226,60 +290,28 @@ def analyze(
         raise TypeError("pass either settings or keyword options, not both")
     started = time.perf_counter()
     solver = Eigensolver.create(settings.device, settings.precision)
+    times = StageTimes() if profile else None
     with open_checkpoint(source) as checkpoint, ThreadPoolExecutor(1, "htsr-order") as pool:
         # Module order can need the architecture (transformers on the meta device):
         # work it out beside the solves, read in storage order, sort at the end.
         module_order = pool.submit(lambda: [info.key for info in checkpoint.tensors()])
-        specs = [
-            spec
-            for info in checkpoint.stored()
-            if (spec := describe(info.key, info.shape, info.dtype, settings.min_evals, info.storage_label))
-            is not None
-        ]
-        if not specs:
-            raise HtsrError(f"{checkpoint.source}: no weight matrices found (no tensor of 2 or more dimensions named *weight)")
-        specs = select_layers(specs, settings.layers)
-        layers: list[LayerResult] = []
-        spectra: dict[str, LayerSpectra] = {}
-        candidates: set[str] = set()
-        times = StageTimes()
-        with closing(_prefetched(checkpoint, specs, solver, times)) as stream:
-            for done in range(len(specs)):
-                # next() rather than enumerate(): enumerate keeps its last result
-                # tuple, pinning the previous layer's tensor while the next is fetched.
-                spec, slices = next(stream)
-                if progress is not None:
-                    progress(done, len(specs), spec.name)
-                if slices is None:
-                    result = _layer_result(spec)
-                    result.status, result.reason = SKIPPED, spec.skip_reason
-                else:
-                    result, layer_spectra, used = analyze_slices(
-                        spec, slices, settings, solver, times if profile else None
-                    )
-                    candidates |= used
-                    del slices
-                    if keep_spectra and layer_spectra is not None:
-                        spectra[spec.name] = LayerSpectra(
-                            layer_spectra.esd.cpu(),
-                            None if layer_spectra.farms is None else layer_spectra.farms.cpu(),
-                        )
-                layers.append(result)
-        if progress is not None:
-            progress(len(specs), len(specs), "")
+        specs = plan_layers(checkpoint, settings)
+        solved = solve_layers(
+            checkpoint, specs, settings, solver, progress=progress, keep_spectra=keep_spectra, times=times
+        )
         rank = {key: index for index, key in enumerate(module_order.result())}
-        layers.sort(key=lambda layer: rank[layer.tensor])
+        layers = sorted(solved.layers, key=lambda layer: rank[layer.tensor])
         source_name = checkpoint.source
     seconds = time.perf_counter() - started
     report = Report(
         checkpoint=source_name,
-        settings=settings.to_json(solver.device.type, "grid" if "grid" in candidates else "exact"),
+        settings=settings.to_json(solver.device.type, "grid" if "grid" in solved.candidates else "exact"),
         layers=layers,
         summary=summarize(layers, seconds, with_farms=settings.farms is not None),
         htsr_version=__version__,
     )
-    report.spectra = spectra
-    if profile:
+    report.spectra = solved.spectra
+    if times is not None:
         times.wall = seconds
         report.timings = times
     return report
