@@ -1,21 +1,25 @@
 """The analysis pipeline: checkpoint -> matrices -> spectra -> fits -> Report.
 
-Tensors stream through one at a time. A loader thread reads the next tensor
-(and moves it to the solver's device) while the current one is solved, through
-a queue of at most `PREFETCH` tensors, so IO hides behind compute and peak
-memory is a few matrices whatever the model size.
+Tensors stream through: a loader thread reads the next tensors (and moves
+them to the solver's device) while the current ones are solved, a few batches
+ahead at most, so IO hides behind compute and peak memory is a few matrices
+whatever the model size. Matrices of one shape are solved in one batched call
+(scheduling.py); on a CPU with 2+ cores two batches are solved at once, one
+per thread set, and on CUDA the fits run on a CPU thread pool beside the GPU
+solves. None of this changes a number: results are those of solving each
+matrix alone, in spec order.
 """
 
 from __future__ import annotations
 
-import queue
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
-from dataclasses import dataclass
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
+from contextlib import closing, nullcontext
+from dataclasses import dataclass, field, replace
+from functools import partial
 from os import PathLike
 from typing import Any
 
@@ -24,16 +28,19 @@ import torch
 from htsr_cli import __version__
 from htsr_cli.checkpoints import Checkpoint, open_checkpoint
 from htsr_cli.errors import HtsrError
-from htsr_cli.farms import farms_fit
-from htsr_cli.fit import fit_power_law
-from htsr_cli.matrices import MatrixSpec, as_slices, describe
+from htsr_cli.farms import FarmsResult, farms_fit
+from htsr_cli.fit import fit_failure_reason, guarded_fit
+from htsr_cli.matrices import MatrixSpec, as_slices, matrix_specs, merge_runs
+from htsr_cli.memory import available_bytes, format_bytes
 from htsr_cli.metrics import spectral_metrics
 from htsr_cli.report import FAILED, FIT_FAILED, SKIPPED, LayerResult, Report, quality_of, summarize
+from htsr_cli.scheduling import Batch, batch_order, prefetched, run_batches
 from htsr_cli.settings import AnalyzeSettings
-from htsr_cli.solver import Eigensolver
+from htsr_cli.solver import GRAM_BUDGET_BYTES, Eigensolver
 
-PREFETCH = 2
 CONV_KINDS = ("conv1d", "conv2d")
+FIT_THREADS = 8  # CPU threads fitting beside a GPU's solves, at most
+FIT_BACKLOG = 4  # per fit thread: fits waiting before the GPU solves wait for them
 
 Source = str | PathLike | torch.nn.Module | Mapping[str, torch.Tensor]
 ProgressCallback = Callable[[int, int, str], None]
@@ -41,10 +48,11 @@ ProgressCallback = Callable[[int, int, str], None]
 
 @dataclass
 class StageTimes:
-    """Seconds spent per pipeline stage (`--profile`).
+    """Seconds spent per pipeline stage (`--profile`), and how many matrices and batches were solved.
 
     read and transfer run on the loader thread, concurrently with solve and fit
-    on the main thread, so the stages can add up to more than the wall time.
+    on the solve threads (two at once on a multi-core CPU, fits on a thread pool
+    beside a GPU), so the stages add up to more than the wall time.
     """
 
     read: float = 0.0
@@ -53,9 +61,20 @@ class StageTimes:
     fit: float = 0.0
     farms: float = 0.0
     wall: float = 0.0
+    matrices: int = 0
+    batches: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, stage: str, amount: float) -> None:
+        with self._lock:  # solve threads and fit threads add concurrently
+            setattr(self, stage, getattr(self, stage) + amount)
 
     def to_json(self) -> dict[str, float]:
-        return {key: round(value, 4) for key, value in self.__dict__.items()}
+        return {
+            key: round(value, 4) if isinstance(value, float) else value
+            for key, value in self.__dict__.items()
+            if not key.startswith("_")
+        }
 
 
 @dataclass
@@ -83,55 +102,6 @@ def select_layers(specs: list[MatrixSpec], pattern: str | None) -> list[MatrixSp
     return chosen
 
 
-def _prefetched(
-    checkpoint: Checkpoint, specs: list[MatrixSpec], solver: Eigensolver, times: StageTimes
-) -> Iterator[tuple[MatrixSpec, torch.Tensor | None]]:
-    """Yield (spec, stored-dtype slices on the solver's device) in order; None for specs not to be read."""
-    slots: queue.Queue = queue.Queue(maxsize=PREFETCH)
-    stop = threading.Event()
-
-    def load_all() -> None:
-        try:
-            for spec in specs:
-                if stop.is_set():
-                    return
-                slices = None
-                if spec.skip_reason is None:
-                    started = time.perf_counter()
-                    moved = 0.0
-
-                    def timed_transfer(stored: torch.Tensor) -> torch.Tensor:
-                        nonlocal moved
-                        begin = time.perf_counter()
-                        on_device = solver.transfer(stored)
-                        moved += time.perf_counter() - begin
-                        return on_device
-
-                    slices = as_slices(checkpoint.load_for(spec.tensor, timed_transfer))
-                    times.transfer += moved
-                    times.read += time.perf_counter() - started - moved
-                slots.put((spec, slices, None))
-        except BaseException as error:  # handed to the consumer, which re-raises it
-            slots.put((None, None, error))
-
-    loader = threading.Thread(target=load_all, name="htsr-loader", daemon=True)
-    loader.start()
-    try:
-        for _ in specs:
-            spec, slices, error = slots.get()
-            if error is not None:
-                raise error
-            yield spec, slices
-            slices = None  # the consumer is done with it: do not pin it while fetching the next
-    finally:
-        stop.set()
-        while loader.is_alive():  # unblock a loader waiting on a full queue
-            try:
-                slots.get_nowait()
-            except queue.Empty:
-                loader.join(timeout=0.05)
-
-
 def _layer_result(spec: MatrixSpec) -> LayerResult:
     return LayerResult(
         name=spec.name,
@@ -142,50 +112,6 @@ def _layer_result(spec: MatrixSpec) -> LayerResult:
         params=spec.params,
         storage=spec.storage,
     )
-
-
-def analyze_slices(
-    spec: MatrixSpec,
-    slices: torch.Tensor,
-    settings: AnalyzeSettings,
-    solver: Eigensolver,
-    times: StageTimes | None = None,
-) -> tuple[LayerResult, LayerSpectra | None, set[str]]:
-    """Solve and fit one weight tensor given as [B, rows, cols] (any float dtype, any device).
-
-    With `times`, the device is synchronised between stages so each is timed alone.
-    """
-    result = _layer_result(spec)
-    if not solver.all_finite(slices):
-        result.status, result.reason = FAILED, "non-finite weights"
-        return result, None, set()
-    clock = _StageClock(solver, times)
-    scale = settings.conv_scale if spec.kind in CONV_KINDS else 1.0
-    esd = solver.pooled_eigenvalues(slices, scale)
-    clock.lap("solve")
-    fit = fit_power_law(esd, settings.xmin)
-    for key, value in spectral_metrics(esd, fit).items():
-        setattr(result, key, value)
-    result.quality = quality_of(result.alpha)
-    candidates = {fit.candidates} if fit else set()
-    if fit is None:
-        result.status, result.reason = FIT_FAILED, "no valid power-law fit (every candidate alpha <= 1)"
-    farms_esd = None
-    if settings.farms is not None:
-        clock.lap("fit")
-        farms = farms_fit(solver.prepare(slices), spec.kind, settings.farms, solver, settings.xmin, scale)
-        clock.lap("farms")
-        if farms is not None:
-            result.alpha_farms = farms.alpha
-            result.xmin_farms = farms.xmin
-            result.ks_distance_farms = farms.ks_distance
-            result.farms_windows = farms.windows
-            result.farms_num_evals = farms.num_evals
-            candidates |= farms.candidates
-            farms_esd = farms.pooled
-    else:
-        clock.lap("fit")
-    return result, LayerSpectra(esd, farms_esd), candidates
 
 
 class _StageClock:
@@ -200,7 +126,7 @@ class _StageClock:
             return
         self.solver.synchronize()
         now = time.perf_counter()
-        setattr(self.times, stage, getattr(self.times, stage) + now - self.last)
+        self.times.add(stage, now - self.last)
         self.last = now
 
 
@@ -211,19 +137,228 @@ class SolvedLayers:
     layers: list[LayerResult]
     spectra: dict[str, LayerSpectra]  # name -> spectra, only with keep_spectra
     candidates: set[str]  # xmin candidate sets the fits used: "exact" / "grid"
+    gram_precisions: set[str] = field(default_factory=set)  # Gram dtypes used: "float32" / "float64"
+
+
+@dataclass
+class _Outcome:
+    """One layer, solved: its result, spectra and what the report's settings say about it."""
+
+    result: LayerResult
+    spectra: LayerSpectra | None = None
+    candidates: set[str] = field(default_factory=set)
+    gram_precision: str | None = None
 
 
 def plan_layers(checkpoint: Checkpoint, settings: AnalyzeSettings) -> list[MatrixSpec]:
-    """The weight matrices to analyse, in storage order (the cheapest to read in)."""
+    """The weight matrices to analyse, in storage order (the cheapest to read in).
+
+    A fused expert tensor contributes one spec per expert matrix (matrices.py).
+    """
     specs = [
         spec
         for info in checkpoint.stored()
-        if (spec := describe(info.key, info.shape, info.dtype, settings.min_evals, info.storage_label))
-        is not None
+        for spec in matrix_specs(
+            info.key, info.shape, info.dtype, settings.min_evals, info.storage_label, checkpoint.model_type
+        )
     ]
     if not specs:
         raise HtsrError(f"{checkpoint.source}: no weight matrices found (no tensor of 2 or more dimensions named *weight)")
     return select_layers(specs, settings.layers)
+
+
+def memory_budget(settings: AnalyzeSettings, solver: Eigensolver) -> tuple[int, str]:
+    """(bytes the solves may use, where that number comes from) -- the second for skip reasons."""
+    if settings.max_memory is not None:
+        return int(settings.max_memory), "--max-memory"
+    available = available_bytes(solver.device)
+    if available is None:  # the platform does not say: nothing to check against
+        return 1 << 62, "unknown"
+    where = "free GPU memory" if solver.device.type == "cuda" else "available memory"
+    return available, f"{where}; --max-memory sets it"
+
+
+def _work_bytes(spec: MatrixSpec, settings: AnalyzeSettings, solver: Eigensolver) -> int:
+    count, rows, cols = spec.slice_grid
+    return solver.work_bytes(count, rows, cols, spec.dtype or torch.float32, settings.farms is not None)
+
+
+def _within_budget(
+    spec: MatrixSpec, settings: AnalyzeSettings, solver: Eigensolver, budget: tuple[int, str]
+) -> MatrixSpec:
+    """The spec, or the spec skipped with a reason when solving it needs more memory than the budget."""
+    need = _work_bytes(spec, settings, solver)
+    limit, source = budget
+    if spec.skip_reason is not None or need <= limit:
+        return spec
+    reason = (
+        f"needs {format_bytes(need)} for its Gram matrix and eigensolver, over the memory budget of "
+        f"{format_bytes(limit)} ({source})"
+    )
+    return replace(spec, skip_reason=reason)
+
+
+def _read_and_batch(
+    checkpoint: Checkpoint,
+    specs: list[MatrixSpec],
+    order: list[int],
+    settings: AnalyzeSettings,
+    solver: Eigensolver,
+    cap_bytes: int,
+    times: StageTimes,
+) -> Iterator[Batch]:
+    """Read the tensors of `specs` in `order` (each once, moved to the device) and group them into batches.
+
+    Runs on the loader thread. A batch holds views of the tensors it needs, so
+    a tensor is freed as soon as the last batch using it is solved.
+    """
+    batch = Batch()
+    position = 0
+    while position < len(order):
+        key = specs[order[position]].tensor
+        end = position + 1
+        while end < len(order) and specs[order[end]].tensor == key:  # a fused tensor's layers: one read
+            end += 1
+        weight = _timed_load(checkpoint, key, solver, times)
+        for index in order[position:end]:
+            spec = specs[index]
+            count, rows, cols = spec.slice_grid
+            stack = as_slices(weight, spec.part)
+            gram_bytes = count * min(rows, cols) ** 2 * 24  # a Gram, its float64 copy, the eigensolver's copy
+            if not batch.fits(stack, gram_bytes, cap_bytes):
+                yield batch
+                batch = Batch()
+            batch.add(index, spec, stack, _work_bytes(spec, settings, solver), gram_bytes)
+        weight = stack = None  # the batch holds what it needs: do not pin it while reading the next
+        position = end
+    if batch.specs:
+        yield batch
+
+
+def _timed_load(checkpoint: Checkpoint, key: str, solver: Eigensolver, times: StageTimes) -> torch.Tensor:
+    started = time.perf_counter()
+    moved = 0.0
+
+    def timed_transfer(stored: torch.Tensor) -> torch.Tensor:
+        nonlocal moved
+        begin = time.perf_counter()
+        on_device = solver.transfer(stored)
+        moved += time.perf_counter() - begin
+        return on_device
+
+    weight = checkpoint.load_for(key, timed_transfer)
+    times.add("transfer", moved)
+    times.add("read", time.perf_counter() - started - moved)
+    return weight
+
+
+def _not_finite_reason(stack: torch.Tensor, gram_dtype: torch.dtype, solver: Eigensolver) -> str:
+    """Why a layer's Gram is not finite: NaN/Inf weights, or weights too large for the Gram's dtype."""
+    if not solver.all_finite(stack):
+        return "non-finite weights"
+    largest = max(float(matrix.to(torch.float32).abs().max()) for matrix in stack)
+    if gram_dtype == torch.float64:
+        return f"the Gram matrix overflows float64 (largest |weight| {largest:.3g})"
+    return f"the Gram matrix overflows float32 (largest |weight| {largest:.3g}); --precision float64 forms it in float64"
+
+
+def _solve_batch(
+    batch: Batch,
+    settings: AnalyzeSettings,
+    solver: Eigensolver,
+    times: StageTimes | None,
+    keep_spectra: bool,
+    fits: Executor | None,
+) -> tuple[list[tuple[int, _Outcome | Future]], str]:
+    """Solve one batch: batched Grams and eigensolver, then each layer's FARMS and fit.
+
+    Returns (position, outcome) per layer and the Gram's dtype name. Fits run
+    here, or on `fits` (the CPU pool beside a GPU), whose outcomes are futures.
+    """
+    clock = _StageClock(solver, times)
+    grams = solver.grams(merge_runs(batch.stacks))  # [slices, side, side], lower triangles
+    bounds = [0]
+    for stack in batch.stacks:
+        bounds.append(bounds[-1] + stack.shape[0])
+    finite = solver.finite_grams(grams).tolist()  # one host sync
+    usable = [all(finite[lo:hi]) for lo, hi in zip(bounds, bounds[1:])]
+    rows = [row for k, ok in enumerate(usable) if ok for row in range(bounds[k], bounds[k + 1])]
+    # NaN or Inf would break the eigensolver: only the finite layers' Grams go in.
+    values = solver.eigenvalues(grams if len(rows) == len(finite) else grams[rows])  # [len(rows), side]
+    if fits is not None:
+        values = values.cpu()  # one copy for the whole batch: the fits run on the CPU
+    clock.lap("solve")
+    guarded = settings.precision == "float32"
+    outcomes: list[tuple[int, _Outcome | Future]] = []
+    start = 0
+    for k, (index, spec, stack) in enumerate(zip(batch.indices, batch.specs, batch.stacks)):
+        if not usable[k]:
+            result = _layer_result(spec)
+            result.status, result.reason = FAILED, _not_finite_reason(stack, grams.dtype, solver)
+            outcomes.append((index, _Outcome(result)))
+            continue
+        layer_values = values[start : start + stack.shape[0]]  # [n, side]
+        start += stack.shape[0]
+        scale = settings.conv_scale if spec.kind in CONV_KINDS else 1.0
+        farms = None
+        if settings.farms is not None:
+            farms = farms_fit(stack, spec.kind, settings.farms, solver, settings.xmin, scale)
+            clock.lap("farms")
+        # float32 mode keeps the layer's Grams until its fit says whether float64 is needed.
+        redo = partial(_float64_values, solver, grams[bounds[k] : bounds[k + 1]], layer_values.device) if guarded else None
+        fit = partial(_fit_layer, spec, layer_values, redo, scale, farms, settings, keep_spectra, times)
+        outcomes.append((index, fits.submit(fit) if fits is not None else fit()))
+    return outcomes, str(grams.dtype).removeprefix("torch.")
+
+
+def _float64_values(solver: Eigensolver, grams: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return solver.eigenvalues(grams, float64=True).to(device)
+
+
+def _fit_layer(
+    spec: MatrixSpec,
+    values: torch.Tensor,
+    redo: Callable[[], torch.Tensor] | None,
+    scale: float,
+    farms: FarmsResult | None,
+    settings: AnalyzeSettings,
+    keep_spectra: bool,
+    times: StageTimes | None,
+) -> _Outcome:
+    """One solved layer's numbers from its eigenvalues [n, side] (and its FARMS result).
+
+    `redo` (float32 mode) gives the eigenvalues again, solved in float64 from the
+    same Grams, for when the guard finds float32 not accurate enough.
+    """
+    started = time.perf_counter()
+
+    def pooled(float64: bool) -> torch.Tensor:
+        layer_values = (redo() if float64 else values).flatten()
+        return torch.sort(layer_values * scale if scale != 1.0 else layer_values).values
+
+    esd, fit, redone = guarded_fit(pooled, settings.xmin, values.shape[-1], redo is not None)
+    result = _layer_result(spec)
+    for key, value in spectral_metrics(esd, fit).items():
+        setattr(result, key, value)
+    result.quality = quality_of(result.alpha)
+    if fit is None:
+        result.status, result.reason = FIT_FAILED, fit_failure_reason(esd, settings.xmin)
+    candidates = {fit.candidates} if fit else set()
+    if farms is not None:
+        result.alpha_farms = farms.alpha
+        result.xmin_farms = farms.xmin
+        result.ks_distance_farms = farms.ks_distance
+        result.farms_windows = farms.windows
+        result.farms_num_evals = farms.num_evals
+        candidates |= farms.candidates
+    if redo is not None:  # true when any of the layer's eigensolves had to be redone
+        result.eigensolver_redone = bool(redone or (farms is not None and farms.redone))
+    spectra = None
+    if keep_spectra:
+        spectra = LayerSpectra(esd.cpu(), None if farms is None else farms.pooled.cpu())
+    if times is not None:
+        times.add("fit", time.perf_counter() - started)
+    return _Outcome(result, spectra, candidates)
 
 
 def solve_layers(
@@ -238,33 +373,71 @@ def solve_layers(
 ) -> SolvedLayers:
     """Read, solve and fit every spec; results come back in the order of `specs`.
 
-    With `times`, each stage's seconds are added to it (the device is synchronised
+    Specs whose solve needs more memory than the budget (`--max-memory`, else
+    the memory available now) come back skipped, before anything is read. With
+    `times`, each stage's seconds are added to it (the device is synchronised
     between stages so each is timed alone).
     """
-    solved = SolvedLayers([], {}, set())
-    loader_times = times if times is not None else StageTimes()
-    with closing(_prefetched(checkpoint, specs, solver, loader_times)) as stream:
-        for done in range(len(specs)):
-            # next() rather than enumerate(): enumerate keeps its last result
-            # tuple, pinning the previous layer's tensor while the next is fetched.
-            spec, slices = next(stream)
-            if progress is not None:
-                progress(done, len(specs), spec.name)
-            if slices is None:
-                result = _layer_result(spec)
-                result.status, result.reason = SKIPPED, spec.skip_reason
-            else:
-                result, layer_spectra, used = analyze_slices(spec, slices, settings, solver, times)
-                solved.candidates |= used
-                del slices
-                if keep_spectra and layer_spectra is not None:
-                    solved.spectra[spec.name] = LayerSpectra(
-                        layer_spectra.esd.cpu(),
-                        None if layer_spectra.farms is None else layer_spectra.farms.cpu(),
-                    )
-            solved.layers.append(result)
+    budget = memory_budget(settings, solver)
+    specs = [_within_budget(spec, settings, solver, budget) for spec in specs]
+    outcomes: list[_Outcome | Future] = [
+        _Outcome(replace(_layer_result(spec), status=SKIPPED, reason=spec.skip_reason)) for spec in specs
+    ]
+    order = [index for index in batch_order(specs) if specs[index].skip_reason is None]
+    counters = times if times is not None else StageTimes()
+    gram_precisions: set[str] = set()
+    done = len(specs) - len(order)
+    cores = torch.get_num_threads()
+    on_cpu = solver.device.type == "cpu"
+    # Two solves at once on a multi-core CPU (one thread set each); one on a GPU,
+    # whose fits run on a CPU pool instead.
+    slots = 2 if on_cpu and settings.concurrent_solves and cores >= 2 else 1
+    fit_threads = min(FIT_THREADS, max(1, cores - 1))
+    fit_pool = None if on_cpu else ThreadPoolExecutor(fit_threads, "htsr-fit", torch.set_num_threads, (1,))
+    unfitted: list[Future] = []
+
+    def started(batch: Batch) -> None:
+        if progress is not None:
+            progress(done, len(specs), batch.specs[0].name)
+
+    def collect(solved_batch: tuple[list[tuple[int, _Outcome | Future]], str]) -> None:
+        nonlocal done
+        layer_outcomes, gram_precision = solved_batch
+        gram_precisions.add(gram_precision)
+        for index, outcome in layer_outcomes:
+            outcomes[index] = outcome
+            if isinstance(outcome, Future):
+                unfitted.append(outcome)
+        done += len(layer_outcomes)
+        counters.add("matrices", len(layer_outcomes))
+        counters.add("batches", 1)
+        # Bound the fits waiting on the pool (in float32 mode each holds its Grams on the device).
+        while sum(not future.done() for future in unfitted) > FIT_BACKLOG * fit_threads:
+            wait(unfitted, return_when=FIRST_COMPLETED)
+
+    solve = partial(_solve_batch, settings=settings, solver=solver, times=times, keep_spectra=keep_spectra, fits=fit_pool)
+    produce = partial(
+        _read_and_batch, checkpoint, specs, order, settings, solver, min(GRAM_BUDGET_BYTES, budget[0]), counters
+    )
+    with fit_pool or nullcontext(), closing(prefetched(produce)) as batches:
+        run_batches(
+            batches,
+            solve,
+            collect,
+            slots=slots,
+            threads=solver.eigensolver_threads if slots > 1 else cores,
+            budget=budget[0],
+            started=started,
+        )
+        finished = [outcome.result() if isinstance(outcome, Future) else outcome for outcome in outcomes]
     if progress is not None:
         progress(len(specs), len(specs), "")
+    solved = SolvedLayers([], {}, set(), gram_precisions)
+    for outcome in finished:
+        solved.layers.append(outcome.result)
+        solved.candidates |= outcome.candidates
+        if outcome.spectra is not None:
+            solved.spectra[outcome.result.name] = outcome.spectra
     return solved
 
 
@@ -305,7 +478,9 @@ def analyze(
     seconds = time.perf_counter() - started
     report = Report(
         checkpoint=source_name,
-        settings=settings.to_json(solver.device.type, "grid" if "grid" in solved.candidates else "exact"),
+        settings=settings.to_json(
+            solver.device.type, "grid" if "grid" in solved.candidates else "exact", solved.gram_precisions
+        ),
         layers=layers,
         summary=summarize(layers, seconds, with_farms=settings.farms is not None),
         htsr_version=__version__,

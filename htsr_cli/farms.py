@@ -15,6 +15,10 @@ band) have Grams that are principal submatrices of the Gram of the band
 restricted to their column union, so a group of neighbouring windows costs one
 matmul instead of one per window. The group size and the Gram side are chosen
 to minimise matmul flops within the solver's memory budget.
+
+Precision follows the solver's: window Grams are formed like any Gram
+(float32 from narrow weights in the default mode, lower triangle only) and in
+`--precision float32` each pooled fit is guarded as the plain one is.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from htsr_cli.fit import PowerLawFit, fit_power_law
+from htsr_cli.fit import PowerLawFit, guarded_fit
 from htsr_cli.settings import FarmsSettings
 from htsr_cli.solver import GRAM_BUDGET_BYTES, Eigensolver
 
@@ -41,6 +45,7 @@ class FarmsResult:
     num_evals: int
     pooled: torch.Tensor  # sorted 1-D pooled ESD on the solver's device
     candidates: set[str]  # xmin candidate sets used by the fits: "exact" / "grid"
+    redone: bool | None = None  # float32 mode: some pool was solved again in float64
 
 
 @dataclass(frozen=True)
@@ -140,14 +145,20 @@ def _gram_plan(grid: WindowGrid, budget_elements: int) -> tuple[bool, int, int]:
 
 
 def window_spectra(
-    matrix: torch.Tensor, grid: WindowGrid, budget_bytes: int = GRAM_BUDGET_BYTES
+    matrix: torch.Tensor,
+    grid: WindowGrid,
+    solver: Eigensolver,
+    budget_bytes: int = GRAM_BUDGET_BYTES,
+    float64: bool = False,
 ) -> torch.Tensor:
-    """Eigenvalues of every window's short-side Gram: [grid.count, min(height, width)].
+    """Eigenvalues of every window's short-side Gram: [grid.count, min(height, width)], float64.
 
-    Rows are ascending and clamped at 0; the row order of windows is not specified.
-    Runs on the matrix's device and dtype, with no host synchronisation of its own.
+    `matrix` is [rows, cols] as stored, on the solver's device. Rows are
+    ascending and clamped at 0; the row order of windows is not specified. No
+    host synchronisation of its own. The plan is sized for float64 Grams in
+    every precision, so the windows are grouped the same way in every mode.
     """
-    transpose, group, batch = _gram_plan(grid, budget_bytes // matrix.element_size())
+    transpose, group, batch = _gram_plan(grid, budget_bytes // 8)
     band, side, band_starts, starts = _oriented(grid, transpose)
     if transpose:
         matrix = matrix.mT
@@ -156,17 +167,20 @@ def window_spectra(
         for lo in range(0, len(starts), group):
             shared = starts[lo : lo + group]
             block = matrix[top : top + band, shared[0] : shared[-1] + side]  # [band, union]
-            gram = block.mT @ block  # [union, union]; each window's Gram is a diagonal block
+            # [union, union], lower triangle: each window's Gram is a diagonal block of it.
+            gram = solver.column_gram(block)
             offsets = [start - shared[0] for start in shared]
             for at in range(0, len(offsets), batch):
                 grams = torch.stack([gram[o : o + side, o : o + side] for o in offsets[at : at + batch]])
-                parts.append(torch.linalg.eigvalsh(grams))  # grams: [batch, side, side]
+                parts.append(solver.eigenvalues(grams, float64))  # grams: [batch, side, side]
                 del grams
             del gram  # freed before the next group's Gram is allocated: one Gram alive at a time
-    return torch.cat(parts).clamp_min_(0.0)
+    return torch.cat(parts)
 
 
-def _result(fits: list[PowerLawFit | None], windows: int, pooled: torch.Tensor) -> FarmsResult:
+def _result(
+    fits: list[PowerLawFit | None], windows: int, pooled: torch.Tensor, redone: list[bool | None]
+) -> FarmsResult:
     """Combine the fits of a layer's divisions (one for linear layers) into its FARMS numbers."""
     done = [fit for fit in fits if fit is not None]
 
@@ -181,15 +195,21 @@ def _result(fits: list[PowerLawFit | None], windows: int, pooled: torch.Tensor) 
         num_evals=pooled.numel(),
         pooled=pooled,
         candidates={fit.candidates for fit in done},
+        redone=None if None in redone else any(redone),
     )
 
 
-def _linear_fit(matrix: torch.Tensor, settings: FarmsSettings, xmin: str) -> FarmsResult | None:
+def _linear_fit(matrix: torch.Tensor, settings: FarmsSettings, solver: Eigensolver, xmin: str) -> FarmsResult | None:
     grid = window_grid(*matrix.shape, settings)
     if grid.num_evals < MIN_POOLED_EVALS:
         return None
-    pooled = torch.sort(window_spectra(matrix, grid).flatten()).values
-    return _result([fit_power_law(pooled, xmin)], grid.count, pooled)
+
+    def pooled_windows(float64: bool) -> torch.Tensor:
+        return torch.sort(window_spectra(matrix, grid, solver, float64=float64).flatten()).values
+
+    side = min(grid.height, grid.width)
+    pooled, fit, redone = guarded_fit(pooled_windows, xmin, side, solver.precision == "float32")
+    return _result([fit], grid.count, pooled, [redone])
 
 
 def _conv_fit(
@@ -201,13 +221,23 @@ def _conv_fit(
     blocks = conv_divisions(rows, cols, settings.q)
     if blocks.count * num_slices * min(blocks.height, blocks.width) < MIN_POOLED_EVALS:
         return None
+    side = min(blocks.height, blocks.width)
     # Rows past count * height are ignored, as published (with Q > 1 about 1 - 1/Q of them).
-    spectra = [
-        solver.pooled_eigenvalues(slices[:, d * blocks.height : (d + 1) * blocks.height, : blocks.width], scale)
+    divisions = [
+        guarded_fit(
+            lambda float64, d=d: solver.pooled_eigenvalues(
+                slices[:, d * blocks.height : (d + 1) * blocks.height, : blocks.width], scale, float64
+            ),
+            xmin,
+            side,
+            solver.precision == "float32",
+        )
         for d in range(blocks.count)
     ]
-    pooled = torch.sort(torch.cat(spectra)).values
-    return _result([fit_power_law(esd, xmin) for esd in spectra], blocks.count * num_slices, pooled)
+    pooled = torch.sort(torch.cat([esd for esd, _, _ in divisions])).values
+    return _result(
+        [fit for _, fit, _ in divisions], blocks.count * num_slices, pooled, [redone for _, _, redone in divisions]
+    )
 
 
 def farms_fit(
@@ -220,11 +250,11 @@ def farms_fit(
 ) -> FarmsResult | None:
     """FARMS alpha of one layer; None when its pool would hold fewer than 5 eigenvalues.
 
-    slices: [B, rows, cols] on the solver's device in its dtype (B = 1 for
-    linear/embedding, kh*kw for conv2d, k for conv1d). `conv_scale` multiplies
-    conv eigenvalues as it does for the plain spectrum, so xmin_farms is in the
-    same units as xmin.
+    slices: [B, rows, cols] on the solver's device in their stored dtype (B = 1
+    for linear/embedding, kh*kw for conv2d, k for conv1d). `conv_scale`
+    multiplies conv eigenvalues as it does for the plain spectrum, so xmin_farms
+    is in the same units as xmin.
     """
     if kind in CONV_KINDS:
         return _conv_fit(slices, settings, solver, xmin, conv_scale)
-    return _linear_fit(slices[0], settings, xmin)
+    return _linear_fit(slices[0], settings, solver, xmin)

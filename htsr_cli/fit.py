@@ -14,6 +14,7 @@ O(N^2) scan runs as a few large tensor operations instead of a Python loop.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,10 @@ REFINED_MINIMA = 2
 MEDIAN_XMIN_POS = 2.0
 PEAK_BINS = 100
 CHUNK_ELEMENTS = 1 << 22  # ~32 MB of float64 per temporary in the D scan
+# The float32 guard: redo a float32 eigensolve in float64 when the fit's alpha
+# could be off by more than this (issue 15's measured bound, see float32_alpha_error).
+FLOAT32_ALPHA_TOLERANCE = 1e-3
+FLOAT32_NOISE = 0.1  # float32 eigenvalue noise is about this * n * eps32 * lambda_max
 
 
 @dataclass(frozen=True)
@@ -196,3 +201,48 @@ def fit_power_law(x: torch.Tensor, method: str) -> PowerLawFit | None:
     if method == "peak":
         return fit_peak(x)
     raise ValueError(f"unknown xmin method {method!r}")
+
+
+def fit_failure_reason(x: torch.Tensor, method: str) -> str:
+    """Why `fit_power_law(x, method)` found no fit, in words a user can act on."""
+    if x.numel() == 0 or float(x[-1]) == 0.0:
+        return "the spectrum is all zero (an all-zero matrix, e.g. a LoRA B matrix before training)"
+    if method == "ks" and int((x > KS_MIN_EIGENVALUE).sum()) < 2:
+        return f"fewer than 2 eigenvalues above {KS_MIN_EIGENVALUE:g} (xmin=ks ignores smaller ones)"
+    return "no valid power-law fit (every candidate alpha <= 1)"
+
+
+def float32_alpha_error(x: torch.Tensor, fit: PowerLawFit, side: int) -> float:
+    """Predicted |alpha error| when the eigenvalues `x` came from a float32 eigensolver.
+
+    Each eigenvalue of an n x n Gram is off by up to noise = 0.1 * n * eps32 *
+    lambda_max. alpha = 1 + t / S with S = sum ln(x_j / xmin) over the t tail
+    values, so |d alpha| = (alpha - 1)^2 / t * |dS| and
+    |dS| <= noise * (sum 1/x_j + t / xmin), which gives
+    (alpha - 1)^2 * noise * (mean over the tail of 1/x + 1/xmin).
+    """
+    noise = FLOAT32_NOISE * side * torch.finfo(torch.float32).eps * float(x[-1])
+    tail = x[x.numel() - fit.tail_size :]
+    return (fit.alpha - 1.0) ** 2 * noise * (float(tail.reciprocal().mean()) + 1.0 / fit.xmin)
+
+
+def guarded_fit(
+    spectrum: Callable[[bool], torch.Tensor], method: str, side: int, float32: bool
+) -> tuple[torch.Tensor, PowerLawFit | None, bool | None]:
+    """(ESD, fit, redone) for a spectrum that `spectrum(float64)` computes.
+
+    With `float32` (the eigensolver ran in float32) the fit is checked with
+    `float32_alpha_error`; above FLOAT32_ALPHA_TOLERANCE, or when no fit was
+    found in a spectrum that is not all zero, the eigenvalues are computed again
+    in float64 and fitted again (redone = True). Without, redone is None.
+    """
+    esd = spectrum(False)
+    fit = fit_power_law(esd, method)
+    if not float32:
+        return esd, fit, None
+    if fit is None and (esd.numel() == 0 or float(esd[-1]) == 0.0):
+        return esd, fit, False
+    if fit is not None and float32_alpha_error(esd, fit, side) <= FLOAT32_ALPHA_TOLERANCE:
+        return esd, fit, False
+    esd = spectrum(True)
+    return esd, fit_power_law(esd, method), True

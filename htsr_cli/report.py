@@ -88,6 +88,9 @@ class LayerResult:
     ks_distance_farms: float | None = None
     farms_windows: int | None = None
     farms_num_evals: int | None = None
+    # --precision float32: whether the float32 eigensolve was redone in float64
+    # (the guard found it not accurate enough); null in the other modes.
+    eigensolver_redone: bool | None = None
 
     @property
     def analysed(self) -> bool:

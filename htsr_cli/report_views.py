@@ -38,7 +38,7 @@ CSV_COLUMNS = [
         "name", "tensor", "kind", "shape", "block", "params", "storage", "status", "reason", "num_evals",
         "alpha", "xmin", "ks_distance", "sigma", "tail_size", "lambda_max", "log_spectral_norm",
         "log_norm", "stable_rank", "alpha_weighted", "log_alpha_norm", "entropy", "quality",
-        *FARMS_FIELDS,
+        "eigensolver_redone", *FARMS_FIELDS,
     )
 ]
 
@@ -74,6 +74,18 @@ def summary_line(report: Report) -> str:
     return " | ".join(parts)
 
 
+def precision_note(report: Report) -> str:
+    """`mixed (float32 Gram, float64 eigensolver)`, with the float32 guard's redone count in float32 mode."""
+    settings = report.settings
+    if "gram_precision" not in settings:  # saved before these fields existed
+        return str(settings["precision"])
+    note = f"{settings['precision']} ({settings['gram_precision']} Gram, {settings['eigensolver_precision']} eigensolver"
+    if settings["eigensolver_precision"] == "float32":
+        redone = sum(1 for layer in report.layers if layer.eigensolver_redone)
+        note += f"; {redone} redone in float64"
+    return note + ")"
+
+
 def _style(row: dict[str, Any], key: str) -> str | None:
     if key != "quality":
         return None
@@ -84,7 +96,7 @@ def _style(row: dict[str, Any], key: str) -> str | None:
 def report_table(report: Report) -> Group:
     settings = report.settings
     title = f"htsr: {report.checkpoint}"
-    note = f"xmin={settings['xmin']} ({settings.get('xmin_candidates', 'exact')} candidates), {settings['precision']}"
+    note = f"xmin={settings['xmin']} ({settings.get('xmin_candidates', 'exact')} candidates), {precision_note(report)}"
     if settings.get("farms"):
         farms = settings["farms"]
         note += f", FARMS window {farms['window']} q {farms['q']} steps {farms['steps']}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -10,7 +12,42 @@ from htsr_cli.errors import HtsrError
 XminMethod = Literal["ks", "median", "peak"]
 XMIN_METHODS: tuple[str, ...] = ("ks", "median", "peak")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-PRECISIONS: tuple[str, ...] = ("float64", "float32")
+# mixed: float32 Gram from narrow weights, float64 eigensolver (the default);
+# float64: everything in float64; float32: float32 Gram and eigensolver, guarded per layer.
+PRECISIONS: tuple[str, ...] = ("mixed", "float64", "float32")
+
+# Decimal units as disk and RAM vendors write them; binary ones as `free -h`, Docker and Slurm do.
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+_SIZE = re.compile(r"^\s*((?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+MIN_MEMORY_BUDGET = 2**20
+
+
+def parse_memory_size(text: str | int) -> int:
+    """Bytes from `8GB`, `512MiB`, `16G`, `1.5e9`; an HtsrError (one line) for anything else.
+
+    KB/MB/GB/TB are powers of 1000; K/M/G/T and KiB/MiB/GiB/TiB powers of 1024.
+    """
+    if isinstance(text, bool) or not isinstance(text, (int, str)):
+        raise HtsrError(f"--max-memory must be a size such as 8GB, got {text!r}")
+    if isinstance(text, int):
+        number, unit = float(text), ""
+    else:
+        match = _SIZE.match(text)
+        if match is None or match[2].lower() not in _SIZE_UNITS:
+            raise HtsrError(
+                f"--max-memory {text!r}: not a size (examples: 8GB, 512MiB, 16G, 2000000000)"
+            )
+        number, unit = float(match[1]), match[2].lower()
+    size = number * _SIZE_UNITS[unit]
+    if not math.isfinite(size) or size < MIN_MEMORY_BUDGET:
+        hint = f"; a bare number is bytes: did you mean {number:g}GB?" if unit == "" and size > 0 else ""
+        raise HtsrError(f"--max-memory {text!r}: must be at least 1MiB{hint}")
+    return int(size)
 
 
 @dataclass(frozen=True)
@@ -39,10 +76,16 @@ class AnalyzeSettings:
     xmin: str = "ks"
     farms: FarmsSettings | None = None
     device: str = "auto"
-    precision: str = "float64"
+    precision: str = "mixed"
     conv_scale: float = 1.0
     min_evals: int = 10
     layers: str | None = None  # regex on the module name or tensor key
+    # Bytes a layer's solve may use (`--max-memory`, as bytes or text like "8GB");
+    # None: the memory available when the analysis starts (free GPU memory on CUDA).
+    max_memory: int | str | None = None
+    # Solve two matrices at once on a CPU with 2+ cores when memory allows; the
+    # numbers are identical either way, so this is not part of the report.
+    concurrent_solves: bool = True
 
     def __post_init__(self) -> None:
         if self.xmin not in XMIN_METHODS:
@@ -57,16 +100,32 @@ class AnalyzeSettings:
             raise HtsrError(f"--conv-scale must be positive, got {self.conv_scale}")
         if self.min_evals < 2:
             raise HtsrError(f"--min-evals must be at least 2, got {self.min_evals}")
+        if self.max_memory is not None:
+            object.__setattr__(self, "max_memory", parse_memory_size(self.max_memory))
 
-    def to_json(self, device_used: str, xmin_candidates: str) -> dict:
-        """The `settings` object of the htsr.report/1 JSON."""
+    @property
+    def eigensolver_precision(self) -> str:
+        return "float32" if self.precision == "float32" else "float64"
+
+    def to_json(self, device_used: str, xmin_candidates: str, gram_precisions: set[str] | None = None) -> dict:
+        """The `settings` object of the htsr.report/1 JSON.
+
+        `gram_precisions` are the Gram dtypes the solved layers used ("float32",
+        "float64"); in mixed mode float64 weights keep a float64 Gram, so a run
+        can use both, written "float32+float64".
+        """
+        if not gram_precisions:
+            gram_precisions = {"float64" if self.precision == "float64" else "float32"}
         return {
             "xmin": self.xmin,
             "xmin_candidates": xmin_candidates,
             "farms": asdict(self.farms) if self.farms else None,
             "device": device_used,
             "precision": self.precision,
+            "gram_precision": "+".join(sorted(gram_precisions)),
+            "eigensolver_precision": self.eigensolver_precision,
             "conv_scale": self.conv_scale,
             "min_evals": self.min_evals,
             "layers": self.layers,
+            "max_memory": self.max_memory,
         }

@@ -3,10 +3,30 @@
 The spectrum of a rows x cols slice is computed from the Gram matrix of its
 short side (W^T W when rows >= cols, else W W^T) with a batched symmetric
 eigensolver. There is no 1/N normalisation.
+
+Precision (`--precision`):
+
+- `mixed` (default): the Gram is formed in float32 from bf16/fp16/fp8/fp32
+  weights and handed to a float64 eigensolver. A product of two bf16, fp16 or
+  fp8 values is exact in float32, so only the accumulation rounds; float64
+  weights keep a float64 Gram.
+- `float64`: everything in float64 (the reference path).
+- `float32`: float32 Gram and float32 eigensolver. Its eigenvalues carry an
+  absolute error of about 0.1 * n * eps32 * lambda_max, so every fit is
+  checked (`fit.guarded_fit`) and redone from the same Gram in float64 when
+  that error could move alpha by more than 1e-3.
+
+Only the lower triangle of each Gram is formed (column blocks of
+TRIANGLE_BLOCK), because `eigvalsh(UPLO="L")` reads nothing else. The numbers
+of one matrix never depend on the others it is batched with: the long side is
+cut into blocks by that matrix's shape alone, and on the CPU the eigensolver
+always runs on `eigensolver_threads` threads, however many solves run at once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +37,9 @@ from htsr_cli.errors import HtsrError
 GRAM_BUDGET_BYTES = 256 << 20
 # Bytes of one upcast block of a matrix's long side while its Gram is accumulated.
 UPCAST_BLOCK_BYTES = 64 << 20
+# Columns per block of the lower-triangle Gram: each block is one matrix product
+# of the columns from its first on, so about half the products of a full Gram are skipped.
+TRIANGLE_BLOCK = 256
 
 
 def _bytes(dtype: torch.dtype) -> int:
@@ -24,12 +47,24 @@ def _bytes(dtype: torch.dtype) -> int:
 
 
 _COPY_STREAMS: dict[torch.device, "torch.cuda.Stream"] = {}
+_OUT_DTYPE_BMM: dict[torch.device, bool] = {}
 
 
 def _copy_stream(device: torch.device) -> "torch.cuda.Stream":
     if device not in _COPY_STREAMS:
         _COPY_STREAMS[device] = torch.cuda.Stream(device)
     return _COPY_STREAMS[device]
+
+
+def _has_out_dtype_bmm(device: torch.device) -> bool:
+    """Whether this torch multiplies bf16 matrices into a float32 result (`bmm(..., out_dtype=)`) on `device`."""
+    if device not in _OUT_DTYPE_BMM:
+        try:
+            probe = torch.ones(1, 2, 2, dtype=torch.bfloat16, device=device)
+            _OUT_DTYPE_BMM[device] = torch.bmm(probe, probe, out_dtype=torch.float32).dtype == torch.float32
+        except (TypeError, RuntimeError, NotImplementedError):
+            _OUT_DTYPE_BMM[device] = False
+    return _OUT_DTYPE_BMM[device]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -43,14 +78,35 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device())
 
 
+def _is_float8(dtype: torch.dtype) -> bool:
+    return dtype.is_floating_point and dtype.itemsize == 1
+
+
 @dataclass(frozen=True)
 class Eigensolver:
     device: torch.device
-    dtype: torch.dtype = torch.float64
+    precision: str = "mixed"  # mixed | float64 | float32 (settings.PRECISIONS)
+    # CPU threads of every eigvalsh call. Fixed (half the cores) so that a matrix
+    # gets the same bits whether it is solved alone or beside another one.
+    eigensolver_threads: int = 1
 
     @classmethod
-    def create(cls, device: str = "auto", precision: str = "float64") -> "Eigensolver":
-        return cls(resolve_device(device), torch.float64 if precision == "float64" else torch.float32)
+    def create(cls, device: str = "auto", precision: str = "mixed") -> "Eigensolver":
+        return cls(resolve_device(device), precision, max(1, torch.get_num_threads() // 2))
+
+    def gram_dtype(self, stored: torch.dtype) -> torch.dtype:
+        """The precision the Gram of weights stored as `stored` is formed in."""
+        if self.precision == "float64" or (self.precision == "mixed" and stored == torch.float64):
+            return torch.float64
+        if self.device.type == "cuda" and stored == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+            # TF32 matmuls (enabled by the user) round each product to 10 mantissa
+            # bits; a float64 Gram keeps float32 weights as accurate as this mode promises.
+            return torch.float64
+        return torch.float32
+
+    @property
+    def eigensolver_dtype(self) -> torch.dtype:
+        return torch.float32 if self.precision == "float32" else torch.float64
 
     def transfer(self, tensor: torch.Tensor) -> torch.Tensor:
         """Move a stored tensor to the solver's device, keeping its stored dtype.
@@ -72,54 +128,131 @@ class Eigensolver:
         stream.synchronize()  # blocks only the loader thread; `host` may be freed after
         return moved
 
-    def prepare(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The tensor on the solver's device in the solver's precision (one copy at most)."""
-        return tensor.to(device=self.device, dtype=self.dtype)
-
     def synchronize(self) -> None:
         """Wait for queued device work (only for timing: results never need it)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def gram(self, slices: torch.Tensor) -> torch.Tensor:
-        """Short-side Gram matrices in the solver's precision: [B, rows, cols] -> [B, side, side].
+    def grams(self, runs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Lower triangles of short-side Gram matrices: runs of [n_i, rows, cols] -> [sum n_i, side, side].
 
-        The long side is consumed in blocks of at most UPCAST_BLOCK_BYTES, each
-        upcast on its own, so a 32000 x 2048 bf16 embedding never exists as a
-        524 MB float64 copy: memory is the Gram plus one block.
+        Every run has the same short side; above the diagonal the result holds
+        zeros or partial sums (`eigvalsh(UPLO="L")` never reads them). Runs are
+        stored tensors (any float dtype); each is upcast on the device block by
+        block, so a 32000 x 2048 bf16 embedding never exists as a float32 copy.
         """
-        slices = self.transfer(slices)
-        if slices.shape[1] < slices.shape[2]:
-            slices = slices.mT  # the Gram of the short side: rows become the long side
-        batch, long_side, side = slices.shape
-        gram = torch.zeros(batch, side, side, dtype=self.dtype, device=self.device)
-        step = max(1, UPCAST_BLOCK_BYTES // (batch * side * _bytes(self.dtype)))
-        for lo in range(0, long_side, step):
-            block = slices[:, lo : lo + step].to(self.dtype)  # [B, step, side]
-            gram.baddbmm_(block.mT, block)
-        return gram
+        runs = [self.transfer(run) for run in runs]
+        runs = [run.mT if run.shape[1] < run.shape[2] else run for run in runs]
+        side = runs[0].shape[2]
+        dtype = self.gram_dtype(runs[0].dtype)
+        out = torch.zeros(sum(run.shape[0] for run in runs), side, side, dtype=dtype, device=self.device)
+        start = 0
+        for run in runs:
+            self._lower_gram_into(out[start : start + run.shape[0]], run)
+            start += run.shape[0]
+        return out
 
-    def gram_eigenvalues(self, slices: torch.Tensor) -> torch.Tensor:
+    def gram(self, slices: torch.Tensor) -> torch.Tensor:
+        """[B, rows, cols] -> [B, side, side]: `grams` of one run."""
+        return self.grams([slices])
+
+    def column_gram(self, matrix: torch.Tensor) -> torch.Tensor:
+        """[rows, cols] -> [cols, cols]: the lower triangle of matrix^T matrix, whichever side is shorter."""
+        cols = matrix.shape[1]
+        out = torch.zeros(1, cols, cols, dtype=self.gram_dtype(matrix.dtype), device=self.device)
+        self._lower_gram_into(out, matrix[None])
+        return out[0]
+
+    def _lower_gram_into(self, out: torch.Tensor, slices: torch.Tensor) -> None:
+        """Accumulate slices^T slices into the lower triangle of `out`: [n, long, side] -> [n, side, side]."""
+        count, long_side, side = slices.shape
+        blocks = [(lo, min(lo + TRIANGLE_BLOCK, side)) for lo in range(0, side, TRIANGLE_BLOCK)]
+        if (
+            out.dtype == torch.float32
+            and slices.dtype in (torch.bfloat16, torch.float16)
+            and self.device.type == "cuda"
+            and _has_out_dtype_bmm(self.device)
+        ):
+            # The tensor cores multiply bf16/fp16 and accumulate in float32: no upcast copy at all.
+            for lo, hi in blocks:
+                out[:, lo:, lo:hi] = torch.bmm(slices[:, :, lo:].mT, slices[:, :, lo:hi], out_dtype=torch.float32)
+            return
+        itemsize = out.element_size()
+        step = max(1, UPCAST_BLOCK_BYTES // (side * itemsize))  # rows of one matrix per upcast block
+        together = max(1, UPCAST_BLOCK_BYTES // (min(step, long_side) * side * itemsize))
+        for first in range(0, count, together):
+            part, target = slices[first : first + together], out[first : first + together]
+            for top in range(0, long_side, step):
+                block = part[:, top : top + step].to(out.dtype)  # [n, step, side]
+                for lo, hi in blocks:
+                    target[:, lo:, lo:hi].baddbmm_(block[:, :, lo:].mT, block[:, :, lo:hi])
+
+    @contextmanager
+    def _eigensolver_threads(self) -> Iterator[None]:
+        if self.device.type != "cpu" or torch.get_num_threads() == self.eigensolver_threads:
+            yield
+            return
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.eigensolver_threads)  # this thread's OpenMP/MKL setting only
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
+
+    def eigenvalues(self, grams: torch.Tensor, float64: bool = False) -> torch.Tensor:
+        """[B, side, side] lower-triangle Grams -> [B, side] float64 eigenvalues, ascending, clamped at 0.
+
+        In the solver's eigensolver precision, or in float64 when asked (the float32 guard's redo).
+        """
+        dtype = torch.float64 if float64 else self.eigensolver_dtype
+        with self._eigensolver_threads():
+            values = torch.linalg.eigvalsh(grams.to(dtype), UPLO="L")
+        return values.to(torch.float64).clamp_min_(0.0)
+
+    @staticmethod
+    def finite_grams(grams: torch.Tensor) -> torch.Tensor:
+        """[B, side, side] -> [B] bool: True where the Gram holds no NaN or Inf."""
+        return torch.isfinite(grams).flatten(1).all(1)
+
+    def gram_eigenvalues(self, slices: torch.Tensor, float64: bool = False) -> torch.Tensor:
         """Eigenvalues of each slice's short-side Gram matrix.
 
         slices: [B, rows, cols], any float dtype -> [B, min(rows, cols)], ascending, clamped at 0.
         """
         batch, rows, cols = slices.shape
         side = min(rows, cols)
-        chunk = max(1, GRAM_BUDGET_BYTES // (side * side * _bytes(self.dtype)))
-        parts = [torch.linalg.eigvalsh(self.gram(slices[lo : lo + chunk])) for lo in range(0, batch, chunk)]
-        values = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return values.clamp_min_(0.0)
+        chunk = max(1, GRAM_BUDGET_BYTES // (side * side * 8))
+        parts = [self.eigenvalues(self.gram(slices[lo : lo + chunk]), float64) for lo in range(0, batch, chunk)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def all_finite(self, slices: torch.Tensor) -> bool:
-        """No NaN or Inf, checked in blocks so no full-size temporary is made."""
-        flat = slices.reshape(-1) if slices.is_contiguous() else slices.flatten()
-        blocks = flat.split(UPCAST_BLOCK_BYTES // 8)
-        return bool(torch.stack([torch.isfinite(block).all() for block in blocks]).all())  # one sync
-
-    def pooled_eigenvalues(self, slices: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    def pooled_eigenvalues(self, slices: torch.Tensor, scale: float = 1.0, float64: bool = False) -> torch.Tensor:
         """All slices' eigenvalues pooled into one sorted 1-D ESD (times `scale`)."""
-        values = self.gram_eigenvalues(slices).flatten()
+        values = self.gram_eigenvalues(slices, float64).flatten()
         if scale != 1.0:
             values = values * scale
         return torch.sort(values).values
+
+    def all_finite(self, slices: torch.Tensor) -> bool:
+        """No NaN or Inf, checked in blocks of rows so no full-size temporary is made.
+
+        float8 has no `isfinite`: each block is upcast to float32 (exactly) first.
+        """
+        rows = max(1, UPCAST_BLOCK_BYTES // (4 * max(1, slices.shape[-1])))
+        upcast = _is_float8(slices.dtype)
+        checks = [
+            torch.isfinite(block.to(torch.float32) if upcast else block).all()
+            for matrix in slices
+            for block in matrix.split(rows)
+        ]
+        return bool(torch.stack(checks).all())  # one sync
+
+    def work_bytes(self, count: int, rows: int, cols: int, stored: torch.dtype, farms: bool) -> int:
+        """Bytes solving `count` rows x cols matrices stored as `stored` allocates at its peak."""
+        side, long_side = min(rows, cols), max(rows, cols)
+        gram = _bytes(self.gram_dtype(stored))
+        return (
+            count * rows * cols * _bytes(stored)  # the matrices as read
+            + count * side * side * (gram + 16)  # Grams, their float64 copy, the eigensolver's own copy
+            + min(count * long_side * side * gram, UPCAST_BLOCK_BYTES)  # one upcast block
+            + (GRAM_BUDGET_BYTES if farms else 0)  # FARMS window Grams
+        )

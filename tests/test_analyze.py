@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 import htsr_cli
-from htsr_cli import analysis
+from htsr_cli import analysis, scheduling
 from htsr_cli.errors import HtsrError
 from htsr_cli.fit import fit_power_law
 from htsr_cli.report import Report
@@ -125,9 +125,15 @@ def test_report_json_round_trips(state_dict):
     assert again.layers == report.layers and again.summary == report.summary
 
 
-def test_streaming_holds_a_bounded_number_of_tensors(monkeypatch):
-    """Analysing 40 layers never has more than a handful of loaded weights alive at once."""
-    layers = {f"layers.{i}.weight": torch.randn(96, 64) for i in range(40)}
+@pytest.mark.parametrize("concurrent", [True, False])
+def test_streaming_holds_a_bounded_number_of_tensors(monkeypatch, concurrent):
+    """Analysing 200 layers never has more than a few batches of loaded weights alive at once.
+
+    Alive at most: PREFETCH batches queued, the one the loader waits to queue and
+    the tensor it read for the next, the one waiting for a free solve slot, and
+    one per solve slot (two solves at once on a multi-core CPU).
+    """
+    layers = {f"layers.{i}.weight": torch.randn(96, 64) for i in range(200)}
     alive: set[int] = set()
     peak = 0
     original = analysis.Eigensolver.transfer
@@ -144,10 +150,11 @@ def test_streaming_holds_a_bounded_number_of_tensors(monkeypatch):
         return moved
 
     monkeypatch.setattr(analysis.Eigensolver, "transfer", tracked)
-    report = htsr_cli.analyze(layers)
-    assert len(report.layers) == 40
-    # the queue, the one the loader is reading, the one being solved
-    assert peak <= analysis.PREFETCH + 2
+    monkeypatch.setattr(scheduling, "MAX_BATCH_SLICES", 4)
+    report = htsr_cli.analyze(layers, concurrent_solves=concurrent)
+    assert len(report.layers) == 200 and all(layer.status == "ok" for layer in report.layers)
+    slots = 2 if concurrent and torch.get_num_threads() >= 2 else 1
+    assert peak <= (scheduling.PREFETCH + 2 + slots) * 4 + 1
 
 
 @pytest.mark.minilm

@@ -19,10 +19,13 @@ from conftest import FIXTURES
 LAYER_KEYS = {
     "name", "tensor", "kind", "shape", "block", "params", "storage", "status", "reason", "num_evals", "alpha",
     "xmin", "ks_distance", "sigma", "tail_size", "lambda_max", "log_spectral_norm", "log_norm",
-    "stable_rank", "alpha_weighted", "log_alpha_norm", "entropy", "quality",
+    "stable_rank", "alpha_weighted", "log_alpha_norm", "entropy", "quality", "eigensolver_redone",
 }
 SUMMARY_KEYS = {"layers", "analyzed", "skipped", "failed", "mean_alpha", "median_alpha", "weighted_alpha", "quality_counts", "seconds"}
-SETTINGS_KEYS = {"xmin", "farms", "device", "precision", "conv_scale", "min_evals"}
+SETTINGS_KEYS = {
+    "xmin", "farms", "device", "precision", "gram_precision", "eigensolver_precision", "conv_scale", "min_evals",
+    "max_memory",
+}
 
 
 @pytest.fixture

@@ -130,7 +130,7 @@ def test_pooled_eigenvalues_equal_the_per_window_svd_loop(rows, cols, settings):
     expected = windows_by_svd(matrix, grid.height, grid.width, grid.row_starts, grid.col_starts)
     assert expected.numel() == grid.num_evals
     for budget in (1, 1 << 28):  # one window per Gram, and as many as the budget allows
-        got = window_spectra(matrix, grid, budget)
+        got = window_spectra(matrix, grid, CPU, budget)
         assert got.shape == (grid.count, min(grid.height, grid.width))
         assert_same_spectrum(torch.sort(got.flatten()).values, expected)
     result = farms_fit(matrix[None], "linear", settings, CPU, "ks")
@@ -244,7 +244,7 @@ def test_cuda_gives_the_cpu_numbers():
     matrix = student_t3((300, 500), torch.Generator().manual_seed(5))
     settings = FarmsSettings(window=120, steps=6)
     on_cpu = farms_fit(matrix[None], "linear", settings, CPU, "ks")
-    on_gpu = farms_fit(cuda.prepare(matrix[None]), "linear", settings, cuda, "ks")
+    on_gpu = farms_fit(matrix[None].to(cuda.device), "linear", settings, cuda, "ks")
     assert on_gpu.pooled.device.type == "cuda"
     assert_same_spectrum(on_gpu.pooled.cpu(), on_cpu.pooled)
     assert on_gpu.alpha == pytest.approx(on_cpu.alpha, rel=1e-9)

@@ -8,7 +8,7 @@ from htsr_cli.matrices import as_slices, describe
 from htsr_cli.names import block_of, module_name
 from htsr_cli.solver import Eigensolver, resolve_device
 
-SOLVER = Eigensolver.create("cpu")
+SOLVER = Eigensolver.create("cpu", "float64")  # the reference path: algorithms.md's 1e-10 bar
 
 
 def reference(slices):

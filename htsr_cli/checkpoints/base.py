@@ -36,6 +36,9 @@ class Checkpoint(ABC):
     """Weights from one source (a file, a directory, a hub id, an object)."""
 
     source: str  # the path or id as the user gave it, for messages
+    # The Hugging Face `model_type` of the architecture (config.json), when known:
+    # some layouts depend on it (gpt-oss interleaves its fused gate/up experts).
+    model_type: str | None = None
 
     @abstractmethod
     def tensors(self) -> list[TensorInfo]:

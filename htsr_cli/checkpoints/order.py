@@ -44,6 +44,16 @@ def module_order(
     return fallback
 
 
+def config_model_type(config_dir: Path) -> str | None:
+    """`model_type` from the config.json in `config_dir`, if there is a readable one."""
+    try:
+        config = json.loads((config_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    return model_type if isinstance(model_type, str) else None
+
+
 def natural_order(keys: Sequence[str]) -> list[str]:
     """Numeric-aware sort (`layers.9` before `layers.10`), embeddings first, heads last."""
     return sorted(keys, key=_natural_sort_key)

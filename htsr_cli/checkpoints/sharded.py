@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from htsr_cli.checkpoints.base import Checkpoint, TensorInfo
-from htsr_cli.checkpoints.order import module_order
+from htsr_cli.checkpoints.order import config_model_type, module_order
 from htsr_cli.checkpoints.safetensors_file import SafetensorsFile
 from htsr_cli.checkpoints.torchfile import open_torch_file
 from htsr_cli.errors import HtsrError
@@ -39,6 +39,7 @@ class ShardedCheckpoint(Checkpoint):
     ) -> None:
         self.source = source
         self._config_dir = config_dir
+        self.model_type = config_model_type(config_dir) if config_dir is not None else None
         self._sorted_storage = sorted_storage
         self._current: tuple[Path, Checkpoint] | None = None
         self._infos: dict[str, TensorInfo] = {}

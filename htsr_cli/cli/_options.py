@@ -22,6 +22,7 @@ class Device(str, Enum):
 
 
 class Precision(str, Enum):
+    mixed = "mixed"
     float64 = "float64"
     float32 = "float32"
 
@@ -39,7 +40,8 @@ FarmsQOpt = Annotated[float, typer.Option("--farms-q", help="FARMS window aspect
 FarmsStepsOpt = Annotated[int, typer.Option("--farms-steps", help="FARMS windows per dimension.")]
 LayersOpt = Annotated[Optional[str], typer.Option("--layers", help="Regex on module name or tensor key; only matching matrices are analysed.")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="Where eigenvalues are computed.")]
-PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="Solver precision; float32 is faster and labelled in the output.")]
+PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="mixed: float32 Gram, float64 eigensolver (alpha within 1e-3 of float64); float64: all float64; float32: float32 eigensolver, redone in float64 per layer when not accurate enough.")]
+MaxMemoryOpt = Annotated[Optional[str], typer.Option("--max-memory", help="Memory one layer's solve may use (8GB, 512MiB, 16G); layers needing more are skipped. Default: the memory available.", show_default=False)]
 MinEvalsOpt = Annotated[int, typer.Option("--min-evals", help="Skip layers with fewer eigenvalues than this.")]
 ConvScaleOpt = Annotated[float, typer.Option("--conv-scale", help="Multiply conv eigenvalues (0.5 reproduces WeightWatcher's numbers).")]
 OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the result to this file (atomically) instead of stdout.", dir_okay=False)]

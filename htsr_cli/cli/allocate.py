@@ -15,7 +15,18 @@ import typer
 
 from htsr_cli.allocations.experts import DEFAULT_BETA, ExpertSettings, expert_plan
 from htsr_cli.allocations.sparsity import SparsitySettings, sparsity_plan
-from htsr_cli.cli._options import CheckpointArg, Device, DeviceOpt, OutputOpt, QuietOpt, Xmin, XminOpt
+from htsr_cli.cli._options import (
+    CheckpointArg,
+    Device,
+    DeviceOpt,
+    MaxMemoryOpt,
+    OutputOpt,
+    Precision,
+    PrecisionOpt,
+    QuietOpt,
+    Xmin,
+    XminOpt,
+)
 from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress
 from htsr_cli.outputs import Column, dumps_json, format_cell, to_csv, to_rich_table
 from htsr_cli.report import Report
@@ -55,11 +66,17 @@ TotalOpt = Annotated[
 BetaOpt = Annotated[float, typer.Option("--beta", help="Exponent on the block score; larger concentrates experts.")]
 
 
-def analyse(checkpoint: str, xmin: Xmin, farms: bool, device: Device, quiet: bool) -> Report:
+def analyse(
+    checkpoint: str, xmin: Xmin, farms: bool, device: Device, quiet: bool,
+    precision: Precision = Precision.mixed, max_memory: str | None = None,
+) -> Report:
     """The analysis behind an allocation, with the progress bar on stderr."""
     from htsr_cli.analysis import analyze  # lazy torch, see app.py
 
-    settings = AnalyzeSettings(xmin=xmin.value, farms=FarmsSettings() if farms else None, device=device.value)
+    settings = AnalyzeSettings(
+        xmin=xmin.value, farms=FarmsSettings() if farms else None, device=device.value,
+        precision=precision.value, max_memory=max_memory,
+    )
     with layer_progress(quiet) as progress:
         return analyze(checkpoint, settings, progress=progress)
 
@@ -85,6 +102,8 @@ def sparsity(
     xmin: XminOpt = Xmin.peak,
     no_clip: NoClipOpt = False,
     device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.mixed,
+    max_memory: MaxMemoryOpt = None,
     output_format: FormatOpt = AllocationFormat.table,
     output: OutputOpt = None,
     quiet: QuietOpt = False,
@@ -93,7 +112,7 @@ def sparsity(
     settings = SparsitySettings(
         target, epsilon, granularity.value, clip=not no_clip, metric="alpha_farms" if farms else "alpha"
     )
-    plan = sparsity_plan(analyse(checkpoint, xmin, farms, device, quiet), settings)
+    plan = sparsity_plan(analyse(checkpoint, xmin, farms, device, quiet, precision, max_memory), settings)
     columns = [
         Column("name", "module", justify="left"),
         Column("block", "block", justify="left"),
@@ -124,13 +143,15 @@ def experts(
     farms: MetricFarmsOpt = False,
     xmin: XminOpt = Xmin.peak,
     device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.mixed,
+    max_memory: MaxMemoryOpt = None,
     output_format: FormatOpt = AllocationFormat.table,
     output: OutputOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """LoRA experts per block from its mean alpha (AlphaLoRA): less-trained blocks get more."""
     settings = ExpertSettings(total, beta, metric="alpha_farms" if farms else "alpha")
-    plan = expert_plan(analyse(checkpoint, xmin, farms, device, quiet), settings)
+    plan = expert_plan(analyse(checkpoint, xmin, farms, device, quiet, precision, max_memory), settings)
     columns = [
         Column("name", "block", justify="left"),
         Column("matrices", "matrices"),

@@ -23,6 +23,7 @@ from htsr_cli.cli._options import (
     FarmsStepsOpt,
     FarmsWindowOpt,
     LayersOpt,
+    MaxMemoryOpt,
     MinEvalsOpt,
     OutputOpt,
     Precision,
@@ -46,6 +47,7 @@ class ReportFormat(str, Enum):
 def settings_from_options(
     xmin: Xmin, farms: bool, farms_window: int, farms_q: float, farms_steps: int,
     device: Device, precision: Precision, conv_scale: float, min_evals: int, layers: str | None,
+    max_memory: str | None = None,
 ) -> AnalyzeSettings:
     """One place that turns the shared analysis flags into typed settings."""
     return AnalyzeSettings(
@@ -56,6 +58,7 @@ def settings_from_options(
         conv_scale=conv_scale,
         min_evals=min_evals,
         layers=layers,
+        max_memory=max_memory,
     )
 
 
@@ -72,7 +75,8 @@ def analyze(
     farms_window: FarmsWindowOpt = 2000,
     farms_q: FarmsQOpt = 1.0,
     farms_steps: FarmsStepsOpt = 10,
-    precision: PrecisionOpt = Precision.float64,
+    precision: PrecisionOpt = Precision.mixed,
+    max_memory: MaxMemoryOpt = None,
     quiet: QuietOpt = False,
     plots: Annotated[Optional[Path], typer.Option("--plots", help="Write one ESD plot per analysed layer and overview.png into this directory.", file_okay=False)] = None,
     spectra_file: Annotated[Optional[Path], typer.Option("--save-spectra", help="Save every layer's eigenvalues (safetensors) for `htsr report`.", dir_okay=False)] = None,
@@ -83,7 +87,7 @@ def analyze(
     from htsr_cli.spectra_file import save_spectra
 
     settings = settings_from_options(
-        xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers
+        xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers, max_memory
     )
     with layer_progress(quiet) as progress:
         report = run_analysis(

@@ -23,6 +23,7 @@ from htsr_cli.cli._options import (
     FarmsStepsOpt,
     FarmsWindowOpt,
     LayersOpt,
+    MaxMemoryOpt,
     MinEvalsOpt,
     OutputOpt,
     Precision,
@@ -91,12 +92,14 @@ def compare(
     farms_window: FarmsWindowOpt = 2000,
     farms_q: FarmsQOpt = 1.0,
     farms_steps: FarmsStepsOpt = 10,
-    precision: PrecisionOpt = Precision.float64,
+    precision: PrecisionOpt = Precision.mixed,
+    max_memory: MaxMemoryOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Per-layer delta (B - A) of alpha between two checkpoints or reports, matched by layer name."""
     settings = settings_from_options(
-        xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers
+        xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers,
+        max_memory,
     )
     comparison = compare_reports(*reports_from([a, b], settings, quiet), metric.value)
     columns = _columns(comparison.metric)

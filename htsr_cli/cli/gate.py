@@ -23,6 +23,7 @@ from htsr_cli.cli._options import (
     FarmsStepsOpt,
     FarmsWindowOpt,
     LayersOpt,
+    MaxMemoryOpt,
     MinEvalsOpt,
     Precision,
     PrecisionOpt,
@@ -84,7 +85,8 @@ def gate(
     farms_window: FarmsWindowOpt = 2000,
     farms_q: FarmsQOpt = 1.0,
     farms_steps: FarmsStepsOpt = 10,
-    precision: PrecisionOpt = Precision.float64,
+    precision: PrecisionOpt = Precision.mixed,
+    max_memory: MaxMemoryOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     r"""Check HT-SR rules on a checkpoint or a saved report and exit 1 if any is violated.
@@ -114,7 +116,8 @@ def gate(
     if rules.metric == "alpha_farms" and not farms and not is_report_file(source):
         raise HtsrError("metric alpha_farms needs FARMS alphas: add --farms to analyse the checkpoint with FARMS")
     settings = settings_from_options(
-        xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers
+        xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers,
+        max_memory,
     )
     sources = [source] if baseline is None else [source, baseline]
     report, *reference = reports_from(sources, settings, quiet)

@@ -14,7 +14,18 @@ import typer
 import yaml
 
 from htsr_cli.allocations.learning_rates import LrSettings, lr_schedule, modules_of
-from htsr_cli.cli._options import CheckpointArg, Device, DeviceOpt, OutputOpt, QuietOpt, Xmin, XminOpt
+from htsr_cli.cli._options import (
+    CheckpointArg,
+    Device,
+    DeviceOpt,
+    MaxMemoryOpt,
+    OutputOpt,
+    Precision,
+    PrecisionOpt,
+    QuietOpt,
+    Xmin,
+    XminOpt,
+)
 from htsr_cli.cli._output import emit_text, stderr_console
 from htsr_cli.cli.allocate import MetricFarmsOpt, analyse
 from htsr_cli.outputs import Column, dumps_json, to_csv
@@ -76,6 +87,8 @@ def export(
     epochs: EpochsOpt = None,
     schedule: ScheduleOpt = Schedule.cosine,
     device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.mixed,
+    max_memory: MaxMemoryOpt = None,
     output_format: FormatOpt = ScheduleFormat.json,
     output: OutputOpt = None,
     quiet: QuietOpt = False,
@@ -87,7 +100,7 @@ def export(
     )
     from htsr_cli.checkpoints import open_checkpoint  # lazy torch, see app.py
 
-    report = analyse(checkpoint, xmin, farms, device, quiet)
+    report = analyse(checkpoint, xmin, farms, device, quiet, precision, max_memory)
     with open_checkpoint(checkpoint) as source:  # metadata only: finds the BatchNorm modules
         modules = modules_of(info.key for info in source.tensors())
     plan = lr_schedule(report, settings, modules)

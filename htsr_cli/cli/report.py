@@ -22,6 +22,7 @@ from htsr_cli.cli._options import (
     FarmsStepsOpt,
     FarmsWindowOpt,
     LayersOpt,
+    MaxMemoryOpt,
     MinEvalsOpt,
     Precision,
     PrecisionOpt,
@@ -82,12 +83,14 @@ def report(
     farms_window: FarmsWindowOpt = 2000,
     farms_q: FarmsQOpt = 1.0,
     farms_steps: FarmsStepsOpt = 10,
-    precision: PrecisionOpt = Precision.float64,
+    precision: PrecisionOpt = Precision.mixed,
+    max_memory: MaxMemoryOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Write an HTML report: summary, alpha overview, sortable per-layer table and ESD plots."""
     settings = settings_from_options(
-        xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers
+        xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers,
+        max_memory,
     )
     if is_report_file(source):
         if settings != AnalyzeSettings():
