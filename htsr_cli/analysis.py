@@ -256,7 +256,8 @@ def _not_finite_reason(stack: torch.Tensor, gram_dtype: torch.dtype, solver: Eig
     """Why a layer's Gram is not finite: NaN/Inf weights, or weights too large for the Gram's dtype."""
     if not solver.all_finite(stack):
         return "non-finite weights"
-    largest = max(float(matrix.to(torch.float32).abs().max()) for matrix in stack)
+    upcast = stack.element_size() == 1  # float8 has no abs/max: exactly representable in float32
+    largest = max(float((matrix.float() if upcast else matrix).abs().max()) for matrix in stack)
     if gram_dtype == torch.float64:
         return f"the Gram matrix overflows float64 (largest |weight| {largest:.3g})"
     return f"the Gram matrix overflows float32 (largest |weight| {largest:.3g}); --precision float64 forms it in float64"
@@ -361,6 +362,11 @@ def _fit_layer(
     return _Outcome(result, spectra, candidates)
 
 
+def _fits_on_a_pool(solver: Eigensolver) -> bool:
+    """Beside a GPU the CPU is idle: fits go to a CPU pool, off the GPU's critical path."""
+    return solver.device.type != "cpu"
+
+
 def solve_layers(
     checkpoint: Checkpoint,
     specs: list[MatrixSpec],
@@ -388,12 +394,12 @@ def solve_layers(
     gram_precisions: set[str] = set()
     done = len(specs) - len(order)
     cores = torch.get_num_threads()
-    on_cpu = solver.device.type == "cpu"
+    fits_on_a_pool = _fits_on_a_pool(solver)
     # Two solves at once on a multi-core CPU (one thread set each); one on a GPU,
-    # whose fits run on a CPU pool instead.
-    slots = 2 if on_cpu and settings.concurrent_solves and cores >= 2 else 1
+    # whose fits leave the solve thread for a pool of single-threaded CPU workers.
+    slots = 2 if not fits_on_a_pool and settings.concurrent_solves and cores >= 2 else 1
     fit_threads = min(FIT_THREADS, max(1, cores - 1))
-    fit_pool = None if on_cpu else ThreadPoolExecutor(fit_threads, "htsr-fit", torch.set_num_threads, (1,))
+    fit_pool = ThreadPoolExecutor(fit_threads, "htsr-fit", torch.set_num_threads, (1,)) if fits_on_a_pool else None
     unfitted: list[Future] = []
 
     def started(batch: Batch) -> None:

@@ -20,6 +20,7 @@ from htsr_cli.settings import AnalyzeSettings, FarmsSettings
 from htsr_cli.solver import Eigensolver
 
 from conftest import FIXTURES, small_state_dict
+from test_precision import near_tie
 
 
 @pytest.fixture
@@ -124,3 +125,19 @@ def test_batch_order_brings_same_shapes_of_a_block_together():
         spec("layers.1.attn.q.weight", (64, 64)),
     ]
     assert scheduling.batch_order(specs) == [0, 1, 2, 4, 3, 5, 6]
+
+
+@pytest.mark.parametrize("precision", ["mixed", "float32"])
+def test_fits_on_a_thread_pool_give_the_inline_numbers(monkeypatch, precision):
+    """The GPU path's orchestration (one solve thread, eigenvalues copied to the host once per
+    batch, fits and the float32 guard's redo on a CPU pool), run on the CPU."""
+    weights = {**many_matrices(3), "layers.9.near_tie.weight": near_tie()}  # a layer the guard redoes
+    farms = FarmsSettings(window=32, steps=3)
+    inline = htsr_cli.analyze(weights, farms=farms, precision=precision, keep_spectra=True)
+    monkeypatch.setattr(analysis, "_fits_on_a_pool", lambda solver: True)
+    pooled = htsr_cli.analyze(weights, farms=farms, precision=precision, keep_spectra=True)
+    assert layer_dicts(pooled) == layer_dicts(inline)
+    assert pooled.spectra.keys() == inline.spectra.keys()
+    assert all(torch.equal(pooled.spectra[name].esd, inline.spectra[name].esd) for name in inline.spectra)
+    if precision == "float32":
+        assert any(layer.eigensolver_redone for layer in pooled.layers)  # the redo ran through the pool

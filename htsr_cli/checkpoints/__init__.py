@@ -24,6 +24,7 @@ from htsr_cli.checkpoints.hub import looks_like_repo_id, resolve_repo
 from htsr_cli.checkpoints.sharded import ShardedCheckpoint
 from htsr_cli.checkpoints.statedict import StateDictCheckpoint
 from htsr_cli.checkpoints.torchfile import is_torch_file
+from htsr_cli.checkpoints.transformers_model import TransformersModelCheckpoint, is_transformers_model
 from htsr_cli.errors import HtsrError
 
 __all__ = ["Checkpoint", "TensorInfo", "open_checkpoint"]
@@ -33,6 +34,8 @@ CheckpointSource = str | os.PathLike | torch.nn.Module | Mapping[str, torch.Tens
 
 def open_checkpoint(source: CheckpointSource) -> Checkpoint:
     """A reader for `source`; raises `HtsrError` (one line) when it cannot be read."""
+    if is_transformers_model(source):  # keyed as its save_pretrained directory would be
+        return TransformersModelCheckpoint(source)
     if isinstance(source, (torch.nn.Module, Mapping)):
         return StateDictCheckpoint.from_object(source)
     if not isinstance(source, (str, os.PathLike)):

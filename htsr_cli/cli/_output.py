@@ -67,5 +67,10 @@ def layer_progress(quiet: bool, description: str = "analysing") -> Iterator:
 def print_timings(timings) -> None:
     """The `--profile` breakdown, on stderr so it never mixes with results."""
     stages = timings.to_json()
-    parts = " | ".join(f"{stage} {seconds:.3f} s" for stage, seconds in stages.items())
-    stderr_console.print(f"profile: {parts} (read/transfer overlap solve/fit on a loader thread)")
+    parts = " | ".join(
+        f"{stage} {value:.3f} s" if isinstance(value, float) else f"{stage} {value}" for stage, value in stages.items()
+    )
+    stderr_console.print(
+        f"profile: {parts} (read/transfer run on a loader thread beside the solves; "
+        "solve/fit/farms add up over concurrent solves and fit threads)"
+    )
