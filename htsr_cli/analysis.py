@@ -129,6 +129,9 @@ class _StageClock:
         self.times.add(stage, now - self.last)
         self.last = now
 
+    def restart(self) -> None:
+        self.last = time.perf_counter()
+
 
 @dataclass
 class SolvedLayers:
@@ -303,6 +306,7 @@ def _solve_batch(
         scale = settings.conv_scale if spec.kind in CONV_KINDS else 1.0
         farms = None
         if settings.farms is not None:
+            clock.restart()  # the previous layer's fit timed itself
             farms = farms_fit(stack, spec.kind, settings.farms, solver, settings.xmin, scale)
             clock.lap("farms")
         # float32 mode keeps the layer's Grams until its fit says whether float64 is needed.
@@ -418,8 +422,10 @@ def solve_layers(
         counters.add("matrices", len(layer_outcomes))
         counters.add("batches", 1)
         # Bound the fits waiting on the pool (in float32 mode each holds its Grams on the device).
-        while sum(not future.done() for future in unfitted) > FIT_BACKLOG * fit_threads:
-            wait(unfitted, return_when=FIRST_COMPLETED)
+        waiting = [future for future in unfitted if not future.done()]
+        while len(waiting) > FIT_BACKLOG * fit_threads:
+            wait(waiting, return_when=FIRST_COMPLETED)
+            waiting = [future for future in waiting if not future.done()]
 
     solve = partial(_solve_batch, settings=settings, solver=solver, times=times, keep_spectra=keep_spectra, fits=fit_pool)
     produce = partial(
