@@ -8,6 +8,7 @@ memory is a few matrices whatever the model size.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import re
 import threading
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from htsr_cli import __version__
+from htsr_cli import __version__, distributed
 from htsr_cli.checkpoints import Checkpoint, open_checkpoint
 from htsr_cli.errors import HtsrError
 from htsr_cli.farms import farms_fit
@@ -283,35 +284,122 @@ def analyze(
     or a state dict. Settings come as an `AnalyzeSettings` or as its fields by
     keyword (`analyze(model, xmin="median")`). With `profile`, `report.timings`
     holds the seconds per stage (read, transfer, solve, fit, farms).
+
+    Under torchrun (WORLD_SIZE > 1) the call is collective: every rank makes it
+    with the same arguments, the ranks share the matrices, and every rank
+    returns the same report; spectra (`keep_spectra`) and stage times summed
+    over the ranks are on rank 0 only. See `htsr_cli.distributed`.
     """
     if settings is None:
         settings = AnalyzeSettings(**options)
     elif options:
         raise TypeError("pass either settings or keyword options, not both")
+    cluster = distributed.current()
+    if cluster is None:
+        return _analyze(source, settings, None, progress, keep_spectra, profile)
+    run = cluster.begin(source, settings, keep_spectra, profile)
+    with run.failures_shared():
+        return _analyze(source, settings, run, progress, keep_spectra, profile)
+
+
+def _analyze(
+    source: Source,
+    settings: AnalyzeSettings,
+    run: distributed.Run | None,
+    progress: ProgressCallback | None,
+    keep_spectra: bool,
+    profile: bool,
+) -> Report:
+    """One process's part of `analyze`: all of it alone, or its share of `run`."""
     started = time.perf_counter()
+    if run is not None:
+        run.cluster.use_device(settings.device)
     solver = Eigensolver.create(settings.device, settings.precision)
+    if run is not None:
+        run.ensure_group(solver.device)
     times = StageTimes() if profile else None
     with open_checkpoint(source) as checkpoint, ThreadPoolExecutor(1, "htsr-order") as pool:
         # Module order can need the architecture (transformers on the meta device):
         # work it out beside the solves, read in storage order, sort at the end.
-        module_order = pool.submit(lambda: [info.key for info in checkpoint.tensors()])
+        assembles = run is None or run.is_root
+        module_order = pool.submit(lambda: [info.key for info in checkpoint.tensors()]) if assembles else None
         specs = plan_layers(checkpoint, settings)
-        solved = solve_layers(
-            checkpoint, specs, settings, solver, progress=progress, keep_spectra=keep_spectra, times=times
-        )
-        rank = {key: index for index, key in enumerate(module_order.result())}
-        layers = sorted(solved.layers, key=lambda layer: rank[layer.tensor])
+        if run is None:
+            solved = solve_layers(
+                checkpoint, specs, settings, solver, progress=progress, keep_spectra=keep_spectra, times=times
+            )
+        else:
+            solved = _solve_share(run, checkpoint, specs, settings, solver, progress, keep_spectra, times)
+        if module_order is not None:
+            rank = {key: index for index, key in enumerate(module_order.result())}
+            layers = sorted(solved.layers, key=lambda layer: rank[layer.tensor])
         source_name = checkpoint.source
-    seconds = time.perf_counter() - started
-    report = Report(
-        checkpoint=source_name,
-        settings=settings.to_json(solver.device.type, "grid" if "grid" in solved.candidates else "exact"),
-        layers=layers,
-        summary=summarize(layers, seconds, with_farms=settings.farms is not None),
-        htsr_version=__version__,
+    report = None
+    if assembles:
+        seconds = time.perf_counter() - started
+        report = Report(
+            checkpoint=source_name,
+            settings=settings.to_json(solver.device.type, "grid" if "grid" in solved.candidates else "exact"),
+            layers=layers,
+            summary=summarize(layers, seconds, with_farms=settings.farms is not None),
+            htsr_version=__version__,
+        )
+        report.spectra = solved.spectra
+        if times is not None:
+            times.wall = seconds
+            report.timings = times
+    if run is None:
+        return report
+    run.wait_for_all("assembled")
+    shared = run.broadcast(dataclasses.replace(report, spectra={}) if run.is_root else None)
+    return report if run.is_root else shared
+
+
+def _solve_share(
+    run: distributed.Run,
+    checkpoint: Checkpoint,
+    specs: list[MatrixSpec],
+    settings: AnalyzeSettings,
+    solver: Eigensolver,
+    progress: ProgressCallback | None,
+    keep_spectra: bool,
+    times: StageTimes | None,
+) -> SolvedLayers | None:
+    """Solve this rank's share of `specs`; on rank 0, return every rank's results in the order of `specs`.
+
+    Shares are cut by estimated flops, so a rank reads (and opens the shards of)
+    only its own tensors. Other ranks return None.
+    """
+    share = run.share([distributed.estimated_flops(spec, settings.farms) for spec in specs])
+    mine = solve_layers(
+        checkpoint,
+        [specs[index] for index in share],
+        settings,
+        solver,
+        progress=run.progress(progress, len(specs)),
+        keep_spectra=keep_spectra,
+        times=times,
     )
-    report.spectra = solved.spectra
-    if times is not None:
-        times.wall = seconds
-        report.timings = times
-    return report
+    run.wait_for_all("solved", progress, len(specs))
+    kept = [(name, spectra.farms is not None) for name, spectra in mine.spectra.items()]
+    parts = run.gather((share, mine.layers, mine.candidates, times, kept))
+    tensors = [values for spectra in mine.spectra.values() for values in (spectra.esd, spectra.farms) if values is not None]
+    received = run.gather_tensors(tensors) if keep_spectra else None
+    if parts is None:
+        return None
+    results: list[LayerResult | None] = [None] * len(specs)
+    found: dict[str, LayerSpectra] = {}
+    solved = SolvedLayers([], {}, set())
+    for rank, (indices, layers, candidates, rank_times, names) in enumerate(parts):
+        for index, layer in zip(indices, layers):
+            results[index] = layer
+        solved.candidates |= candidates
+        values = iter(received[rank] if received is not None else ())
+        for name, has_farms in names:
+            found[name] = LayerSpectra(next(values), next(values) if has_farms else None)
+        if times is not None and rank > 0:
+            for stage, seconds in vars(rank_times).items():
+                setattr(times, stage, getattr(times, stage) + seconds)
+    solved.layers = results
+    solved.spectra = {spec.name: found[spec.name] for spec in specs if spec.name in found}
+    return solved
