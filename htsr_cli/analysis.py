@@ -318,10 +318,10 @@ def _analyze(
     if run is not None:
         run.ensure_group(solver.device)
     times = StageTimes() if profile else None
+    assembles = run is None or run.is_root
     with open_checkpoint(source) as checkpoint, ThreadPoolExecutor(1, "htsr-order") as pool:
         # Module order can need the architecture (transformers on the meta device):
         # work it out beside the solves, read in storage order, sort at the end.
-        assembles = run is None or run.is_root
         module_order = pool.submit(lambda: [info.key for info in checkpoint.tensors()]) if assembles else None
         specs = plan_layers(checkpoint, settings)
         if run is None:
@@ -330,29 +330,41 @@ def _analyze(
             )
         else:
             solved = _solve_share(run, checkpoint, specs, settings, solver, progress, keep_spectra, times)
-        if module_order is not None:
-            rank = {key: index for index, key in enumerate(module_order.result())}
-            layers = sorted(solved.layers, key=lambda layer: rank[layer.tensor])
-        source_name = checkpoint.source
-    report = None
-    if assembles:
-        seconds = time.perf_counter() - started
-        report = Report(
-            checkpoint=source_name,
-            settings=settings.to_json(solver.device.type, "grid" if "grid" in solved.candidates else "exact"),
-            layers=layers,
-            summary=summarize(layers, seconds, with_farms=settings.farms is not None),
-            htsr_version=__version__,
-        )
-        report.spectra = solved.spectra
-        if times is not None:
-            times.wall = seconds
-            report.timings = times
+        report = None
+        if assembles:
+            report = _assemble(checkpoint.source, settings, solver, solved, module_order.result(), started, times)
     if run is None:
         return report
     run.wait_for_all("assembled")
     shared = run.broadcast(dataclasses.replace(report, spectra={}) if run.is_root else None)
     return report if run.is_root else shared
+
+
+def _assemble(
+    source_name: str,
+    settings: AnalyzeSettings,
+    solver: Eigensolver,
+    solved: SolvedLayers,
+    module_keys: list[str],
+    started: float,
+    times: StageTimes | None,
+) -> Report:
+    """The report: the solved layers in module order, the summary, the settings used."""
+    rank = {key: index for index, key in enumerate(module_keys)}
+    layers = sorted(solved.layers, key=lambda layer: rank[layer.tensor])
+    seconds = time.perf_counter() - started
+    report = Report(
+        checkpoint=source_name,
+        settings=settings.to_json(solver.device.type, "grid" if "grid" in solved.candidates else "exact"),
+        layers=layers,
+        summary=summarize(layers, seconds, with_farms=settings.farms is not None),
+        htsr_version=__version__,
+    )
+    report.spectra = solved.spectra
+    if times is not None:
+        times.wall = seconds
+        report.timings = times
+    return report
 
 
 def _solve_share(
@@ -385,21 +397,31 @@ def _solve_share(
     parts = run.gather((share, mine.layers, mine.candidates, times, kept))
     tensors = [values for spectra in mine.spectra.values() for values in (spectra.esd, spectra.farms) if values is not None]
     received = run.gather_tensors(tensors) if keep_spectra else None
-    if parts is None:
-        return None
+    return None if parts is None else _merged(specs, parts, received, times)
+
+
+def _merged(
+    specs: list[MatrixSpec],
+    parts: list[tuple],
+    received: list[list[torch.Tensor]] | None,
+    times: StageTimes | None,
+) -> SolvedLayers:
+    """Every rank's (share, layers, candidates, times, kept spectra) as one SolvedLayers in the order of `specs`.
+
+    The stage times of the other ranks are added to `times` (rank 0's own).
+    """
     results: list[LayerResult | None] = [None] * len(specs)
     found: dict[str, LayerSpectra] = {}
-    solved = SolvedLayers([], {}, set())
-    for rank, (indices, layers, candidates, rank_times, names) in enumerate(parts):
+    candidates: set[str] = set()
+    for rank, (indices, layers, used, rank_times, kept) in enumerate(parts):
         for index, layer in zip(indices, layers):
             results[index] = layer
-        solved.candidates |= candidates
+        candidates |= used
         values = iter(received[rank] if received is not None else ())
-        for name, has_farms in names:
+        for name, has_farms in kept:
             found[name] = LayerSpectra(next(values), next(values) if has_farms else None)
         if times is not None and rank > 0:
             for stage, seconds in vars(rank_times).items():
                 setattr(times, stage, getattr(times, stage) + seconds)
-    solved.layers = results
-    solved.spectra = {spec.name: found[spec.name] for spec in specs if spec.name in found}
-    return solved
+    spectra = {spec.name: found[spec.name] for spec in specs if spec.name in found}
+    return SolvedLayers(results, spectra, candidates)

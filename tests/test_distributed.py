@@ -181,6 +181,7 @@ ENTRY = {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}
         ({"w": ENTRY}, b"\0" * 20, None, "tensor data ends at byte"),
         ({"w": ENTRY}, b"", 1 << 40, "header of 1099511627776 bytes in a file of"),
         (b"{not json", b"", None, "header is not JSON"),
+        (b"[" * 200_000, b"", None, "header is not JSON"),
         ([1, 2], b"", None, "header is not a JSON object"),
         ({"w": {**ENTRY, "shape": [2, -2]}}, b"\0" * 16, None, "malformed header entry for 'w'"),
         ({"w": {**ENTRY, "data_offsets": [16, 0]}}, b"\0" * 16, None, "malformed header entry for 'w'"),

@@ -11,6 +11,7 @@ with `safe_open`, which maps it and validates the whole layout, and each
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -76,13 +77,13 @@ def read_header(path: Path) -> list[TensorInfo]:
             header = json.loads(handle.read(header_size))
     except OSError as error:
         raise HtsrError(f"{path}: cannot read ({error.strerror or error})") from error
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise _damaged(path, f"header is not JSON: {error}") from error
     if not isinstance(header, dict):
         raise _damaged(path, "header is not a JSON object")
     infos, data_end = [], 0
     for key in sorted(name for name in header if name != "__metadata__"):
-        info, (begin, end) = _entry(path, key, header[key])
+        info, end = _entry(path, key, header[key])
         data_end = max(data_end, end)
         infos.append(info)
     if 8 + header_size + data_end != file_size:
@@ -90,21 +91,22 @@ def read_header(path: Path) -> list[TensorInfo]:
     return infos
 
 
-def _entry(path: Path, key: str, entry: object) -> tuple[TensorInfo, tuple[int, int]]:
-    """One header entry as a TensorInfo and its byte range, checked against its shape and dtype."""
-    def is_count(value: object) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
+
+def _entry(path: Path, key: str, entry: object) -> tuple[TensorInfo, int]:
+    """One header entry as a TensorInfo and where its bytes end, checked against its shape and dtype."""
     shape = entry.get("shape") if isinstance(entry, dict) else None
     offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
     stored = entry.get("dtype") if isinstance(entry, dict) else None
     if not (
         isinstance(stored, str)
         and isinstance(shape, list)
-        and all(is_count(size) for size in shape)
+        and all(_is_count(size) for size in shape)
         and isinstance(offsets, list)
         and len(offsets) == 2
-        and all(is_count(offset) for offset in offsets)
+        and all(_is_count(offset) for offset in offsets)
         and offsets[0] <= offsets[1]
     ):
         raise _damaged(path, f"malformed header entry for {key!r}")
@@ -113,12 +115,9 @@ def _entry(path: Path, key: str, entry: object) -> tuple[TensorInfo, tuple[int, 
         raise HtsrError(
             f"{path}: tensor {key!r} has dtype {stored}, which this version of torch cannot represent"
         )
-    elements = 1
-    for size in shape:
-        elements *= size
-    if offsets[1] - offsets[0] != elements * dtype.itemsize:
+    if offsets[1] - offsets[0] != math.prod(shape) * dtype.itemsize:
         raise _damaged(path, f"tensor {key!r} of shape {shape} {stored} claims {offsets[1] - offsets[0]} bytes")
-    return TensorInfo(key, tuple(shape), dtype), (offsets[0], offsets[1])
+    return TensorInfo(key, tuple(shape), dtype), offsets[1]
 
 
 class SafetensorsFile(Checkpoint):

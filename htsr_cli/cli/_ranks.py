@@ -17,14 +17,18 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from htsr_cli.cli._errors import report_error
 from htsr_cli.errors import HtsrError
 
+if TYPE_CHECKING:
+    from htsr_cli.distributed import Cluster
+
 
 def run_command(command: Callable[[], int]) -> int:
     """Run `command` (the whole CLI, returning its exit code) on this process's rank."""
-    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):  # not under torchrun: no torch import here
         return command()
     from htsr_cli import distributed  # lazy torch, see app.py
 
@@ -46,7 +50,7 @@ def run_command(command: Callable[[], int]) -> int:
     return code
 
 
-def _serve(cluster) -> int:
+def _serve(cluster: Cluster) -> int:
     """A rank other than 0: join rank 0's analyses until it sends its exit code."""
     from htsr_cli.analysis import analyze
     from htsr_cli.distributed import RankFailed, settings_from_json
