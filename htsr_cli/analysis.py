@@ -12,6 +12,7 @@ matrix alone, in spec order.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 import time
@@ -25,7 +26,7 @@ from typing import Any
 
 import torch
 
-from htsr_cli import __version__
+from htsr_cli import __version__, distributed
 from htsr_cli.checkpoints import Checkpoint, open_checkpoint
 from htsr_cli.errors import HtsrError
 from htsr_cli.farms import FarmsResult, farms_fit
@@ -468,25 +469,74 @@ def analyze(
     or a state dict. Settings come as an `AnalyzeSettings` or as its fields by
     keyword (`analyze(model, xmin="median")`). With `profile`, `report.timings`
     holds the seconds per stage (read, transfer, solve, fit, farms).
+
+    Under torchrun (WORLD_SIZE > 1) the call is collective: every rank makes it
+    with the same arguments, the ranks share the matrices, and every rank
+    returns the same report; spectra (`keep_spectra`) and stage times summed
+    over the ranks are on rank 0 only. See `htsr_cli.distributed`.
     """
     if settings is None:
         settings = AnalyzeSettings(**options)
     elif options:
         raise TypeError("pass either settings or keyword options, not both")
+    cluster = distributed.current()
+    if cluster is None:
+        return _analyze(source, settings, None, progress, keep_spectra, profile)
+    run = cluster.begin(source, settings, keep_spectra, profile)
+    with run.failures_shared():
+        return _analyze(source, settings, run, progress, keep_spectra, profile)
+
+
+def _analyze(
+    source: Source,
+    settings: AnalyzeSettings,
+    run: distributed.Run | None,
+    progress: ProgressCallback | None,
+    keep_spectra: bool,
+    profile: bool,
+) -> Report:
+    """One process's part of `analyze`: all of it alone, or its share of `run`."""
     started = time.perf_counter()
+    if run is not None:
+        run.cluster.use_device(settings.device)
     solver = Eigensolver.create(settings.device, settings.precision)
+    if run is not None:
+        run.ensure_group(solver.device)
     times = StageTimes() if profile else None
+    assembles = run is None or run.is_root
     with open_checkpoint(source) as checkpoint, ThreadPoolExecutor(1, "htsr-order") as pool:
         # Module order can need the architecture (transformers on the meta device):
         # work it out beside the solves, read in storage order, sort at the end.
-        module_order = pool.submit(lambda: [info.key for info in checkpoint.tensors()])
+        module_order = pool.submit(lambda: [info.key for info in checkpoint.tensors()]) if assembles else None
         specs = plan_layers(checkpoint, settings)
-        solved = solve_layers(
-            checkpoint, specs, settings, solver, progress=progress, keep_spectra=keep_spectra, times=times
-        )
-        rank = {key: index for index, key in enumerate(module_order.result())}
-        layers = sorted(solved.layers, key=lambda layer: rank[layer.tensor])
-        source_name = checkpoint.source
+        if run is None:
+            solved = solve_layers(
+                checkpoint, specs, settings, solver, progress=progress, keep_spectra=keep_spectra, times=times
+            )
+        else:
+            solved = _solve_share(run, checkpoint, specs, settings, solver, progress, keep_spectra, times)
+        report = None
+        if assembles:
+            report = _assemble(checkpoint.source, settings, solver, solved, module_order.result(), started, times)
+    if run is None:
+        return report
+    run.wait_for_all("assembled")
+    shared = run.broadcast(dataclasses.replace(report, spectra={}) if run.is_root else None)
+    return report if run.is_root else shared
+
+
+def _assemble(
+    source_name: str,
+    settings: AnalyzeSettings,
+    solver: Eigensolver,
+    solved: SolvedLayers,
+    module_keys: list[str],
+    started: float,
+    times: StageTimes | None,
+) -> Report:
+    """The report: the solved layers in module order, the summary, the settings used."""
+    rank = {key: index for index, key in enumerate(module_keys)}
+    layers = sorted(solved.layers, key=lambda layer: rank[layer.tensor])
     seconds = time.perf_counter() - started
     report = Report(
         checkpoint=source_name,
@@ -502,3 +552,69 @@ def analyze(
         times.wall = seconds
         report.timings = times
     return report
+
+
+def _solve_share(
+    run: distributed.Run,
+    checkpoint: Checkpoint,
+    specs: list[MatrixSpec],
+    settings: AnalyzeSettings,
+    solver: Eigensolver,
+    progress: ProgressCallback | None,
+    keep_spectra: bool,
+    times: StageTimes | None,
+) -> SolvedLayers | None:
+    """Solve this rank's share of `specs`; on rank 0, return every rank's results in the order of `specs`.
+
+    Shares are cut by estimated flops, so a rank reads (and opens the shards of)
+    only its own tensors. Other ranks return None.
+    """
+    share = run.share([distributed.estimated_flops(spec, settings.farms) for spec in specs])
+    mine = solve_layers(
+        checkpoint,
+        [specs[index] for index in share],
+        settings,
+        solver,
+        progress=run.progress(progress, len(specs)),
+        keep_spectra=keep_spectra,
+        times=times,
+    )
+    run.wait_for_all("solved", progress, len(specs))
+    kept = [(name, spectra.farms is not None) for name, spectra in mine.spectra.items()]
+    stage_times = times.to_json() if times is not None else None
+    parts = run.gather((share, mine.layers, mine.candidates, mine.gram_precisions, stage_times, kept))
+    tensors = [values for spectra in mine.spectra.values() for values in (spectra.esd, spectra.farms) if values is not None]
+    received = run.gather_tensors(tensors) if keep_spectra else None
+    return None if parts is None else _merged(specs, parts, received, times)
+
+
+def _merged(
+    specs: list[MatrixSpec],
+    parts: list[tuple],
+    received: list[list[torch.Tensor]] | None,
+    times: StageTimes | None,
+) -> SolvedLayers:
+    """Every rank's (share, layers, candidates, Gram precisions, stage times, kept spectra) as one SolvedLayers.
+
+    Layers and spectra come back in the order of `specs`.
+
+    The stage times of the other ranks are added to `times` (rank 0's own).
+    """
+    results: list[LayerResult | None] = [None] * len(specs)
+    found: dict[str, LayerSpectra] = {}
+    candidates: set[str] = set()
+    gram_precisions: set[str] = set()
+    for rank, (indices, layers, used, precisions, rank_times, kept) in enumerate(parts):
+        for index, layer in zip(indices, layers):
+            results[index] = layer
+        candidates |= used
+        gram_precisions |= precisions
+        values = iter(received[rank] if received is not None else ())
+        for name, has_farms in kept:
+            found[name] = LayerSpectra(next(values), next(values) if has_farms else None)
+        if times is not None and rank > 0:
+            for stage, amount in rank_times.items():
+                if stage != "wall":  # rank 0's wall time is the run's
+                    times.add(stage, amount)
+    spectra = {spec.name: found[spec.name] for spec in specs if spec.name in found}
+    return SolvedLayers(results, spectra, candidates, gram_precisions)

@@ -4,6 +4,11 @@ Only one file is open at any moment, so memory stays bounded by one file's
 pickle (torch) or mapping (safetensors) plus the tensors the caller holds,
 however many shards the model has. Shards of a Hugging Face save follow the
 module order, so loading in that order opens each file about once.
+
+safetensors shards are listed from their headers and opened only when one of
+their tensors is loaded: a rank of a distributed run that loads none of a
+shard's tensors never opens (maps) it. A torch file has no header to read, so
+listing one unpickles it (memory-mapped: no tensor data is read).
 """
 
 from __future__ import annotations
@@ -14,14 +19,18 @@ import torch
 
 from htsr_cli.checkpoints.base import Checkpoint, TensorInfo
 from htsr_cli.checkpoints.order import config_model_type, module_order
-from htsr_cli.checkpoints.safetensors_file import SafetensorsFile
+from htsr_cli.checkpoints.safetensors_file import SafetensorsFile, read_header
 from htsr_cli.checkpoints.torchfile import open_torch_file
 from htsr_cli.errors import HtsrError
 
 
+def _is_safetensors(path: Path) -> bool:
+    return path.suffix.lower() == ".safetensors"
+
+
 def open_file(path: Path) -> Checkpoint:
     """A reader for one weight file, chosen by its suffix."""
-    if path.suffix.lower() == ".safetensors":
+    if _is_safetensors(path):
         return SafetensorsFile(path)
     return open_torch_file(path)
 
@@ -46,7 +55,8 @@ class ShardedCheckpoint(Checkpoint):
         self._shard_of: dict[str, Path] = {}
         self._ordered: list[TensorInfo] | None = None
         for path in paths:
-            for info in self._shard(path).tensors():
+            listed = read_header(path) if _is_safetensors(path) else self._shard(path).tensors()
+            for info in listed:
                 if info.key in self._shard_of:
                     raise HtsrError(
                         f"{source}: tensor {info.key!r} is stored in both "

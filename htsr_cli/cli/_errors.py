@@ -40,7 +40,7 @@ class FunnelGroup(TyperGroup):
             if _debugging(ctx):
                 raise
             report_error(str(error))
-            raise typer.Exit(USAGE_ERROR) from None
+            raise typer.Exit(error.exit_code) from None
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         try:

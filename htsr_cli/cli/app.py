@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -15,6 +16,7 @@ from htsr_cli.cli import analyze, report
 from htsr_cli.cli import compare, gate
 from htsr_cli.cli import allocate, lr_schedule
 from htsr_cli.cli._errors import USAGE_ERROR, FunnelGroup
+from htsr_cli.cli._ranks import run_command
 
 app = typer.Typer(
     cls=FunnelGroup,
@@ -59,4 +61,5 @@ app.add_typer(lr_schedule.app, name="lr-schedule")
 
 
 def main() -> None:
-    app(prog_name="htsr")
+    """`htsr`, `python -m htsr_cli`, and each rank of `torchrun ... -m htsr_cli` (see _ranks.py)."""
+    sys.exit(run_command(lambda: app(prog_name="htsr", standalone_mode=False)))
