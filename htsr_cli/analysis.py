@@ -218,7 +218,11 @@ def plan_layers(checkpoint: Checkpoint, settings: AnalyzeSettings) -> list[Matri
     specs = [
         spec
         for info in checkpoint.stored()
-        if (spec := describe(info.key, info.shape, info.dtype, settings.min_evals, info.storage_label))
+        if (
+            spec := describe(
+                info.key, info.shape, info.dtype, settings.min_evals, info.storage_label, info.unreadable
+            )
+        )
         is not None
     ]
     if not specs:
@@ -302,6 +306,7 @@ def analyze(
         rank = {key: index for index, key in enumerate(module_order.result())}
         layers = sorted(solved.layers, key=lambda layer: rank[layer.tensor])
         source_name = checkpoint.source
+        checkpoint_format = checkpoint.format_info()
     seconds = time.perf_counter() - started
     report = Report(
         checkpoint=source_name,
@@ -309,6 +314,7 @@ def analyze(
         layers=layers,
         summary=summarize(layers, seconds, with_farms=settings.farms is not None),
         htsr_version=__version__,
+        checkpoint_format=checkpoint_format,
     )
     report.spectra = solved.spectra
     if times is not None:

@@ -18,7 +18,8 @@ _FLOAT_DTYPES = {torch.float64, torch.float32, torch.float16, torch.bfloat16} | 
     for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
     if hasattr(torch, name)
 }
-_EMBEDDING_PARTS = ("wte", "wpe", "shared")
+# GPT-2 and T5 names, and GGUF's (token_embd, position_embd, token_types).
+_EMBEDDING_PARTS = ("wte", "wpe", "shared", "token_embd", "position_embd", "token_types")
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,17 @@ def _slice_grid(shape: tuple[int, ...]) -> tuple[int, int, int]:
 
 
 def describe(
-    key: str, shape: tuple[int, ...], dtype: torch.dtype, min_evals: int, storage: str | None = None
+    key: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    min_evals: int,
+    storage: str | None = None,
+    unreadable: str | None = None,
 ) -> MatrixSpec | None:
-    """Classify a stored tensor; None for tensors that are not weight matrices (biases, norms, buffers)."""
+    """Classify a stored tensor; None for tensors that are not weight matrices (biases, norms, buffers).
+
+    `unreadable` is the reader's reason why the tensor cannot be decoded (a quantization type it lacks).
+    """
     if len(shape) < 2 or not is_weight_key(key):
         return None
     name = module_name(key)
@@ -71,7 +80,10 @@ def describe(
     slices, rows, cols = _slice_grid(shape)
     num_evals = slices * min(rows, cols) if kind != "other" else 0
     reason = None
-    if dtype not in _FLOAT_DTYPES:
+    if unreadable is not None:
+        reason = unreadable
+        num_evals = 0
+    elif dtype not in _FLOAT_DTYPES:
         reason = "quantized"
         num_evals = 0
     elif kind == "other":
