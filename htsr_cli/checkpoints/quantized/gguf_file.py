@@ -35,6 +35,8 @@ ROPE_PERMUTED_ARCHITECTURES = ("llama",)
 _ROPE_PERMUTED = re.compile(r"^blk\.\d+\.attn_(q|k)\.weight$")
 # Model order: embeddings, then the blocks by number, then the rest (final norm, output head).
 _FIRST = ("token_embd", "position_embd", "token_types")
+# How the reader's enum lookup reports a type id it does not know.
+_UNKNOWN_TYPE = re.compile(r"(\d+)\)? is not a valid GGMLQuantizationType")
 
 
 def is_gguf_file(path: Path) -> bool:
@@ -87,6 +89,12 @@ class GgufCheckpoint(Checkpoint):
         except OSError as error:
             raise HtsrError(f"{source}: cannot read ({error.strerror or error})") from error
         except Exception as error:  # the reader reports damage as ValueError, IndexError, KeyError, ...
+            unknown = _UNKNOWN_TYPE.search(str(error))
+            if unknown is not None:
+                raise HtsrError(
+                    f"{source}: a tensor has GGML type {unknown[1]}, which gguf {gguf_version()} does not know "
+                    "(a damaged file, or one newer than the installed gguf package)"
+                ) from None
             detail = " ".join(str(error).split())[:200]
             raise HtsrError(f"{source}: is truncated or not a valid GGUF file ({type(error).__name__}: {detail})") from None
         self._tensors = {tensor.name: tensor for tensor in self._reader.tensors}
