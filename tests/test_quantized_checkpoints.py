@@ -222,14 +222,19 @@ def test_damaged_gguf_files_exit_2(tmp_path, cli, quantized):
     )
 
 
+def analysed_layers(cli, path, pattern: str) -> dict[str, dict]:
+    """`htsr analyze PATH --layers PATTERN --format json`, which must succeed: name -> layer entry."""
+    result = cli("analyze", path, "--format", "json", "--layers", pattern)
+    assert result.exit_code == 0, result.output
+    return {layer["name"]: layer for layer in json.loads(result.stdout)["layers"]}
+
+
 def test_gptq_without_scales_is_a_skipped_layer(tmp_path, cli, minilm_dir):
     path = write_quantized(minilm_dir, tmp_path / "gptq", "gptq", bits=4)
     state = load_file(path / "model.safetensors")
     del state["encoder.layer.2.attention.self.key.scales"]
     save_file(state, path / "model.safetensors")
-    result = cli("analyze", path, "--format", "json", "--layers", r"encoder\.layer\.2\.attention\.self")
-    assert result.exit_code == 0, result.output
-    layers = {layer["name"]: layer for layer in json.loads(result.stdout)["layers"]}
+    layers = analysed_layers(cli, path, r"encoder\.layer\.2\.attention\.self")
     assert layers["encoder.layer.2.attention.self.key"]["status"] == "skipped"
     assert layers["encoder.layer.2.attention.self.key"]["reason"] == "gptq qweight without scales"
     assert layers["encoder.layer.2.attention.self.query"]["status"] == "ok"
@@ -244,9 +249,7 @@ def test_bnb_unknown_quant_type_and_oversized_metadata(tmp_path, cli, minilm_dir
     raw["quant_type"] = "nf5"
     state[key + ".quant_state.bitsandbytes__nf5"] = torch.tensor(list(json.dumps(raw).encode()), dtype=torch.uint8)
     save_file(state, path / "model.safetensors")
-    result = cli("analyze", path, "--format", "json", "--layers", r"encoder\.layer\.0\.attention\.self")
-    assert result.exit_code == 0, result.output
-    layers = {layer["name"]: layer for layer in json.loads(result.stdout)["layers"]}
+    layers = analysed_layers(cli, path, r"encoder\.layer\.0\.attention\.self")
     assert layers["encoder.layer.0.attention.self.query"]["reason"] == "bnb 4-bit quant_type 'nf5' is unknown (expected nf4 or fp4)"
     assert layers["encoder.layer.0.attention.self.key"]["storage"] == "bnb nf4"
 

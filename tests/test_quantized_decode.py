@@ -209,3 +209,25 @@ def test_mxfp4_matches_an_element_by_element_reference(experts):
     # e2m1's widest gap (4 to 6) is 2 steps of the group's power of two: error <= 1 * 2^e.
     step = torch.pow(2.0, scales.float() - 127).repeat_interleave(32, -1)
     assert ((decoded - weight).abs() <= step).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_decoders_give_the_same_matrix_on_cuda():
+    """The pipeline decodes on the solver's device: every decoder must agree with its CPU run."""
+    weight = weights(64, 256, seed=9)
+    gptq = gptq_parts(weight, 3, 32, act_order=True, symmetric=True, v2=False)
+    awq = awq_parts(weight, 32)
+    fp8 = fp8_block_parts(weight)
+    nf4 = nf4_parts(weight)
+    blocks, scales = mxfp4_parts(weight)
+    cases = [
+        (lambda t: dequantize_gptq(t["qweight"], t["qzeros"], t["scales"], t["g_idx"], 3, 32, 1), gptq),
+        (lambda t: dequantize_awq(t["qweight"], t["qzeros"], t["scales"], 32), awq),
+        (lambda t: dequantize_fp8(t["weight"], t["weight_scale_inv"], 128, 128), fp8),
+        (lambda t: dequantize_4bit(t[""], t[".absmax"], t[".quant_map"], (64, 256), 64), nf4),
+        (lambda t: dequantize_mxfp4(t["blocks"], t["scales"]), {"blocks": blocks, "scales": scales}),
+    ]
+    for decode, parts in cases:
+        on_cuda = decode({key: value.cuda() for key, value in parts.items()})
+        assert on_cuda.device.type == "cuda"
+        assert torch.equal(on_cuda.cpu(), decode(parts))

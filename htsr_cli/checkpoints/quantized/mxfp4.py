@@ -55,15 +55,17 @@ def find_mxfp4(stored: StoredTensors) -> list[PackedWeight]:
         if scales_key not in stored.infos:
             continue
         scales = stored.infos[scales_key]
-        *lead, rows, groups, width = info.shape if len(info.shape) >= 3 else (0, 0, 0)
-        if len(lead) == 1:
-            shape = (lead[0], groups * 32, rows)
-        else:
-            shape = (rows, groups * 32)
-        if len(info.shape) not in (3, 4) or width != 16 or tuple(scales.shape) != tuple(info.shape[:-1]) or scales.dtype not in SCALE_DTYPES:
+        if (
+            len(info.shape) not in (3, 4)
+            or info.shape[-1] != 16
+            or tuple(scales.shape) != tuple(info.shape[:-1])
+            or scales.dtype not in SCALE_DTYPES
+        ):
             reason = f"mxfp4 blocks {list(info.shape)} and scales {list(scales.shape)} are not [..., rows, G, 16] and [..., rows, G]"
             found.append(unreadable(name, key, tuple(info.shape), "mxfp4", reason, (scales_key,)))
             continue
+        *experts, rows, groups, _ = info.shape
+        shape = (*experts, groups * 32, rows) if experts else (rows, groups * 32)  # experts: [E, in, out]
         logical = TensorInfo(name, shape, torch.float32, "mxfp4")
         found.append(PackedWeight(logical, key, {"blocks": key, "scales": scales_key}, _decode))
     return found
