@@ -163,7 +163,8 @@ def plan_layers(checkpoint: Checkpoint, settings: AnalyzeSettings) -> list[Matri
         spec
         for info in checkpoint.stored()
         for spec in matrix_specs(
-            info.key, info.shape, info.dtype, settings.min_evals, info.storage_label, checkpoint.model_type
+            info.key, info.shape, info.dtype, settings.min_evals, info.storage_label, checkpoint.model_type,
+            info.unreadable,
         )
     ]
     if not specs:
@@ -517,7 +518,10 @@ def _analyze(
             solved = _solve_share(run, checkpoint, specs, settings, solver, progress, keep_spectra, times)
         report = None
         if assembles:
-            report = _assemble(checkpoint.source, settings, solver, solved, module_order.result(), started, times)
+            report = _assemble(
+                checkpoint.source, checkpoint.format_info(), settings, solver, solved, module_order.result(),
+                started, times,
+            )
     if run is None:
         return report
     run.wait_for_all("assembled")
@@ -527,6 +531,7 @@ def _analyze(
 
 def _assemble(
     source_name: str,
+    checkpoint_format: dict | None,
     settings: AnalyzeSettings,
     solver: Eigensolver,
     solved: SolvedLayers,
@@ -546,6 +551,7 @@ def _assemble(
         layers=layers,
         summary=summarize(layers, seconds, with_farms=settings.farms is not None),
         htsr_version=__version__,
+        checkpoint_format=checkpoint_format,
     )
     report.spectra = solved.spectra
     if times is not None:

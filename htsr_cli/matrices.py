@@ -26,7 +26,8 @@ _FLOAT_DTYPES = {torch.float64, torch.float32, torch.float16, torch.bfloat16} | 
     for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
     if hasattr(torch, name)
 }
-_EMBEDDING_PARTS = ("wte", "wpe", "shared")
+# GPT-2 and T5 names, and GGUF's (token_embd, position_embd, token_types).
+_EMBEDDING_PARTS = ("wte", "wpe", "shared", "token_embd", "position_embd", "token_types")
 EXPERTS_MODULE = "experts"
 FUSED_GATE_UP = "gate_up"
 # Models whose fused gate_up alternates gate and up columns along its last axis
@@ -85,9 +86,17 @@ def _slice_grid(shape: tuple[int, ...]) -> tuple[int, int, int]:
 
 
 def describe(
-    key: str, shape: tuple[int, ...], dtype: torch.dtype, min_evals: int, storage: str | None = None
+    key: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    min_evals: int,
+    storage: str | None = None,
+    unreadable: str | None = None,
 ) -> MatrixSpec | None:
-    """Classify a stored tensor; None for tensors that are not weight matrices (biases, norms, buffers)."""
+    """Classify a stored tensor; None for tensors that are not weight matrices (biases, norms, buffers).
+
+    `unreadable` is the reader's reason why the tensor cannot be decoded (a quantization type it lacks).
+    """
     if len(shape) < 2 or not is_weight_key(key):
         return None
     name = module_name(key)
@@ -101,7 +110,10 @@ def describe(
     slices, rows, cols = _slice_grid(shape)
     num_evals = slices * min(rows, cols) if kind != "other" else 0
     reason = None
-    if dtype not in _FLOAT_DTYPES:
+    if unreadable is not None:
+        reason = unreadable
+        num_evals = 0
+    elif dtype not in _FLOAT_DTYPES:
         reason = "quantized"
         num_evals = 0
     elif kind == "other":
@@ -118,11 +130,13 @@ def matrix_specs(
     min_evals: int,
     storage: str | None = None,
     model_type: str | None = None,
+    unreadable: str | None = None,
 ) -> list[MatrixSpec]:
     """The layers one stored tensor holds: none, one, or one per expert (and per gate/up half)."""
     if is_fused_experts(key, shape, dtype):
-        return expert_specs(key, shape, dtype, min_evals, storage, model_type in INTERLEAVED_GATE_UP_MODELS)
-    spec = describe(key, shape, dtype, min_evals, storage)
+        interleaved = model_type in INTERLEAVED_GATE_UP_MODELS
+        return expert_specs(key, shape, dtype, min_evals, storage, interleaved, unreadable)
+    spec = describe(key, shape, dtype, min_evals, storage, unreadable)
     return [] if spec is None else [spec]
 
 
@@ -144,6 +158,7 @@ def expert_specs(
     min_evals: int,
     storage: str | None,
     interleaved: bool,
+    unreadable: str | None = None,
 ) -> list[MatrixSpec]:
     """One linear layer per expert of a fused [E, a, b] tensor, two per expert for a fused gate_up.
 
@@ -171,7 +186,7 @@ def expert_specs(
     specs = []
     for half, expert in order:
         name = ".".join([*prefix, str(expert), *rest[:-1], *names[half : half + 1]])
-        spec = describe(f"{name}.weight", (rows, cols), dtype, min_evals, storage)
+        spec = describe(f"{name}.weight", (rows, cols), dtype, min_evals, storage, unreadable)
         part = ExpertPart(expert, halves[half], interleaved)
         specs.append(MatrixSpec(
             name, key, "linear", (rows, cols), spec.block, spec.params, spec.num_evals,

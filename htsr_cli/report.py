@@ -164,6 +164,9 @@ class Report:
     layers: list[LayerResult]
     summary: dict[str, Any]
     htsr_version: str = field(default="")
+    # What the file format says about the checkpoint as a whole (Checkpoint.format_info):
+    # {"format": "gguf", "architecture": "llama", "file_type": "MOSTLY_Q4_K_M", ...}; None for plain weights.
+    checkpoint_format: dict[str, Any] | None = None
     # name -> LayerSpectra, filled only by analyze(..., keep_spectra=True); never serialised.
     spectra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     # Seconds per pipeline stage, filled only by analyze(..., profile=True).
@@ -184,6 +187,7 @@ class Report:
             "schema": SCHEMA,
             "htsr_version": self.htsr_version,
             "checkpoint": self.checkpoint,
+            "checkpoint_format": self.checkpoint_format,
             "settings": self.settings,
             "layers": [layer.to_json(self.has_farms) for layer in self.layers],
             "summary": self.summary,
@@ -209,6 +213,7 @@ class Report:
                 layers=layers,
                 summary=data["summary"],
                 htsr_version=data.get("htsr_version", ""),
+                checkpoint_format=data.get("checkpoint_format"),
             )
         except (KeyError, TypeError) as error:
             raise HtsrError(f"{source}: malformed {SCHEMA} report ({error})") from None

@@ -35,14 +35,17 @@ def test_deltas_sorted_by_size_then_layers_without_one():
         "mean_after": 2.8333333333333335,  # (2.5 + 2 + 4) / 3
         "mean_delta": -1 / 6,  # (0.5 - 1 + 0) / 3
         "mean_abs_delta": 0.5,
-        "largest_change": {"name": "y", "before": 3.0, "after": 2.0, "delta": -1.0, "status": "compared"},
+        "largest_change": {"name": "y", "name_b": None, "before": 3.0, "after": 2.0, "delta": -1.0,
+                           "status": "compared", "relative_error": None, "lambda_max_change": None},
         "without_value": 1,
         "only_in_a": 1,
         "only_in_b": 1,
+        "mean_relative_error": None,  # only with --weights
+        "max_relative_error": None,
     }
     data = comparison.to_json()
-    assert (data["schema"], data["a"], data["b"], data["metric"], data["settings_differences"]) == (
-        "htsr.compare/1", "a.pth", "b.pth", "alpha", []
+    assert (data["schema"], data["a"], data["b"], data["metric"], data["weights"], data["settings_differences"]) == (
+        "htsr.compare/1", "a.pth", "b.pth", "alpha", False, []
     )
 
 

@@ -21,6 +21,8 @@ import torch
 from htsr_cli.checkpoints.base import Checkpoint, TensorInfo
 from htsr_cli.checkpoints.hf_directory import open_directory
 from htsr_cli.checkpoints.hub import looks_like_repo_id, resolve_repo
+from htsr_cli.checkpoints.quantized import with_quantized_weights
+from htsr_cli.checkpoints.quantized.gguf_file import is_gguf_file
 from htsr_cli.checkpoints.sharded import ShardedCheckpoint
 from htsr_cli.checkpoints.statedict import StateDictCheckpoint
 from htsr_cli.checkpoints.torchfile import is_torch_file
@@ -46,17 +48,26 @@ def open_checkpoint(source: CheckpointSource) -> Checkpoint:
     text = os.fsdecode(source)
     path = Path(text)
     if path.is_dir():
-        return open_directory(path, text)
+        return with_quantized_weights(open_directory(path, text), path)
     if path.is_file():
         return _open_file(path, text)
     if path.exists():
         raise HtsrError(f"{text}: not a regular file or directory")
     if looks_like_repo_id(text):
-        return open_directory(resolve_repo(text), text)
+        directory = resolve_repo(text)
+        return with_quantized_weights(open_directory(directory, text), directory)
     raise HtsrError(f"{text}: no such file or directory")
 
 
 def _open_file(path: Path, source: str) -> Checkpoint:
+    if is_gguf_file(path):
+        from htsr_cli.checkpoints.quantized.gguf_file import GgufCheckpoint  # imports the gguf package
+
+        return GgufCheckpoint(path, source)
+    return with_quantized_weights(_open_weight_file(path, source), path.parent)
+
+
+def _open_weight_file(path: Path, source: str) -> Checkpoint:
     if path.suffix.lower() == ".safetensors":
         # Saved by a Hugging Face model? Its config beside the file gives the module order.
         return ShardedCheckpoint(source, [path], config_dir=path.parent, sorted_storage=True)
@@ -64,5 +75,5 @@ def _open_file(path: Path, source: str) -> Checkpoint:
         return ShardedCheckpoint(source, [path], sorted_storage=False)
     raise HtsrError(
         f"{source}: unknown checkpoint format '{path.suffix}' (expected .safetensors, .pt, .pth, "
-        ".bin, .ckpt, or a Hugging Face directory)"
+        ".bin, .ckpt, .gguf, or a Hugging Face directory)"
     )

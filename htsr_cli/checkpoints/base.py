@@ -25,6 +25,9 @@ class TensorInfo:
     # How the tensor is stored when that is not simply `dtype` ("gptq int4 g128",
     # "fp8-e4m3 block 128x128"); None for a plain tensor of `dtype`.
     storage: str | None = None
+    # Why the logical tensor cannot be decoded ("gguf IQ1_M: not supported by gguf
+    # 0.19.0"); such a weight is listed, and reported as skipped with this reason.
+    unreadable: str | None = None
 
     @property
     def storage_label(self) -> str:
@@ -65,6 +68,11 @@ class Checkpoint(ABC):
         decoded matrix exists at a time.
         """
         return move(self.load(key))
+
+    def format_info(self) -> dict[str, object] | None:
+        """What the file format says about the whole checkpoint (a GGUF's architecture
+        and file type, a quantization method); None for plain weights."""
+        return None
 
     @abstractmethod
     def close(self) -> None:

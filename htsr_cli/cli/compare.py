@@ -3,6 +3,7 @@
     htsr compare base.safetensors finetuned.safetensors
     htsr compare main-report.json pr-report.json --format markdown
     htsr compare base.pth pruned.pth --metric alpha_farms --farms --format json -o deltas.json
+    htsr compare ./Llama-3-8B ./Llama-3-8B-Q4_K_M.gguf --weights
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from htsr_cli.cli._output import emit_renderable, emit_text
 from htsr_cli.cli._reports import Metric, reports_from
 from htsr_cli.cli.analyze import settings_from_options
 from htsr_cli.compare import Comparison, compare_reports
+from htsr_cli.errors import HtsrError
+from htsr_cli.report import Report, is_report_file
 from htsr_cli.outputs import Column, dumps_json, format_cell, to_csv, to_markdown, to_rich_table
 
 
@@ -46,14 +49,18 @@ class CompareFormat(str, Enum):
     markdown = "markdown"
 
 
-def _columns(metric: str) -> list[Column]:
-    return [
-        Column("name", "layer", justify="left"),
-        Column("before", f"{metric} A", 3),
-        Column("after", f"{metric} B", 3),
+def _columns(comparison: Comparison) -> list[Column]:
+    columns = [Column("name", "layer", justify="left")]
+    if any(layer.name_b for layer in comparison.layers):
+        columns.append(Column("name_b", "layer in B", justify="left"))
+    columns += [
+        Column("before", f"{comparison.metric} A", 3),
+        Column("after", f"{comparison.metric} B", 3),
         Column("delta", "delta", 3),
-        Column("status", "status", justify="left"),
     ]
+    if comparison.weights:
+        columns += [Column("relative_error", "|W_B-W_A|/|W_A|", 5), Column("lambda_max_change", "lambda_max change", 5)]
+    return columns + [Column("status", "status", justify="left")]
 
 
 def summary_line(comparison: Comparison) -> str:
@@ -67,7 +74,21 @@ def summary_line(comparison: Comparison) -> str:
         f"largest {largest['name']} {largest['delta']:+.3f}" if largest else "largest -",
         f"{s['only_in_a']} only in A, {s['only_in_b']} only in B, {s['without_value']} without a value",
     ]
+    if comparison.weights:
+        worst = s["max_relative_error"]
+        parts.insert(-1, f"mean |W_B-W_A|/|W_A| {format_cell(s['mean_relative_error'], 5)}")
+        parts.insert(-1, f"max {worst['relative_error']:.5f} in {worst['name']}" if worst else "max -")
     return " | ".join(parts)
+
+
+def _weight_pairs(comparison: Comparison, a: Report, b: Report) -> list[tuple[str, str, str]]:
+    """(name, tensor in A, tensor in B) for every layer both sides analysed."""
+    pairs = []
+    for delta in comparison.layers:
+        layer_a, layer_b = a.layer(delta.name), b.layer(delta.name_b or delta.name)
+        if layer_a is not None and layer_b is not None and layer_a.analysed and layer_b.analysed:
+            pairs.append((delta.name, layer_a.tensor, layer_b.tensor))
+    return pairs
 
 
 def _notes(comparison: Comparison) -> list[str]:
@@ -95,14 +116,24 @@ def compare(
     precision: PrecisionOpt = Precision.mixed,
     max_memory: MaxMemoryOpt = None,
     quiet: QuietOpt = False,
+    weights: Annotated[bool, typer.Option("--weights", help="Also compare the weights: ||W_B - W_A||_F / ||W_A||_F and the relative change of lambda_max per layer (A and B must be checkpoints; read one matrix at a time).")] = False,
 ) -> None:
     """Per-layer delta (B - A) of alpha between two checkpoints or reports, matched by layer name."""
     settings = settings_from_options(
         xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers,
         max_memory,
     )
-    comparison = compare_reports(*reports_from([a, b], settings, quiet), metric.value)
-    columns = _columns(comparison.metric)
+    if weights:
+        saved = [source for source in (a, b) if is_report_file(source)]
+        if saved:
+            raise HtsrError(f"--weights reads the weights themselves: {saved[0]} is a saved report; pass both checkpoints")
+    report_a, report_b = reports_from([a, b], settings, quiet)
+    comparison = compare_reports(report_a, report_b, metric.value, weights=weights)
+    if weights:
+        from htsr_cli.weight_errors import weight_errors  # lazy torch, see app.py
+
+        comparison = comparison.with_weight_errors(weight_errors(a, b, _weight_pairs(comparison, report_a, report_b), device.value))
+    columns = _columns(comparison)
     rows = [layer.to_json() for layer in comparison.layers]
     if output_format is CompareFormat.table:
         title = f"htsr compare ({comparison.metric})"
