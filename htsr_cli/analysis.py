@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from os import PathLike
 from typing import Any
 
@@ -216,7 +216,7 @@ class SolvedLayers:
 def plan_layers(checkpoint: Checkpoint, settings: AnalyzeSettings) -> list[MatrixSpec]:
     """The weight matrices to analyse, in storage order (the cheapest to read in)."""
     specs = [
-        spec
+        spec if info.unsupported is None else replace(spec, skip_reason=info.unsupported, num_evals=0)
         for info in checkpoint.stored()
         if (spec := describe(info.key, info.shape, info.dtype, settings.min_evals, info.storage_label))
         is not None

@@ -8,3 +8,9 @@ traceback.
 
 class HtsrError(Exception):
     """A user-facing problem: bad input, bad option, missing file."""
+
+
+def brief(error: BaseException) -> str:
+    """A library error in a few words for a one-line message: its type and first sentence."""
+    text = " ".join(str(error).split()).split(". ")[0][:160]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -71,7 +71,10 @@ def describe(
     slices, rows, cols = _slice_grid(shape)
     num_evals = slices * min(rows, cols) if kind != "other" else 0
     reason = None
-    if dtype not in _FLOAT_DTYPES:
+    if dtype.is_complex:
+        reason = "complex dtype, not supported"
+        num_evals = 0
+    elif dtype not in _FLOAT_DTYPES:
         reason = "quantized"
         num_evals = 0
     elif kind == "other":

@@ -20,11 +20,13 @@ import torch
 
 from htsr_cli.checkpoints.base import Checkpoint, TensorInfo
 from htsr_cli.checkpoints.hf_directory import open_directory
-from htsr_cli.checkpoints.hub import looks_like_repo_id, resolve_repo
+from htsr_cli.checkpoints.hub import resolve_repo
+from htsr_cli.checkpoints.parametrized import with_effective_weights
 from htsr_cli.checkpoints.sharded import ShardedCheckpoint
 from htsr_cli.checkpoints.statedict import StateDictCheckpoint
 from htsr_cli.checkpoints.torchfile import is_torch_file
 from htsr_cli.errors import HtsrError
+from htsr_cli.sources import HubId, locate
 
 __all__ = ["Checkpoint", "TensorInfo", "open_checkpoint"]
 
@@ -33,6 +35,10 @@ CheckpointSource = str | os.PathLike | torch.nn.Module | Mapping[str, torch.Tens
 
 def open_checkpoint(source: CheckpointSource) -> Checkpoint:
     """A reader for `source`; raises `HtsrError` (one line) when it cannot be read."""
+    return with_effective_weights(_open_source(source))
+
+
+def _open_source(source: CheckpointSource) -> Checkpoint:
     if isinstance(source, (torch.nn.Module, Mapping)):
         return StateDictCheckpoint.from_object(source)
     if not isinstance(source, (str, os.PathLike)):
@@ -41,16 +47,12 @@ def open_checkpoint(source: CheckpointSource) -> Checkpoint:
             "(org/name), an nn.Module or a state dict"
         )
     text = os.fsdecode(source)
-    path = Path(text)
-    if path.is_dir():
-        return open_directory(path, text)
-    if path.is_file():
-        return _open_file(path, text)
-    if path.exists():
-        raise HtsrError(f"{text}: not a regular file or directory")
-    if looks_like_repo_id(text):
-        return open_directory(resolve_repo(text), text)
-    raise HtsrError(f"{text}: no such file or directory")
+    where = locate(text)
+    if isinstance(where, HubId):
+        return open_directory(resolve_repo(where), text)
+    if where.is_dir():
+        return open_directory(where, text)
+    return _open_file(where, text)
 
 
 def _open_file(path: Path, source: str) -> Checkpoint:

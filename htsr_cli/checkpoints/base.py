@@ -25,6 +25,10 @@ class TensorInfo:
     # How the tensor is stored when that is not simply `dtype` ("gptq int4 g128",
     # "fp8-e4m3 block 128x128"); None for a plain tensor of `dtype`.
     storage: str | None = None
+    # Why the reader cannot give this tensor as a dense matrix ("sparse_coo
+    # tensor, not supported"); such a weight becomes a skipped layer with this
+    # reason. None for every tensor that can be loaded.
+    unsupported: str | None = None
 
     @property
     def storage_label(self) -> str:

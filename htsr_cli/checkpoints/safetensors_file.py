@@ -5,13 +5,18 @@ nothing and each `get_tensor` reads one tensor.
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import struct
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 
 from htsr_cli.checkpoints.base import Checkpoint, TensorInfo
-from htsr_cli.errors import HtsrError
+from htsr_cli.errors import HtsrError, brief
+from htsr_cli.io import os_reason
 
 # safetensors dtype names -> torch dtype attribute names. Newer torch dtypes
 # are looked up by name so an older torch simply lacks them.
@@ -36,6 +41,93 @@ _DTYPE_NAMES = {
 }
 
 
+# Bits per element of every safetensors dtype, for checking a header's claimed sizes.
+_DTYPE_BITS = {
+    "F64": 64, "F32": 32, "F16": 16, "BF16": 16, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8,
+    "I64": 64, "I32": 32, "I16": 16, "I8": 8, "U64": 64, "U32": 32, "U16": 16, "U8": 8,
+    "BOOL": 8, "C64": 64, "F6_E2M3": 6, "F6_E3M2": 6, "F4": 4,
+}
+_HEADER_LENGTH = struct.Struct("<Q")
+MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit
+
+
+def check_safetensors_header(path: Path) -> None:
+    """Refuse a file whose header claims tensors the file does not hold, before anything is mapped.
+
+    Checks what the format promises: a JSON object of entries with a dtype, a
+    shape of non-negative integers, and data offsets [begin, end] inside the
+    data section; each entry's bytes (shape x dtype) equal to end - begin; no
+    two tensors sharing bytes. Every message names the tensor.
+    """
+    try:
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            prefix = handle.read(_HEADER_LENGTH.size)
+            if len(prefix) < _HEADER_LENGTH.size:
+                raise _invalid(path, f"{size} bytes")
+            (length,) = _HEADER_LENGTH.unpack(prefix)
+            if length > min(MAX_HEADER_BYTES, size - _HEADER_LENGTH.size):
+                raise _invalid(path, f"its header claims {length:,} bytes of a {size:,}-byte file")
+            raw = handle.read(length)
+    except OSError as error:
+        raise HtsrError(f"{path}: {os_reason(error)}") from None
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError) as error:
+        raise _invalid(path, f"its header is not JSON: {brief(error)}") from None
+    if not isinstance(header, dict):
+        raise _invalid(path, "its header is not a JSON object")
+    data_bytes = size - _HEADER_LENGTH.size - length
+    spans = []
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        spans.append((*_checked_span(path, key, entry, data_bytes), key))
+    spans.sort()
+    for (begin, end, key), (next_begin, _, next_key) in zip(spans, spans[1:]):
+        if next_begin < end:
+            raise _invalid(path, f"tensors {key!r} and {next_key!r} share bytes")
+
+
+def _checked_span(path: Path, key: str, entry: object, data_bytes: int) -> tuple[int, int]:
+    """[begin, end) of one header entry's bytes, after checking them against its shape and dtype."""
+    where = f"tensor {key!r}"
+    if not isinstance(entry, dict):
+        raise _invalid(path, f"{where} has a header entry that is not an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        raise _invalid(path, f"{where} has shape {shape!r}, not a list of non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(n) for n in offsets):
+        raise _invalid(path, f"{where} has data_offsets {offsets!r}, not a pair of non-negative integers")
+    begin, end = offsets
+    if not begin <= end <= data_bytes:
+        raise _invalid(path, f"{where} has its data at [{begin:,}, {end:,}) but the file holds {data_bytes:,} bytes of data")
+    bits = _DTYPE_BITS.get(dtype) if isinstance(dtype, str) else None
+    if bits is not None:
+        claimed = math.prod(shape) * bits  # Python integers: no overflow however large the shape
+        if claimed != 8 * (end - begin):
+            dims = "x".join(str(n) for n in shape) or "scalar"
+            raise _invalid(path, f"{where} claims {dims} {dtype} ({_size(claimed / 8)}) but its data holds {_size(end - begin)}")
+    return begin, end
+
+
+def _invalid(path: Path, detail: str) -> HtsrError:
+    return HtsrError(f"{path}: is truncated or not a valid safetensors file ({detail})")
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _size(count: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
+        count /= 1000
+    return ""
+
+
+
 def torch_dtype(name: str) -> torch.dtype | None:
     attribute = _DTYPE_NAMES.get(name)
     return getattr(torch, attribute, None) if attribute else None
@@ -46,6 +138,7 @@ class SafetensorsFile(Checkpoint):
 
     def __init__(self, path: Path) -> None:
         self.source = str(path)
+        check_safetensors_header(path)
         try:
             self._handle = safe_open(str(path), framework="pt")
             self._infos = [self._info(key) for key in self._handle.keys()]
@@ -54,7 +147,7 @@ class SafetensorsFile(Checkpoint):
                 f"{path}: is truncated or not a valid safetensors file ({error})"
             ) from error
         except OSError as error:
-            raise HtsrError(f"{path}: cannot read ({error.strerror or error})") from error
+            raise HtsrError(f"{path}: {os_reason(error)}") from error
         self._keys = {info.key for info in self._infos}
 
     def _info(self, key: str) -> TensorInfo:

@@ -11,7 +11,10 @@ from pathlib import Path
 from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from htsr_cli.cli._errors import STDOUT, stdout_error
+from htsr_cli.errors import HtsrError
 from htsr_cli.io import write_atomic
+from htsr_cli.outputs import printable
 
 stdout_console = Console(highlight=False)
 if not stdout_console.is_terminal:
@@ -20,11 +23,23 @@ if not stdout_console.is_terminal:
 stderr_console = Console(stderr=True, highlight=False)
 
 
+@contextmanager
+def _writing_stdout() -> Iterator[None]:
+    """Results go to stdout: a closed, full or broken stdout is an error like a bad -o file."""
+    if sys.stdout is None:
+        raise HtsrError(f"{STDOUT}: closed; write the result to a file with -o FILE")
+    try:
+        yield
+        sys.stdout.flush()
+    except OSError as error:
+        raise stdout_error(error) from None
+
+
 def emit_text(text: str, output: Path | None) -> None:
     """Machine formats: exact text to stdout, or atomically to `output`."""
     if output is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        with _writing_stdout():
+            sys.stdout.write(text)
     else:
         write_atomic(output, text)
 
@@ -32,7 +47,8 @@ def emit_text(text: str, output: Path | None) -> None:
 def emit_renderable(renderable: RenderableType, output: Path | None) -> None:
     """Human formats: coloured on a terminal; plain text when written to a file."""
     if output is None:
-        stdout_console.print(renderable)
+        with _writing_stdout():
+            stdout_console.print(renderable)
         return
     buffer = io.StringIO()
     Console(file=buffer, width=200, no_color=True, highlight=False).print(renderable)
@@ -51,14 +67,14 @@ def layer_progress(quiet: bool, description: str = "analysing") -> Iterator:
         MofNCompleteColumn(),
         TextColumn("layers"),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[layer]}"),
+        TextColumn("{task.fields[layer]}", markup=False),  # layer names are data, not rich markup
         console=stderr_console,
         transient=True,
     )
     task = progress.add_task(description, total=None, layer="")
 
     def update(done: int, total: int, layer: str) -> None:
-        progress.update(task, completed=done, total=total, layer=layer)
+        progress.update(task, completed=done, total=total, layer=printable(layer))
 
     with progress:
         yield update

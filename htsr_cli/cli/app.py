@@ -13,7 +13,7 @@ import typer
 from htsr_cli import __version__
 from htsr_cli.cli import analyze, report
 from htsr_cli.cli import compare, gate
-from htsr_cli.cli import allocate, lr_schedule
+from htsr_cli.cli import allocate, lr_schedule, main
 from htsr_cli.cli._errors import USAGE_ERROR, FunnelGroup
 
 app = typer.Typer(
@@ -57,6 +57,4 @@ app.command("compare")(compare.compare)
 app.add_typer(allocate.app, name="allocate")
 app.add_typer(lr_schedule.app, name="lr-schedule")
 
-
-def main() -> None:
-    app(prog_name="htsr")
+__all__ = ["app", "main"]  # main: the console script (htsr_cli.cli.main), also reachable here

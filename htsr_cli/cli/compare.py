@@ -35,7 +35,8 @@ from htsr_cli.cli._output import emit_renderable, emit_text
 from htsr_cli.cli._reports import Metric, reports_from
 from htsr_cli.cli.analyze import settings_from_options
 from htsr_cli.compare import Comparison, compare_reports
-from htsr_cli.outputs import Column, dumps_json, format_cell, to_csv, to_markdown, to_rich_table
+from htsr_cli.io import check_output_paths
+from htsr_cli.outputs import Column, dumps_json, format_cell, markdown_text, printable, to_csv, to_markdown, to_rich_table
 
 
 class CompareFormat(str, Enum):
@@ -63,7 +64,7 @@ def summary_line(comparison: Comparison) -> str:
         f"mean {comparison.metric} {format_cell(s['mean_before'], 3)} -> {format_cell(s['mean_after'], 3)}",
         f"mean delta {format_cell(s['mean_delta'], 3)}",
         f"mean |delta| {format_cell(s['mean_abs_delta'], 3)}",
-        f"largest {largest['name']} {largest['delta']:+.3f}" if largest else "largest -",
+        f"largest {printable(largest['name'])} {largest['delta']:+.3f}" if largest else "largest -",
         f"{s['only_in_a']} only in A, {s['only_in_b']} only in B, {s['without_value']} without a value",
     ]
     return " | ".join(parts)
@@ -73,7 +74,7 @@ def _notes(comparison: Comparison) -> list[str]:
     notes = [f"A = {comparison.a}", f"B = {comparison.b}"]
     if comparison.settings_differences:
         notes.append("analysis settings differ: " + "; ".join(comparison.settings_differences))
-    return notes
+    return [printable(note) for note in notes]
 
 
 def compare(
@@ -95,6 +96,7 @@ def compare(
     quiet: QuietOpt = False,
 ) -> None:
     """Per-layer delta (B - A) of alpha between two checkpoints or reports, matched by layer name."""
+    check_output_paths({"-o": output}, [a, b])
     settings = settings_from_options(
         xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers
     )
@@ -110,6 +112,6 @@ def compare(
     elif output_format is CompareFormat.csv:
         emit_text(to_csv(columns, rows), output)
     else:
-        notes = "".join(f"- {note}\n" for note in _notes(comparison))
+        notes = "".join(f"- {markdown_text(note)}\n" for note in _notes(comparison))
         heading = f"## htsr compare ({comparison.metric})\n\n{notes}\n"
         emit_text(f"{heading}{to_markdown(columns, rows)}\n{summary_line(comparison)}\n", output)

@@ -32,14 +32,15 @@ from htsr_cli.cli._options import (
 from htsr_cli.cli._output import layer_progress
 from htsr_cli.cli.analyze import settings_from_options
 from htsr_cli.errors import HtsrError
-from htsr_cli.io import write_atomic
-from htsr_cli.report import Report, is_report_file, load_report
+from htsr_cli.io import check_output_paths, write_atomic
+from htsr_cli.report import Report, is_report_file, load_report, spectra_path_for
 from htsr_cli.settings import AnalyzeSettings
+from htsr_cli.sources import check_source
 
 
 def _saved_report(path: str, spectra: Path | None) -> Report:
     """A saved report with the spectra its plots need (--spectra, or the file beside it)."""
-    from htsr_cli.spectra_file import attach_spectra, spectra_path_for  # lazy torch, see app.py
+    from htsr_cli.spectra_file import attach_spectra  # lazy torch, see app.py
 
     report = load_report(path)
     if spectra is None:
@@ -89,7 +90,13 @@ def report(
     settings = settings_from_options(
         xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers
     )
-    if is_report_file(source):
+    saved = is_report_file(source)
+    if saved:
+        check_output_paths({"-o": output}, [source, spectra if spectra is not None else spectra_path_for(source)])
+    else:
+        check_source(source)
+        check_output_paths({"-o": output}, [source])
+    if saved:
         if settings != AnalyzeSettings():
             raise HtsrError(f"{source} is a saved report: analysis options (--xmin, --farms, ...) apply only to a checkpoint")
         result = _saved_report(source, spectra)
