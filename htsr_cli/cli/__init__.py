@@ -20,6 +20,7 @@ def main() -> None:
         from htsr_cli.cli._errors import flush_stdout
         from htsr_cli.cli.app import app
 
+        _signals.raise_if_stopped()
         code = app(prog_name="htsr", standalone_mode=False)
         code = flush_stdout(code)
     except BaseException:
@@ -28,11 +29,11 @@ def main() -> None:
         code = None
     signum = _signals.stopping_signal()
     if signum is not None:
-        _stop(signum, already_reported=code == _signals.exit_code(signum))
+        _stop(signum)
     sys.exit(code)
 
 
-def _stop(signum: int, already_reported: bool) -> None:
+def _stop(signum: int) -> None:
     """End at once after a stop signal, even if some library swallowed its exception.
 
     os._exit rather than sys.exit: a clean shutdown would wait for background
@@ -43,12 +44,10 @@ def _stop(signum: int, already_reported: bool) -> None:
 
     _signals.ignore_further()
     remove_live_temp_files()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is sys.stderr and not already_reported:
-                stream.write(f"htsr: {_signals.message(signum)}\n")
-            if stream is not None:
-                stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(_signals.exit_code(signum))
+    code = _signals.announce(signum)
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(code)

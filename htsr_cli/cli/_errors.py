@@ -16,10 +16,11 @@ import signal
 import sys
 from typing import Any
 
+import click
 import typer
 from typer.core import TyperGroup
 
-from htsr_cli.cli._signals import Terminated, exit_code, message, stopping_signal
+from htsr_cli.cli._signals import Terminated, announce, raise_if_stopped, stopping_signal
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import os_reason
 from htsr_cli.outputs import printable
@@ -35,10 +36,11 @@ def report_error(text: str) -> None:
 
 
 def say(text: str) -> None:
-    """`htsr: TEXT` on stderr, never failing (stderr itself may be closed)."""
+    """`htsr: TEXT` on stderr, flushed at once, never failing (stderr itself may be closed)."""
     try:
-        typer.echo(f"htsr: {text}", err=True)
-    except (OSError, ValueError):
+        sys.stderr.write(f"htsr: {text}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
         pass
 
 
@@ -82,7 +84,12 @@ class FunnelGroup(TyperGroup):
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
+            raise_if_stopped()
             return super().invoke(ctx)
+        except KeyboardInterrupt:  # typer would turn it into a silent exit 130
+            raise typer.Exit(announce(signal.SIGINT)) from None
+        except Terminated:
+            raise typer.Exit(announce(stopping_signal() or signal.SIGTERM)) from None
         except (HtsrError, OSError) as error:
             if _debugging(ctx):
                 raise
@@ -103,13 +110,10 @@ class FunnelGroup(TyperGroup):
             lines = error.format_message().strip().splitlines() or ["unknown error"]
             report_error(f"{lines[0]} (see '{command} --help')")
             code = getattr(error, "exit_code", USAGE_ERROR)
-        except (typer.Abort, KeyboardInterrupt):
-            say(message(signal.SIGINT))
-            code = exit_code(signal.SIGINT)
+        except (typer.Abort, click.exceptions.Abort, KeyboardInterrupt):
+            code = announce(signal.SIGINT)
         except Terminated:
-            signum = stopping_signal() or signal.SIGTERM
-            say(message(signum))
-            code = exit_code(signum)
+            code = announce(stopping_signal() or signal.SIGTERM)
         except OSError as error:  # writing --help or --version to a closed or broken stdout
             problem = _as_user_error(error)
             if problem is None:

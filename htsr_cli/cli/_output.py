@@ -12,6 +12,7 @@ from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from htsr_cli.cli._errors import STDOUT, stdout_error
+from htsr_cli.cli._signals import raise_if_stopped
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import write_atomic
 from htsr_cli.outputs import printable
@@ -37,6 +38,7 @@ def _writing_stdout() -> Iterator[None]:
 
 def emit_text(text: str, output: Path | None) -> None:
     """Machine formats: exact text to stdout, or atomically to `output`."""
+    raise_if_stopped()  # no results from a run the user has interrupted
     if output is None:
         with _writing_stdout():
             sys.stdout.write(text)
@@ -46,6 +48,7 @@ def emit_text(text: str, output: Path | None) -> None:
 
 def emit_renderable(renderable: RenderableType, output: Path | None) -> None:
     """Human formats: coloured on a terminal; plain text when written to a file."""
+    raise_if_stopped()
     if output is None:
         with _writing_stdout():
             stdout_console.print(renderable)

@@ -42,6 +42,7 @@ def install() -> None:
     for name in ("SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), _terminate)
+    sys.unraisablehook = _quiet_stops(sys.unraisablehook)
     if hasattr(signal, "SIGXFSZ"):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     for fd in (0, 1, 2):
@@ -59,9 +60,34 @@ def install() -> None:
             stream.reconfigure(errors="backslashreplace")
 
 
+def _quiet_stops(default):
+    """An unraisable-exception hook that stays silent for our stop exceptions.
+
+    A signal that lands in a finalizer or weakref callback raises there, and
+    Python prints "Exception ignored ... KeyboardInterrupt" with a traceback;
+    the signal is already recorded, and the run ends with its code anyway.
+    """
+
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, (KeyboardInterrupt, Terminated)):
+            return
+        default(unraisable)
+
+    return hook
+
+
 def stopping_signal() -> int | None:
     """The first stop signal received (even if its exception was swallowed), or None."""
     return _received[0] if _received else None
+
+
+def raise_if_stopped() -> None:
+    """Re-raise a stop whose exception some library swallowed (an import, a finalizer).
+
+    Called where the run would otherwise go on to real work or write results.
+    """
+    if _received:
+        raise KeyboardInterrupt if _received[0] == signal.SIGINT else Terminated
 
 
 def exit_code(signum: int) -> int:
@@ -69,8 +95,19 @@ def exit_code(signum: int) -> int:
     return 128 + signum
 
 
-def message(signum: int) -> str:
-    return "interrupted" if signum == signal.SIGINT else "terminated"
+_announced: list[int] = []
+
+
+def announce(signum: int) -> int:
+    """Say `htsr: interrupted` (or `terminated`) on stderr, once per run; returns the exit code."""
+    if not _announced:
+        _announced.append(signum)
+        try:
+            sys.stderr.write(f"htsr: {'interrupted' if signum == signal.SIGINT else 'terminated'}\n")
+            sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    return exit_code(signum)
 
 
 def ignore_further() -> None:

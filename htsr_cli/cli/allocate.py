@@ -16,7 +16,7 @@ import typer
 from htsr_cli.allocations.experts import DEFAULT_BETA, ExpertSettings, expert_plan
 from htsr_cli.allocations.sparsity import SparsitySettings, sparsity_plan
 from htsr_cli.cli._options import CheckpointArg, Device, DeviceOpt, OutputOpt, QuietOpt, Xmin, XminOpt
-from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress
+from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress, stderr_console
 from htsr_cli.io import check_output_paths
 from htsr_cli.outputs import Column, dumps_json, format_cell, to_csv, to_rich_table
 from htsr_cli.report import Report
@@ -123,6 +123,13 @@ def sparsity(
         f"clipped {summary['clipped']} | not pruned {summary['excluded']}"
     )
     emit_plan(plan, columns, output_format, output, caption)
+    if summary["above_one"]:
+        stderr_console.print(
+            f"warning: {summary['above_one']} matrices get a sparsity above 1 (more weights than they have); "
+            "their entries say so. Lower --target or --epsilon, or drop --no-clip.",
+            markup=False,
+            highlight=False,
+        )
 
 
 @app.command("experts")

@@ -81,14 +81,14 @@ def analyze(
     profile: Annotated[bool, typer.Option("--profile", help="Print seconds per stage (read, transfer, solve, fit, farms) on stderr.")] = False,
 ) -> None:
     """Fit the power-law exponent alpha of every weight matrix's eigenvalue spectrum."""
+    settings = settings_from_options(
+        xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers
+    )
     check_source(checkpoint)
     check_output_paths({"-o": output, "--save-spectra": spectra_file, "--plots": plots}, [checkpoint])
     from htsr_cli.analysis import analyze as run_analysis  # lazy torch, see app.py
     from htsr_cli.spectra_file import save_spectra
 
-    settings = settings_from_options(
-        xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers
-    )
     with layer_progress(quiet) as progress:
         report = run_analysis(
             checkpoint,

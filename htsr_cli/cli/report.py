@@ -90,19 +90,16 @@ def report(
     settings = settings_from_options(
         xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers
     )
-    saved = is_report_file(source)
-    if saved:
+    if is_report_file(source):
         check_output_paths({"-o": output}, [source, spectra if spectra is not None else spectra_path_for(source)])
-    else:
-        check_source(source)
-        check_output_paths({"-o": output}, [source])
-    if saved:
         if settings != AnalyzeSettings():
             raise HtsrError(f"{source} is a saved report: analysis options (--xmin, --farms, ...) apply only to a checkpoint")
         result = _saved_report(source, spectra)
     else:
         if spectra is not None:
             raise HtsrError(f"--spectra {spectra}: applies to a saved REPORT.json; {source} is analysed afresh")
+        check_source(source)
+        check_output_paths({"-o": output}, [source])
         from htsr_cli.analysis import analyze as run_analysis  # lazy torch, see app.py
 
         with layer_progress(quiet) as progress:
