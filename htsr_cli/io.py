@@ -161,7 +161,7 @@ def check_output_paths(outputs: Mapping[str, PathLike | None], inputs: Iterable[
         except (OSError, ValueError):
             continue
     identities = {
-        identity: source
+        identity: file
         for source in sources
         for file in _input_files(source)
         if (identity := _identity(file)) is not None

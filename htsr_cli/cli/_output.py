@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,11 +19,19 @@ from htsr_cli.errors import HtsrError
 from htsr_cli.io import write_atomic
 from htsr_cli.outputs import printable
 
-stdout_console = Console(highlight=False)
+class _Console(Console):
+    """rich's Console, but a broken pipe is reported like any stdout error (rich would exit 1,
+    which the gate's callers read as 'rule violated')."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
+stdout_console = _Console(highlight=False)
 if not stdout_console.is_terminal:
     # Piped into a log or a file: never truncate layer names to 80 columns.
-    stdout_console = Console(highlight=False, width=240)
-stderr_console = Console(stderr=True, highlight=False)
+    stdout_console = _Console(highlight=False, width=240)
+stderr_console = _Console(stderr=True, highlight=False)
 
 
 @contextmanager
