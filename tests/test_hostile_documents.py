@@ -265,6 +265,22 @@ def test_nonsense_options_on_the_command_line(args, cli):
     assert_user_error(cli(*args))
 
 
+def exact_allocation(scores: list[float], total: int, beta: int) -> list[int]:
+    """Largest remainder on exact quotas T s^beta / sum s^beta, then zeros raised to one from the
+    block most above its quota (algorithms.md section 9)."""
+    weights = [Fraction(score) ** beta for score in scores]
+    quotas = [total * w / sum(weights) for w in weights]
+    counts = [math.floor(q) for q in quotas]
+    for i in sorted(range(len(scores)), key=lambda i: counts[i] - quotas[i])[: total - sum(counts)]:
+        counts[i] += 1
+    for i, count in enumerate(counts):
+        if count == 0:
+            donor = max((j for j in range(len(counts)) if counts[j] > 1), key=lambda j: counts[j] - quotas[j])
+            counts[donor] -= 1
+            counts[i] = 1
+    return counts
+
+
 def test_expert_rounding_is_exact_for_huge_totals_and_extreme_betas():
     scores = [3.0, 4.0, 5.0, 6.5]
     for total in (4, 10, 10**20, 10**20 + 7):
@@ -273,13 +289,9 @@ def test_expert_rounding_is_exact_for_huge_totals_and_extreme_betas():
             assert sum(counts) == total and min(counts) >= 1
     # beta 0: equal quotas T/4; 10 = 2.5 each -> floors 2, remainders to the first two
     assert expert_allocation(scores, 10, 0.0) == [3, 3, 2, 2]
-    # beta 100, exact rational quotas: the two smallest blocks get under one expert and
-    # are raised to one; the third gets its quota's floor or ceiling; the rest goes to the largest.
-    weights = [Fraction(score) ** 100 for score in scores]
-    quota = 10**20 * weights[2] / sum(weights)
-    counts = expert_allocation(scores, 10**20, MAX_BETA)
-    assert counts[:2] == [1, 1] and counts[2] in (math.floor(quota), math.ceil(quota)) and counts[2] > 4 * 10**8
-    assert counts[3] == 10**20 - 2 - counts[2]
+    # beta 100 against the documented rule computed with exact powers (integer beta: exact rationals)
+    for total in (10, 10**20):
+        assert expert_allocation(scores, total, MAX_BETA) == exact_allocation(scores, total, 100)
     with pytest.raises(HtsrError, match="positive finite"):
         expert_allocation([3.0, float("nan")], 4, 2.5)
 
