@@ -10,6 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# Property tests run the same examples every time (derandomized), with no per-example
+# deadline (the machine is shared and slow) and moderate counts to keep the suite fast.
+settings.register_profile(
+    "htsr", derandomize=True, deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("htsr")
 from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parent.parent
