@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import reprlib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -73,6 +74,10 @@ def one_of(values: Collection[str]) -> Kind:
     return Kind(lambda value: isinstance(value, str) and value in values, f"one of {', '.join(map(repr, values))}")
 
 
+IDENTIFIER = Kind(
+    lambda value: isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.:+-]{1,64}", value) is not None,
+    "a short identifier (letters, digits, _.:+-)",
+)
 TEXT = Kind(lambda value: isinstance(value, str), "a string")
 NAME = Kind(lambda value: isinstance(value, str) and value != "", "a non-empty string")
 COUNT = Kind(lambda value: _is_int(value) and value >= 0, "a whole number >= 0")

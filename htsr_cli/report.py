@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from htsr_cli.documents import COUNT, LIST, NAME, OBJECT, SHAPE, TEXT, check_fields, number, one_of, parse_json
+from htsr_cli.documents import COUNT, IDENTIFIER, LIST, NAME, OBJECT, SHAPE, TEXT, check_fields, number, one_of, parse_json
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import read_document
 from htsr_cli.outputs import dumps_json
@@ -226,7 +226,7 @@ LAYER_FIELDS = {
 REQUIRED_LAYER_FIELDS = ("name", "tensor", "kind", "shape", "block", "params")
 SETTINGS_FIELDS = {
     "xmin": one_of(XMIN_METHODS), "xmin_candidates": one_of(("exact", "grid")),
-    "farms": OBJECT.or_null(), "device": NAME, "precision": NAME,
+    "farms": OBJECT.or_null(), "device": IDENTIFIER, "precision": IDENTIFIER,
     "conv_scale": number(0.0, above=True), "min_evals": COUNT, "layers": TEXT.or_null(),
 }
 FARMS_SETTINGS_FIELDS = {"window": COUNT, "q": number(0.0, above=True), "steps": COUNT}

@@ -47,8 +47,8 @@ def looks_like_path(text: str) -> bool:
 def parse_hub_id(text: str) -> HubId | None:
     """The hub id `text` spells (`org/name` or `org/name@revision`), or None."""
     name, at, revision = text.partition("@")
-    if at and not _REVISION.match(revision):
-        return None
+    if at and (not _REVISION.match(revision) or ".." in revision.split("/")):
+        return None  # `..` would climb out of the cache's refs/ folder
     if not _REPO_ID.match(name) or ".." in name or "--" in name or looks_like_path(name):
         return None
     return HubId(name, revision or None)
@@ -56,6 +56,8 @@ def parse_hub_id(text: str) -> HubId | None:
 
 def locate(text: str) -> Path | HubId:
     """The local file or directory `text` names, or the hub id it spells; else one clear error."""
+    if not text:
+        raise HtsrError("the checkpoint path is empty")
     try:
         info = os.stat(text)
     except FileNotFoundError:

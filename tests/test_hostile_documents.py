@@ -68,6 +68,7 @@ BAD_REPORTS = {
     "duplicate names": (lambda d: d["layers"][1].update(name=d["layers"][0]["name"]), "layer 1: the name 'conv1' is used by an earlier layer"),
     "layers not a list": (lambda d: d.update(layers={"a": 1}), "'layers' must be a list"),
     "checkpoint a number": (lambda d: d.update(checkpoint=3), "'checkpoint' must be a string, got 3"),
+    "device with escape codes": (lambda d: d["settings"].update(device="cpu\x1b[2J"), "settings: 'device' must be a short identifier"),
     "unknown xmin method": (lambda d: d["settings"].update(xmin="magic"), "settings: 'xmin' must be one of 'ks', 'median', 'peak'"),
     "farms settings of the wrong type": (lambda d: d["settings"].update(farms={"window": "x", "q": 1, "steps": 2}), "settings.farms: 'window' must be a whole number"),
     "seconds a string": (lambda d: d["summary"].update(seconds="1s"), "summary: 'seconds' must be a finite number >= 0"),
@@ -145,6 +146,13 @@ def test_schedules_are_checked_when_loaded_into_tempbalance(tmp_path):
     (tmp_path / "s.yaml").write_text("a: [" * 50_000)
     with pytest.raises(HtsrError, match="not valid YAML"):
         TempBalance.from_schedule(model, tmp_path / "s.yaml")
+
+
+def test_tempbalance_on_a_model_without_parameters():
+    from htsr_cli.allocations.tempbalance import TempBalance
+
+    with pytest.raises(HtsrError, match="^ReLU has no parameters: there are no learning rates to balance$"):
+        TempBalance(torch.nn.ReLU())
 
 
 def test_spectra_files_are_checked(document, tmp_path, cli):

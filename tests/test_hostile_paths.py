@@ -236,10 +236,27 @@ def test_unreadable_inputs_say_permission_denied(case, tmp_path):
     assert "no such file" not in line.lower()
 
 
-def test_name_too_long_and_nul_are_one_line():
+def test_name_too_long_nul_and_empty_are_one_line():
     assert_user_error(run_htsr("analyze", "x" * 300 + ".pth"), "file name too long")
     with pytest.raises(HtsrError, match="file name too long"):
         locate("y" * 5000)
+    with pytest.raises(HtsrError, match=r"^'a\\x00b\.pth': not a valid path \(it contains a NUL character\)$"):
+        locate("a\x00b.pth")
+    with pytest.raises(HtsrError, match="^the checkpoint path is empty$"):
+        locate("")
+
+
+def test_a_damaged_module_order_cache_entry_is_recomputed(tmp_path, monkeypatch):
+    from htsr_cli.checkpoints import open_checkpoint
+
+    monkeypatch.setenv("HTSR_CACHE_DIR", str(tmp_path))
+    with open_checkpoint(LLAMA) as checkpoint:
+        expected = [info.key for info in checkpoint.tensors()]
+    (entry,) = (tmp_path / "module-order").glob("*.json")
+    for damage in ('{"keys": [["x"]], "base_model_prefix": "model"}', '{"keys": "abc", "base_model_prefix": 3}', "[" * 100_000):
+        entry.write_text(damage)
+        with open_checkpoint(LLAMA) as checkpoint:
+            assert [info.key for info in checkpoint.tensors()] == expected
 
 
 def test_regular_files_only_for_documents(tmp_path):
@@ -294,6 +311,7 @@ def test_a_mistyped_local_path_suggests_its_sibling(tmp_path, monkeypatch):
         ("org/model@bad rev", None),
         ("gpt2", None),
         ("a/b/c", None),
+        ("org/model@../../../etc", None),  # `..` would climb out of the cache's refs/
     ],
 )
 def test_hub_ids_and_paths(text, expected):

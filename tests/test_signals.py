@@ -29,28 +29,24 @@ def pause():
     time.sleep(120)
 """
 
+
+def pause_on_import(module: str) -> str:
+    return f"""
+import importlib.abc
+class Pause(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == {module!r}:
+            sys.meta_path.remove(self)
+            pause()
+        return None
+sys.meta_path.insert(0, Pause())
+"""
+
+
 # Where the pause is planted: a module import (start-up, torch), a call in the pipeline, the final rename.
 PAUSE_AT = {
-    "start-up (importing rich)": """
-import importlib.abc
-class Pause(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name == "rich.console":
-            sys.meta_path.remove(self)
-            pause()
-        return None
-sys.meta_path.insert(0, Pause())
-""",
-    "importing torch": """
-import importlib.abc
-class Pause(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name == "torch":
-            sys.meta_path.remove(self)
-            pause()
-        return None
-sys.meta_path.insert(0, Pause())
-""",
+    "start-up (importing rich)": pause_on_import("rich.console"),
+    "importing torch": pause_on_import("torch"),
     "solving a layer": """
 import htsr_cli.analysis
 real_fit = htsr_cli.analysis.fit_power_law

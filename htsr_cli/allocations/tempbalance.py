@@ -97,7 +97,10 @@ class TempBalance:
 
     def compute_factors(self) -> dict[str, float]:
         """Analyse the model's current weights and map their alphas to factors."""
-        device = next(self.model.parameters()).device.type
+        parameter = next(self.model.parameters(), None)
+        if parameter is None:
+            raise HtsrError(f"{type(self.model).__name__} has no parameters: there are no learning rates to balance")
+        device = parameter.device.type
         report = analyze(self.model, AnalyzeSettings(xmin=self.xmin, device=device))
         return {name: entry.factor for name, entry in layer_factors(report.layers, self.settings).items()}
 
