@@ -10,3 +10,9 @@ class HtsrError(Exception):
     """A user-facing problem: bad input, bad option, missing file."""
 
     exit_code = 2  # another rank's failure under torchrun may carry 1 (see htsr_cli.distributed)
+
+
+def brief(error: BaseException) -> str:
+    """A library error in a few words for a one-line message: its type and first sentence."""
+    text = " ".join(str(error).split()).split(". ")[0][:160]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -113,6 +113,9 @@ def describe(
     if unreadable is not None:
         reason = unreadable
         num_evals = 0
+    elif dtype.is_complex:
+        reason = "complex dtype, not supported"
+        num_evals = 0
     elif dtype not in _FLOAT_DTYPES:
         reason = "quantized"
         num_evals = 0

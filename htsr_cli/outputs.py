@@ -10,6 +10,8 @@ import csv
 import io
 import json
 import math
+import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,51 @@ class Column:
     justify: str = "right"
 
 
+# Characters that must never reach a terminal, a log, a CSV record, XML or a
+# workflow command as they are: control characters (ANSI/OSC escapes, BEL,
+# NUL, newlines), invisible format characters (bidi overrides), line and
+# paragraph separators, lone surrogates (undecodable file names) and the
+# Unicode noncharacters XML forbids.
+_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Cn"})
+# A spreadsheet runs a cell that starts with one of these as a formula.
+_FORMULA_STARTS = ("=", "+", "-", "@")
+
+
+def printable(text: str, keep_newlines: bool = False) -> str:
+    """`text` with every unprintable character written as a visible escape (`\\x1b`, `\\u202e`).
+
+    The one sanitiser for text meant for people and line-based tools: tables,
+    CSV, markdown, JUnit XML, GitHub annotations and error messages all pass
+    checkpoint- and report-controlled strings through it.
+    """
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if char == "\n" and keep_newlines:
+            out.append(char)
+        elif unicodedata.category(char) in _UNPRINTABLE_CATEGORIES:
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def markdown_text(text: str) -> str:
+    """A string for a markdown table cell or line: printable, no column breaks, no raw HTML."""
+    return printable(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def markdown_code(text: str) -> str:
+    """`text` as an inline code span, fenced with more backticks than any run inside it."""
+    text = printable(text)
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def format_cell(value: Any, digits: int | None) -> str:
     if value is None:
         return "-"
@@ -37,7 +84,7 @@ def format_cell(value: Any, digits: int | None) -> str:
         return f"{value:.6g}"
     if isinstance(value, (list, tuple)):
         return "x".join(str(item) for item in value)
-    return str(value)
+    return printable(str(value))
 
 
 def _csv_cell(value: Any) -> Any:
@@ -47,6 +94,9 @@ def _csv_cell(value: Any) -> Any:
         return "x".join(str(item) for item in value)
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, str):
+        text = printable(value)
+        return "'" + text if text.startswith(_FORMULA_STARTS) else text
     return value
 
 
@@ -60,11 +110,11 @@ def to_csv(columns: Sequence[Column], rows: Sequence[dict[str, Any]]) -> str:
 
 
 def to_markdown(columns: Sequence[Column], rows: Sequence[dict[str, Any]]) -> str:
-    header = "| " + " | ".join(column.header for column in columns) + " |"
+    header = "| " + " | ".join(markdown_text(column.header) for column in columns) + " |"
     rule = "|" + "|".join("---:" if column.justify == "right" else "---" for column in columns) + "|"
     lines = [header, rule]
     for row in rows:
-        cells = [format_cell(row.get(column.key), column.digits).replace("|", "\\|") for column in columns]
+        cells = [markdown_text(format_cell(row.get(column.key), column.digits)) for column in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -76,9 +126,16 @@ def to_rich_table(
     style: Callable[[dict[str, Any], str], str | None] | None = None,
     caption: str | None = None,
 ) -> Table:
-    table = Table(title=title, caption=caption, caption_justify="left", header_style="bold")
+    # Titles and captions go in as Text: a plain string would be parsed as rich
+    # markup, and a checkpoint named `model[/].pth` would crash the table.
+    table = Table(
+        title=Text(printable(title)) if title is not None else None,
+        caption=Text(printable(caption, keep_newlines=True)) if caption is not None else None,
+        caption_justify="left",
+        header_style="bold",
+    )
     for column in columns:
-        table.add_column(column.header, justify=column.justify, no_wrap=column.justify == "right")
+        table.add_column(Text(printable(column.header)), justify=column.justify, no_wrap=column.justify == "right")
     for row in rows:
         cells = []
         for column in columns:

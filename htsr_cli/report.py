@@ -7,14 +7,17 @@ a `Report`, whether it was just computed or read back from JSON.
 
 from __future__ import annotations
 
-import json
+import os
 import statistics
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from htsr_cli.documents import COUNT, IDENTIFIER, LIST, NAME, OBJECT, SHAPE, TEXT, check_fields, number, one_of, parse_json
 from htsr_cli.errors import HtsrError
+from htsr_cli.io import read_document
 from htsr_cli.outputs import dumps_json
+from htsr_cli.settings import XMIN_METHODS
 
 SCHEMA = "htsr.report/1"
 
@@ -197,41 +200,113 @@ class Report:
         return dumps_json(self.to_json())
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], source: str = "report") -> "Report":
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            found = data.get("schema") if isinstance(data, dict) else type(data).__name__
-            raise HtsrError(f"{source}: not an {SCHEMA} report (schema is {found!r})")
+    def from_json(cls, data: Any, source: str = "report") -> "Report":
+        """A report from its JSON, every field checked (see `check_report`)."""
+        check_report(data, source)
         known = {f.name for f in fields(LayerResult)}
-        try:
-            layers = [
-                LayerResult(**{key: value for key, value in entry.items() if key in known})
-                for entry in data["layers"]
-            ]
-            return cls(
-                checkpoint=data["checkpoint"],
-                settings=data["settings"],
-                layers=layers,
-                summary=data["summary"],
-                htsr_version=data.get("htsr_version", ""),
-                checkpoint_format=data.get("checkpoint_format"),
-            )
-        except (KeyError, TypeError) as error:
-            raise HtsrError(f"{source}: malformed {SCHEMA} report ({error})") from None
+        layers = [LayerResult(**{key: value for key, value in entry.items() if key in known}) for entry in data["layers"]]
+        return cls(
+            checkpoint=data["checkpoint"],
+            settings=data["settings"],
+            layers=layers,
+            summary=data["summary"],
+            htsr_version=data.get("htsr_version", ""),
+            checkpoint_format=data.get("checkpoint_format"),
+        )
+
+
+STATUSES = (OK, SKIPPED, FAILED, FIT_FAILED)
+ALPHA = number(1.0, above=True).or_null()  # a power-law exponent fitted to a density is > 1
+POSITIVE = number(0.0, above=True).or_null()
+FRACTION = number(0.0, 1.0).or_null()
+NON_NEGATIVE = number(0.0).or_null()
+FINITE = number().or_null()
+LAYER_FIELDS = {
+    "name": NAME, "tensor": TEXT, "kind": NAME, "shape": SHAPE, "block": TEXT.or_null(), "params": COUNT,
+    "storage": TEXT.or_null(), "status": one_of(STATUSES), "reason": TEXT.or_null(),
+    "num_evals": COUNT.or_null(), "alpha": ALPHA, "xmin": POSITIVE, "ks_distance": FRACTION,
+    "sigma": NON_NEGATIVE, "tail_size": COUNT.or_null(), "lambda_max": NON_NEGATIVE,
+    "log_spectral_norm": FINITE, "log_norm": FINITE, "stable_rank": NON_NEGATIVE, "alpha_weighted": FINITE,
+    "log_alpha_norm": FINITE, "entropy": FINITE, "quality": one_of(QUALITY_CLASSES).or_null(),
+    "alpha_farms": ALPHA, "xmin_farms": POSITIVE, "ks_distance_farms": FRACTION,
+    "farms_windows": COUNT.or_null(), "farms_num_evals": COUNT.or_null(),
+}
+REQUIRED_LAYER_FIELDS = ("name", "tensor", "kind", "shape", "block", "params")
+SETTINGS_FIELDS = {
+    "xmin": one_of(XMIN_METHODS), "xmin_candidates": one_of(("exact", "grid")),
+    "farms": OBJECT.or_null(), "device": IDENTIFIER, "precision": IDENTIFIER,
+    "conv_scale": number(0.0, above=True), "min_evals": COUNT, "layers": TEXT.or_null(),
+}
+FARMS_SETTINGS_FIELDS = {"window": COUNT, "q": number(0.0, above=True), "steps": COUNT}
+SUMMARY_FIELDS = {
+    "layers": COUNT, "analyzed": COUNT, "skipped": COUNT, "failed": COUNT,
+    "mean_alpha": FINITE, "median_alpha": FINITE, "weighted_alpha": FINITE, "mean_alpha_weighted": FINITE,
+    "quality_counts": OBJECT, "seconds": number(0.0),
+    "mean_alpha_farms": FINITE, "median_alpha_farms": FINITE, "weighted_alpha_farms": FINITE,
+    "quality_counts_farms": OBJECT,
+}
+
+
+def check_report(data: Any, source: str) -> None:
+    """Refuse a document that is not a well-formed `htsr.report/1`, naming the first bad field.
+
+    Every field htsr reads is type-checked, enums (status, quality, xmin) are
+    checked against their values, numbers must be finite and in range (alpha > 1,
+    xmin > 0, D in [0, 1]), and layer names must be unique. Unknown fields are
+    ignored, so reports from newer versions with extra fields still load.
+    """
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise HtsrError(f"{source}: not an {SCHEMA} report (schema is {found!r})")
+    check_fields(
+        data,
+        {
+            "checkpoint": TEXT, "htsr_version": TEXT, "settings": OBJECT, "layers": LIST, "summary": OBJECT,
+            "checkpoint_format": OBJECT.or_null(),
+        },
+        source,
+        required=("checkpoint", "settings", "layers", "summary"),
+    )
+    settings = data["settings"]
+    check_fields(settings, SETTINGS_FIELDS, f"{source}: settings", required=("xmin", "device", "precision"))
+    if settings.get("farms") is not None:
+        check_fields(settings["farms"], FARMS_SETTINGS_FIELDS, f"{source}: settings.farms", required=tuple(FARMS_SETTINGS_FIELDS))
+    names: set[str] = set()
+    for index, entry in enumerate(data["layers"]):
+        where = f"{source}: layer {index}"
+        check_fields(entry, LAYER_FIELDS, where, required=REQUIRED_LAYER_FIELDS)
+        if entry["name"] in names:
+            raise HtsrError(f"{where}: the name {entry['name']!r} is used by an earlier layer")
+        names.add(entry["name"])
+    summary = data["summary"]
+    check_fields(
+        summary, SUMMARY_FIELDS, f"{source}: summary",
+        required=("layers", "analyzed", "skipped", "failed", "mean_alpha", "median_alpha", "weighted_alpha",
+                  "quality_counts", "seconds"),
+    )
+    for key in ("quality_counts", "quality_counts_farms"):
+        if key in summary:
+            check_fields(summary[key], dict.fromkeys(summary[key], COUNT), f"{source}: summary.{key}")
 
 
 def load_report(path: str | Path) -> Report:
-    """Read a saved `htsr.report/1` JSON file."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise HtsrError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise HtsrError(f"{path}: cannot read report JSON ({error})") from None
-    return Report.from_json(data, source=str(path))
+    """Read a saved `htsr.report/1` JSON file (a regular file; every field checked)."""
+    return Report.from_json(parse_json(read_document(path), str(path)), source=str(path))
 
 
 def is_report_file(path: str | Path) -> bool:
-    """True for a JSON file that declares itself an htsr report (cheap check on the suffix)."""
-    return str(path).endswith(".json") and Path(path).is_file()
+    """True for an existing `*.json` path: a saved report, not a checkpoint (its loader checks the rest)."""
+    if not str(path).endswith(".json"):
+        return False
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False  # a missing path: reported as one by the checkpoint path
+    except (OSError, ValueError):
+        return True  # unreadable: the report loader says why
+    return True
 
+
+def spectra_path_for(report_path: str | Path) -> Path:
+    """Where a report's spectra are by default: `run.json` -> `run.spectra.safetensors`."""
+    return Path(report_path).with_suffix(".spectra.safetensors")

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Group
 from rich.text import Text
 
-from htsr_cli.outputs import Column, format_cell, to_csv, to_markdown, to_rich_table
+from htsr_cli.outputs import Column, format_cell, markdown_code, to_csv, to_markdown, to_rich_table
 from htsr_cli.report import FARMS_FIELDS, LayerResult, Report
 
 REPORT_FORMATS = ("table", "json", "csv", "markdown")
@@ -112,7 +112,7 @@ def report_table(report: Report) -> Group:
 
 def report_markdown(report: Report) -> str:
     columns = _columns(TABLE_COLUMNS, report)
-    return f"## htsr: `{report.checkpoint}`\n\n" + to_markdown(columns, [_row(l) for l in report.layers]) + f"\n{summary_line(report)}\n"
+    return f"## htsr: {markdown_code(report.checkpoint)}\n\n" + to_markdown(columns, [_row(l) for l in report.layers]) + f"\n{summary_line(report)}\n"
 
 
 def report_csv(report: Report) -> str:

@@ -50,6 +50,18 @@ def parse_memory_size(text: str | int) -> int:
     return int(size)
 
 
+# Beyond these, scaled eigenvalues leave the range float32/float64 resolve
+# (1e-320 is subnormal) and FARMS windows degenerate to a single row or column.
+CONV_SCALE_RANGE = (1e-6, 1e6)
+FARMS_Q_RANGE = (1e-3, 1e3)
+
+
+def require_int(value: object, name: str) -> None:
+    """Counts are whole numbers: a library caller's 2.5 or NaN is refused, not compared."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise HtsrError(f"{name} must be a whole number, got {value!r}")
+
+
 @dataclass(frozen=True)
 class FarmsSettings:
     """Fixed-aspect-ratio matrix subsampling (algorithms.md section 5)."""
@@ -59,10 +71,14 @@ class FarmsSettings:
     steps: int = 10
 
     def __post_init__(self) -> None:
+        require_int(self.window, "--farms-window")
+        require_int(self.steps, "--farms-steps")
         if self.window < 1:
             raise HtsrError(f"--farms-window must be at least 1, got {self.window}")
-        if not self.q > 0:
-            raise HtsrError(f"--farms-q must be positive, got {self.q}")
+        if not FARMS_Q_RANGE[0] <= self.q <= FARMS_Q_RANGE[1]:  # also refuses NaN and inf
+            raise HtsrError(
+                f"--farms-q must be a window aspect ratio in [{FARMS_Q_RANGE[0]:g}, {FARMS_Q_RANGE[1]:g}], got {self.q}"
+            )
         if self.steps < 2:
             raise HtsrError(
                 f"--farms-steps must be at least 2 (windows per dimension), got {self.steps}"
@@ -96,8 +112,14 @@ class AnalyzeSettings:
             raise HtsrError(
                 f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
             )
-        if not self.conv_scale > 0:
-            raise HtsrError(f"--conv-scale must be positive, got {self.conv_scale}")
+        if not CONV_SCALE_RANGE[0] <= self.conv_scale <= CONV_SCALE_RANGE[1]:  # also refuses NaN and inf
+            raise HtsrError(
+                f"--conv-scale must be in [{CONV_SCALE_RANGE[0]:g}, {CONV_SCALE_RANGE[1]:g}], got {self.conv_scale} "
+                "(it multiplies conv eigenvalues; WeightWatcher's is 0.5)"
+            )
+        require_int(self.min_evals, "--min-evals")
+        if self.layers is not None and not isinstance(self.layers, str):
+            raise HtsrError(f"--layers must be a regular expression (a string), got {self.layers!r}")
         if self.min_evals < 2:
             raise HtsrError(f"--min-evals must be at least 2, got {self.min_evals}")
         if self.max_memory is not None:

@@ -21,18 +21,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from htsr_cli.analysis import LayerSpectra
+from htsr_cli.checkpoints.safetensors_file import check_safetensors_header
 from htsr_cli.errors import HtsrError
-from htsr_cli.io import write_atomic
+from htsr_cli.io import os_reason, require_regular_file, write_atomic
 from htsr_cli.report import Report
 
 SCHEMA = "htsr.spectra/1"
 ESD_PREFIX = "esd/"
 FARMS_PREFIX = "farms/"
-
-
-def spectra_path_for(report_path: str | Path) -> Path:
-    """Where `htsr report` looks for a report's spectra by default: `run.json` -> `run.spectra.safetensors`."""
-    return Path(report_path).with_suffix(".spectra.safetensors")
 
 
 def save_spectra(path: str | Path, spectra: Mapping[str, LayerSpectra]) -> None:
@@ -48,8 +44,8 @@ def save_spectra(path: str | Path, spectra: Mapping[str, LayerSpectra]) -> None:
 def load_spectra(path: str | Path) -> dict[str, LayerSpectra]:
     """Read a file written by `save_spectra`: layer name -> LayerSpectra."""
     path = Path(path)
-    if not path.is_file():
-        raise HtsrError(f"{path}: no such spectra file")
+    require_regular_file(path)
+    check_safetensors_header(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             schema = (handle.metadata() or {}).get("schema")
@@ -59,6 +55,11 @@ def load_spectra(path: str | Path) -> dict[str, LayerSpectra]:
             tensors = {key: handle.get_tensor(key) for key in keys}
     except SafetensorError as error:
         raise HtsrError(f"{path}: cannot read spectra file ({error})") from None
+    except OSError as error:
+        raise HtsrError(f"{path}: {os_reason(error)}") from None
+    for key, tensor in tensors.items():
+        if tensor.dim() != 1 or not tensor.dtype.is_floating_point or not bool(torch.isfinite(tensor).all()):
+            raise HtsrError(f"{path}: {key!r} is not a finite 1-D spectrum; the file is damaged")
     spectra = {
         key[len(ESD_PREFIX):]: LayerSpectra(tensor)
         for key, tensor in tensors.items()

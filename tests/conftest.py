@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# Property tests run the same examples every time (derandomized), with no per-example
+# deadline (the machine is shared and slow) and moderate counts to keep the suite fast.
+settings.register_profile(
+    "htsr", derandomize=True, deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("htsr")
 from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,3 +79,37 @@ def cli():
         return runner.invoke(app, [str(arg) for arg in args])
 
     return run
+
+
+def assert_user_error(result, *needles: str) -> str:
+    """A user's mistake: exit 2 and exactly one `htsr: error:` line on stderr, no traceback.
+
+    `result` is click's Result (in-process) or a CompletedProcess (a real process).
+    """
+    code = getattr(result, "exit_code", getattr(result, "returncode", None))
+    stderr = result.stderr if isinstance(result.stderr, str) else result.stderr.decode()
+    stdout = result.stdout if isinstance(result.stdout, str) else (result.stdout or b"").decode()
+    assert code == 2, (code, stdout, stderr)
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("htsr: error: "), lines[0]
+    assert "Traceback" not in stderr + stdout
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+HTSR = [sys.executable, "-c", "from htsr_cli.cli import main; main()"]
+
+
+def run_htsr(*args, env: dict | None = None, prefix: list[str] = (), **options) -> subprocess.CompletedProcess:
+    """`htsr ARGS...` as a real process (the console script's entry point), text output captured.
+
+    `prefix` runs it through a wrapper (`setpriv ...`, `sh -c ...`).
+    """
+    options.setdefault("stdout", subprocess.PIPE)
+    options.setdefault("stderr", subprocess.PIPE)
+    options.setdefault("timeout", 300)
+    return subprocess.run(
+        [*prefix, *HTSR, *map(str, args)], text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, **options
+    )

@@ -185,7 +185,7 @@ def test_sparsity_plan_notes_excluded_layers_and_keeps_the_target_over_the_rest(
     assert plan["summary"] == {
         "allocated": 2, "excluded": 4, "allocated_params": 400, "pruned_params": 200,
         "weighted_mean": pytest.approx(0.5), "min_sparsity": approx(0.8 * 200 / 440),
-        "max_sparsity": approx(1.2 * 200 / 440), "clipped": 0,
+        "max_sparsity": approx(1.2 * 200 / 440), "clipped": 0, "above_one": 0,
     }
     assert plan["schema"] == "htsr.sparsity/1"
     assert plan["settings"]["analysis"] == {"xmin": "peak"}

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import FIXTURES
+from conftest import FIXTURES, assert_user_error
 
 LAYER_KEYS = {
     "name", "tensor", "kind", "shape", "block", "params", "storage", "status", "reason", "num_evals", "alpha",
@@ -33,16 +33,6 @@ def checkpoint(tmp_path, state_dict) -> Path:
     path = tmp_path / "model.safetensors"
     save_file(state_dict, path)
     return path
-
-
-def assert_user_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("htsr: error: ")
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 def test_json_follows_the_report_schema(cli, checkpoint):

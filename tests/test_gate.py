@@ -110,7 +110,10 @@ def test_mean_alpha_max():
     result = evaluate(MIXED, GateConfig(mean_alpha_max=3.4))
     assert [(v.layer, v.value, v.message) for v in result.errors] == [(None, 3.5, "mean alpha=3.500 > 3.4")]
     empty = evaluate(report(layer("x", None, "fit-failed", "no fit")), GateConfig(mean_alpha_max=3.0))
-    assert [v.message for v in empty.errors] == ["no layer has a value of alpha to average"]
+    assert [(v.rule, v.message) for v in empty.errors] == [
+        ("allow_empty", "no layer has a value of alpha to check (1 layer: 1 fit-failed); "
+         "set allow_empty = true (or --allow-empty) to pass such a model")
+    ]
 
 
 def test_max_alpha_drift_matches_layers_by_name():
@@ -219,7 +222,7 @@ def test_flags_override_config(tmp_path):
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ({"alpha_mn": 2}, "unknown key 'alpha_mn' (known: metric, alpha_min, alpha_max, max_flagged, mean_alpha_max, max_alpha_drift, require_layers)"),
+        ({"alpha_mn": 2}, "unknown key 'alpha_mn' (known: metric, alpha_min, alpha_max, max_flagged, mean_alpha_max, max_alpha_drift, require_layers, allow_empty)"),
         ({"alpha_min": "two"}, "'alpha_min' must be a number, got 'two'"),
         ({"alpha_min": True}, "'alpha_min' must be a number, got True"),
         ({"require_layers": 1}, "'require_layers' must be true or false, got 1"),
@@ -293,7 +296,8 @@ def test_github_escaping():
     assert escape_property("a:b,c%") == "a%3Ab%2Cc%25"
     odd = report(layer("enc:0,1\nx", 9.0))
     (line, _) = gate_github(evaluate(odd, GateConfig(alpha_max=6.0))).splitlines()
-    assert line == "::error title=htsr gate%3A alpha_max::enc:0,1%0Ax: alpha=9.000 > 6.0"
+    # The newline is escaped visibly (printable) before GitHub's own escaping: no second line, no command.
+    assert line == "::error title=htsr gate%3A alpha_max::enc:0,1\\x0ax: alpha=9.000 > 6.0"
 
 
 def test_json_and_markdown():
@@ -385,7 +389,7 @@ def test_cli_config_discovery_and_errors(cli, saved, tmp_path, monkeypatch):
     assert (explicit.exit_code, explicit.stderr.strip()) == (
         2, f"htsr: error: {no_table}: no [tool.htsr.gate] table (see `htsr gate --help` for its keys)"
     )
-    assert "no such config file" in cli("gate", mixed, "--config", tmp_path / "missing.toml").stderr
+    assert "missing.toml: no such file or directory" in cli("gate", mixed, "--config", tmp_path / "missing.toml").stderr
 
 
 def test_junit_file_and_step_summary(cli, saved, tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from fractions import Fraction
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from htsr_cli.report import Report
 SCHEMA = "htsr.experts/1"
 EXPERTS_PER_BLOCK = 5  # default total = 5 x number of blocks
 DEFAULT_BETA = 2.5
+MAX_BETA = 100.0
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,11 @@ class ExpertSettings:
     def __post_init__(self) -> None:
         if self.total is not None and self.total < 1:
             raise HtsrError(f"--total must be at least 1, got {self.total}")
-        if not math.isfinite(self.beta):
-            raise HtsrError(f"--beta must be a finite number, got {self.beta}")
+        if not -MAX_BETA <= self.beta <= MAX_BETA:  # also refuses NaN
+            raise HtsrError(
+                f"--beta must be a number in [-{MAX_BETA:g}, {MAX_BETA:g}], got {self.beta} "
+                f"(at |beta| = {MAX_BETA:g} the largest score already takes nearly every expert)"
+            )
         check_metric(self.metric)
 
 
@@ -39,13 +44,22 @@ def expert_allocation(scores: Sequence[float], total: int, beta: float = DEFAULT
     Quotas q_l = T score_l^beta / sum score^beta; each layer gets floor(q_l), the
     units still missing go to the largest remainders (first on ties). A layer left
     at 0 is raised to 1, taking the unit from the layer most above its quota.
+
+    The weights are formed in log space relative to the largest (so no power
+    overflows or underflows to a zero sum, whatever beta), and the quotas,
+    floors and remainders are exact rationals, so the counts sum to `total`
+    exactly even for totals beyond float precision.
     """
     if total < len(scores):
         raise HtsrError(
             f"--total {total} is smaller than the number of blocks ({len(scores)}): "
             "every block needs at least one expert"
         )
-    weights = [score**beta for score in scores]
+    if not all(math.isfinite(score) and score > 0 for score in scores):
+        raise HtsrError(f"expert scores must be positive finite numbers, got {list(scores)}")
+    logs = [beta * math.log(score) for score in scores]
+    top = max(logs)
+    weights = [Fraction(math.exp(log - top)) for log in logs]  # largest is exactly 1
     quotas = [total * w / sum(weights) for w in weights]
     counts = [math.floor(q) for q in quotas]
     by_remainder = sorted(range(len(quotas)), key=lambda i: counts[i] - quotas[i])  # stable sort

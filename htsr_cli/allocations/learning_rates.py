@@ -16,11 +16,13 @@ from htsr_cli.allocations.scores import block_means, check_metric, missing_score
 from htsr_cli.errors import HtsrError
 from htsr_cli.names import block_of
 from htsr_cli.report import LayerResult, Report
+from htsr_cli.settings import require_int
 
 SCHEMA = "htsr.lr_schedule/1"
 MAPS = ("linear", "sqrt", "log2", "step", "sigmoid")
 UNITS = ("layer", "block")
 SCHEDULES = ("cosine", "linear", "constant")
+MAX_EPOCHS = 10_000  # bounds the exported file: modules x epochs learning rates
 TB_MIN_EVALS = 50  # layers with fewer eigenvalues keep the base LR
 SIGMOID_S_MIN = 2.0  # Model Balancing's scale below the mean score
 SIGMOID_S_MAX = 1.0  # ... and above it
@@ -39,19 +41,24 @@ class LrSettings:
     schedule: str = "cosine"
 
     def __post_init__(self) -> None:
-        if not self.base_lr > 0:
-            raise HtsrError(f"--base-lr must be positive, got {self.base_lr}")
+        if not 0 < self.base_lr < math.inf:
+            raise HtsrError(f"--base-lr must be a positive finite number, got {self.base_lr}")
         if self.map not in MAPS:
             raise HtsrError(f"--map must be one of {', '.join(MAPS)}, got {self.map!r}")
         if self.unit not in UNITS:
             raise HtsrError(f"--unit must be one of {', '.join(UNITS)}, got {self.unit!r}")
-        if not 0 < self.min_ratio <= self.max_ratio:
+        if not 0 < self.min_ratio <= self.max_ratio < math.inf:
             raise HtsrError(
-                f"--min-ratio and --max-ratio need 0 < min <= max, got {self.min_ratio} and {self.max_ratio}"
+                f"--min-ratio and --max-ratio need 0 < min <= max (finite), got {self.min_ratio} and {self.max_ratio}"
             )
         check_metric(self.metric)
-        if self.epochs is not None and self.epochs < 1:
-            raise HtsrError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.epochs is not None:
+            require_int(self.epochs, "--epochs")
+            if not 1 <= self.epochs <= MAX_EPOCHS:
+                raise HtsrError(
+                    f"--epochs must be in [1, {MAX_EPOCHS}], got {self.epochs} (the file lists every module's "
+                    "LR for every epoch; for per-step schedules, scale the per-epoch LRs in your training loop)"
+                )
         if self.schedule not in SCHEDULES:
             raise HtsrError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
 

@@ -18,6 +18,7 @@ SCHEMA = "htsr.sparsity/1"
 GRANULARITIES = ("block", "matrix")
 MAX_SPARSITY = 0.99  # htsr's clip; the reference does not clip
 PRUNABLE_KINDS = ("linear", "conv1d", "conv2d")  # embeddings are never pruned
+OVER_ONE_NOTE = "sparsity above 1 (--no-clip): cannot be applied as is"
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,8 @@ def sparsity_plan(report: Report, settings: SparsitySettings) -> dict[str, Any]:
     for entry, score, sparsity in zip(allocated, scores, sparsities):
         entry["score"] = score
         entry["sparsity"] = sparsity
+        if sparsity > 1.0:  # only without the clip: more weights to remove than the matrix has
+            entry["note"] = OVER_ONE_NOTE
 
     total = sum(params)
     pruned = sum(n * p for n, p in zip(params, sparsities))
@@ -191,5 +194,6 @@ def sparsity_plan(report: Report, settings: SparsitySettings) -> dict[str, Any]:
             "min_sparsity": min(sparsities),
             "max_sparsity": max(sparsities),
             "clipped": clipped,
+            "above_one": sum(1 for sparsity in sparsities if sparsity > 1.0),
         },
     }

@@ -15,7 +15,6 @@ and fit as the CLI) and sets each group's LR to factor * lr.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -23,10 +22,36 @@ import yaml
 
 from htsr_cli.allocations.learning_rates import SCHEMA, LrSettings, bn_partner, layer_factors
 from htsr_cli.analysis import analyze
-from htsr_cli.errors import HtsrError
+from htsr_cli.documents import LIST, NAME, OBJECT, TEXT, check_fields, number, parse_json
+from htsr_cli.errors import HtsrError, brief
+from htsr_cli.io import read_document
 from htsr_cli.settings import AnalyzeSettings
 
 DEFAULT_GROUP = "default"
+
+
+SCHEDULE_ENTRY_FIELDS = {"name": NAME, "kind": NAME, "factor": number(0.0, above=True)}
+SCHEDULE_SETTINGS_FIELDS = {
+    "base_lr": number(0.0, above=True), "map": TEXT, "unit": TEXT,
+    "min_ratio": number(0.0, above=True), "max_ratio": number(0.0, above=True), "analysis": OBJECT,
+}
+
+
+def schedule_settings(document: object, source: str) -> tuple[dict[str, float], list, str]:
+    """(module -> factor, LrSettings arguments, xmin) of an `htsr.lr_schedule/1` document, checked."""
+    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
+        raise HtsrError(f"{source}: not an {SCHEMA} file")
+    check_fields(document, {"layers": LIST, "settings": OBJECT}, source, required=("layers", "settings"))
+    settings = document["settings"]
+    check_fields(settings, SCHEDULE_SETTINGS_FIELDS, f"{source}: settings", required=tuple(SCHEDULE_SETTINGS_FIELDS))
+    check_fields(settings["analysis"], {"xmin": TEXT}, f"{source}: settings.analysis", required=("xmin",))
+    factors = {}
+    for index, entry in enumerate(document["layers"]):
+        check_fields(entry, SCHEDULE_ENTRY_FIELDS, f"{source}: layer {index}", required=tuple(SCHEDULE_ENTRY_FIELDS))
+        if entry["kind"] != "norm":  # norm entries only repeat their conv's factor; they join its group
+            factors[entry["name"]] = float(entry["factor"])
+    options = [settings[key] for key in ("base_lr", "map", "unit", "min_ratio", "max_ratio")]
+    return factors, options, settings["analysis"]["xmin"]
 
 
 class TempBalance:
@@ -53,26 +78,17 @@ class TempBalance:
 
     @classmethod
     def from_schedule(cls, model: torch.nn.Module, path: str | Path) -> TempBalance:
-        """Fixed factors from an exported `htsr.lr_schedule/1` JSON or YAML file."""
+        """Fixed factors from an exported `htsr.lr_schedule/1` JSON or YAML file (every field checked)."""
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as error:
-            raise HtsrError(f"{path}: cannot read the schedule ({error.strerror})") from None
-        try:
-            if path.suffix in (".yaml", ".yml"):
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-            if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-                raise HtsrError(f"{path}: not an {SCHEMA} file")
-            # Norm entries only repeat their conv's factor; they join the conv's group.
-            factors = {entry["name"]: entry["factor"] for entry in data["layers"] if entry["kind"] != "norm"}
-            settings = data["settings"]
-            options = [settings[key] for key in ("base_lr", "map", "unit", "min_ratio", "max_ratio")]
-            xmin = settings["analysis"]["xmin"]
-        except (ValueError, KeyError, TypeError, yaml.YAMLError) as error:
-            raise HtsrError(f"{path}: malformed {SCHEMA} file ({error})") from None
+        data = read_document(path)
+        if path.suffix in (".yaml", ".yml"):
+            try:
+                document = yaml.safe_load(data)
+            except (yaml.YAMLError, RecursionError) as error:
+                raise HtsrError(f"{path}: not valid YAML ({brief(error)})") from None
+        else:
+            document = parse_json(data, str(path))
+        factors, options, xmin = schedule_settings(document, str(path))
         modules = dict(model.named_modules())
         missing = [name for name in factors if name not in modules]
         if missing:
@@ -81,7 +97,10 @@ class TempBalance:
 
     def compute_factors(self) -> dict[str, float]:
         """Analyse the model's current weights and map their alphas to factors."""
-        device = next(self.model.parameters()).device.type
+        parameter = next(self.model.parameters(), None)
+        if parameter is None:
+            raise HtsrError(f"{type(self.model).__name__} has no parameters: there are no learning rates to balance")
+        device = parameter.device.type
         report = analyze(self.model, AnalyzeSettings(xmin=self.xmin, device=device))
         return {name: entry.factor for name, entry in layer_factors(report.layers, self.settings).items()}
 

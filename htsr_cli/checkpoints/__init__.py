@@ -20,7 +20,8 @@ import torch
 
 from htsr_cli.checkpoints.base import Checkpoint, TensorInfo
 from htsr_cli.checkpoints.hf_directory import open_directory
-from htsr_cli.checkpoints.hub import looks_like_repo_id, resolve_repo
+from htsr_cli.checkpoints.hub import resolve_repo
+from htsr_cli.checkpoints.parametrized import with_effective_weights
 from htsr_cli.checkpoints.quantized import with_quantized_weights
 from htsr_cli.checkpoints.quantized.gguf_file import is_gguf_file
 from htsr_cli.checkpoints.sharded import ShardedCheckpoint
@@ -28,6 +29,7 @@ from htsr_cli.checkpoints.statedict import StateDictCheckpoint
 from htsr_cli.checkpoints.torchfile import is_torch_file
 from htsr_cli.checkpoints.transformers_model import TransformersModelCheckpoint, is_transformers_model
 from htsr_cli.errors import HtsrError
+from htsr_cli.sources import HubId, locate
 
 __all__ = ["Checkpoint", "TensorInfo", "open_checkpoint"]
 
@@ -38,6 +40,10 @@ def open_checkpoint(source: CheckpointSource) -> Checkpoint:
     """A reader for `source`; raises `HtsrError` (one line) when it cannot be read."""
     if is_transformers_model(source):  # keyed as its save_pretrained directory would be
         return TransformersModelCheckpoint(source)
+    return with_effective_weights(_open_source(source))
+
+
+def _open_source(source: CheckpointSource) -> Checkpoint:
     if isinstance(source, (torch.nn.Module, Mapping)):
         return StateDictCheckpoint.from_object(source)
     if not isinstance(source, (str, os.PathLike)):
@@ -46,17 +52,13 @@ def open_checkpoint(source: CheckpointSource) -> Checkpoint:
             "(org/name), an nn.Module or a state dict"
         )
     text = os.fsdecode(source)
-    path = Path(text)
-    if path.is_dir():
-        return with_quantized_weights(open_directory(path, text), path)
-    if path.is_file():
-        return _open_file(path, text)
-    if path.exists():
-        raise HtsrError(f"{text}: not a regular file or directory")
-    if looks_like_repo_id(text):
-        directory = resolve_repo(text)
+    where = locate(text)
+    if isinstance(where, HubId):
+        directory = resolve_repo(where)
         return with_quantized_weights(open_directory(directory, text), directory)
-    raise HtsrError(f"{text}: no such file or directory")
+    if where.is_dir():
+        return with_quantized_weights(open_directory(where, text), where)
+    return _open_file(where, text)
 
 
 def _open_file(path: Path, source: str) -> Checkpoint:

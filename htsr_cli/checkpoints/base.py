@@ -25,8 +25,9 @@ class TensorInfo:
     # How the tensor is stored when that is not simply `dtype` ("gptq int4 g128",
     # "fp8-e4m3 block 128x128"); None for a plain tensor of `dtype`.
     storage: str | None = None
-    # Why the logical tensor cannot be decoded ("gguf IQ1_M: not supported by gguf
-    # 0.19.0"); such a weight is listed, and reported as skipped with this reason.
+    # Why the reader cannot give this tensor as a dense matrix ("gguf IQ1_M: not
+    # supported by gguf 0.19.0", "sparse tensor (sparse_coo), not supported");
+    # such a weight is listed, and reported as skipped with this reason.
     unreadable: str | None = None
 
     @property

@@ -10,12 +10,15 @@ files. With a config.json the module order comes from the architecture.
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 from htsr_cli.checkpoints.sharded import ShardedCheckpoint
 from htsr_cli.checkpoints.torchfile import is_torch_file
-from htsr_cli.errors import HtsrError
+from htsr_cli.errors import HtsrError, brief
+from htsr_cli.io import os_reason, read_document
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_INDEX = "pytorch_model.bin.index.json"
@@ -49,20 +52,22 @@ def open_directory(directory: Path, source: str) -> ShardedCheckpoint:
 
 
 def _weight_files(directory: Path, source: str) -> list[Path]:
+    try:
+        return _find_weight_files(directory, source)
+    except OSError as error:  # a directory without read or search permission
+        raise HtsrError(f"{source}: cannot read the directory ({os_reason(error)})") from None
+
+
+def _find_weight_files(directory: Path, source: str) -> list[Path]:
     for single, index in (
         ("model.safetensors", SAFETENSORS_INDEX),
         ("pytorch_model.bin", TORCH_INDEX),
     ):
-        if (directory / single).is_file():
+        if _is_file(directory / single):
             return [directory / single]
-        if (directory / index).is_file():
+        if _is_file(directory / index):
             return _shards_from_index(directory, index, source)
-    try:
-        files = [path for path in directory.iterdir() if path.is_file()]
-    except OSError as error:
-        raise HtsrError(
-            f"{source}: cannot read the directory ({error.strerror or error})"
-        ) from error
+    files = [path for path in directory.iterdir() if _is_file(path)]
     safetensors = [path for path in files if path.suffix.lower() == ".safetensors"]
     if safetensors:
         return sorted(safetensors)
@@ -71,17 +76,49 @@ def _weight_files(directory: Path, source: str) -> list[Path]:
     )
 
 
+def _is_file(path: Path) -> bool:
+    """Like Path.is_file, but a permission error is raised rather than read as 'no file'."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 def _shards_from_index(directory: Path, index: str, source: str) -> list[Path]:
     try:
-        weight_map = json.loads((directory / index).read_text())["weight_map"]
-        # Shard names are zero-padded (model-00002-of-00011), so a plain sort is file order.
-        shards = sorted({directory / name for name in weight_map.values()})
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise HtsrError(f"{source}: {index} is not a valid shard index ({error!r})") from error
-    missing = [path.name for path in shards if not path.is_file()]
+        weight_map = json.loads(read_document(directory / index))["weight_map"]
+        names = set(weight_map.values())
+        if not all(isinstance(name, str) and name for name in names):
+            raise TypeError("shard names must be non-empty strings")
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+        raise HtsrError(f"{source}: {index} is not a valid shard index ({brief(error)})") from None
+    # Shard names are zero-padded (model-00002-of-00011), so a plain sort is file order.
+    shards = sorted(_inside(directory, name, index, source) for name in names)
+    missing = [path.name for path in shards if not _is_file(path)]
     if missing:
         raise HtsrError(
             f"{source}: shards listed in {index} are missing ({', '.join(missing)}); "
             "download the model again"
         )
     return shards
+
+
+def _inside(directory: Path, name: str, index: str, source: str) -> Path:
+    """The shard `name` of an index, which must stay inside the model directory.
+
+    The name may not be absolute or climb out with `..`, and once symlinks are
+    resolved the file must still lie in the directory; in a Hugging Face cache
+    snapshot, files are links into the repository's own `blobs/`, which counts
+    as inside.
+    """
+    path = directory / name
+    root = Path(os.path.realpath(directory))
+    allowed = [root]
+    if root.parent.name == "snapshots":
+        allowed.append(root.parent.parent / "blobs")
+    resolved = Path(os.path.realpath(path))
+    if os.path.isabs(name) or ".." in Path(name).parts or not any(resolved.is_relative_to(a) for a in allowed):
+        raise HtsrError(
+            f"{source}: {index} lists a shard outside the model directory ({name!r}); refusing to read it"
+        )
+    return path

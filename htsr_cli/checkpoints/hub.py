@@ -9,15 +9,12 @@ cache location and offline switch are read here, at call time.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from htsr_cli.checkpoints.hf_directory import SAFETENSORS_INDEX, TORCH_INDEX, has_weights
-from htsr_cli.checkpoints.torchfile import is_torch_file
 from htsr_cli.errors import HtsrError
+from htsr_cli.sources import HubId
 
-# huggingface_hub's own rule: word characters, "-" and "." inside, at most 96 per part.
-_REPO_ID = re.compile(r"^\w(?:[\w.-]{0,94}\w)?/\w(?:[\w.-]{0,94}\w)?$")
 _TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
 
 # Tried in turn until a snapshot holds weights: the standard safetensors
@@ -31,25 +28,23 @@ WEIGHT_PATTERNS = (
 )
 
 
-def looks_like_repo_id(text: str) -> bool:
-    """`org/name`, and not a mistyped path to a weight file."""
-    if not _REPO_ID.match(text) or ".." in text or "--" in text:
-        return False
-    return not (text.lower().endswith(".safetensors") or is_torch_file(Path(text)))
-
-
-def resolve_repo(repo_id: str) -> Path:
-    """The local snapshot folder of `repo_id`, downloading it if allowed and needed."""
+def resolve_repo(hub: HubId) -> Path:
+    """The local snapshot folder of a hub id (at its revision), downloading it if allowed and needed."""
     # Imported here: only hub ids need huggingface_hub.
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import LocalEntryNotFoundError
 
     cache_dir = hub_cache_dir()
+    label = _label(hub)
     for patterns in WEIGHT_PATTERNS:
         try:
             snapshot = Path(
                 snapshot_download(
-                    repo_id, cache_dir=cache_dir, local_files_only=True, allow_patterns=patterns
+                    hub.repo_id,
+                    revision=hub.revision,
+                    cache_dir=cache_dir,
+                    local_files_only=True,
+                    allow_patterns=patterns,
                 )
             )
         except LocalEntryNotFoundError:  # not cached, or cached without these files
@@ -58,51 +53,67 @@ def resolve_repo(repo_id: str) -> Path:
             return snapshot
     if hub_offline():
         raise HtsrError(
-            f"{repo_id}: not in the local Hugging Face cache and the hub is offline "
-            f"(HF_HUB_OFFLINE=1); download it first with `hf download {repo_id}` "
+            f"{label}: not in the local Hugging Face cache and the hub is offline "
+            f"(HF_HUB_OFFLINE=1); download it first with `hf download {_download_args(hub)}` "
             "or pass a local path"
         )
-    return _download(repo_id, cache_dir)
+    return _download(hub, cache_dir)
 
 
-def _download(repo_id: str, cache_dir: str) -> Path:
+def _label(hub: HubId) -> str:
+    return f"{hub.repo_id}@{hub.revision}" if hub.revision else hub.repo_id
+
+
+def _download_args(hub: HubId) -> str:
+    return f"{hub.repo_id} --revision {hub.revision}" if hub.revision else hub.repo_id
+
+
+def _download(hub: HubId, cache_dir: str) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import (
         GatedRepoError,
         HfHubHTTPError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
+        RevisionNotFoundError,
     )
 
+    label = _label(hub)
     try:
         for patterns in WEIGHT_PATTERNS:
             snapshot = Path(
-                snapshot_download(repo_id, cache_dir=cache_dir, allow_patterns=patterns)
+                snapshot_download(
+                    hub.repo_id, revision=hub.revision, cache_dir=cache_dir, allow_patterns=patterns
+                )
             )
             if has_weights(snapshot):
                 return snapshot
     except GatedRepoError as error:
         raise HtsrError(
-            f"{repo_id}: the model is gated on the Hugging Face hub; accept its terms on "
+            f"{label}: the model is gated on the Hugging Face hub; accept its terms on "
             "huggingface.co and log in with `hf auth login`"
+        ) from error
+    except RevisionNotFoundError as error:
+        raise HtsrError(
+            f"{label}: the model has no revision {hub.revision!r} (a branch, tag or commit) on the hub"
         ) from error
     except RepositoryNotFoundError as error:
         raise HtsrError(
-            f"{repo_id}: no such model on the Hugging Face hub (or it is private: log in with "
+            f"{label}: no such model on the Hugging Face hub (or it is private: log in with "
             "`hf auth login`); check the id or pass a local path"
         ) from error
     except (HfHubHTTPError, LocalEntryNotFoundError) as error:  # no connection, timeouts, hub down
         raise HtsrError(
-            f"{repo_id}: not in the local Hugging Face cache and the hub could not be reached "
-            f"({type(error).__name__}); download it first with `hf download {repo_id}` "
+            f"{label}: not in the local Hugging Face cache and the hub could not be reached "
+            f"({type(error).__name__}); download it first with `hf download {_download_args(hub)}` "
             "or pass a local path"
         ) from error
     except OSError as error:  # a full disk, an unwritable cache
         raise HtsrError(
-            f"{repo_id}: download into {cache_dir} failed ({error.strerror or error})"
+            f"{label}: download into {cache_dir} failed ({error.strerror or error})"
         ) from error
     raise HtsrError(
-        f"{repo_id}: no weights found on the hub "
+        f"{label}: no weights found on the hub "
         "(expected model.safetensors, shards with an index, or pytorch_model*.bin)"
     )
 

@@ -158,9 +158,12 @@ def cached_architecture_keys(config_dir: Path) -> tuple[list[str], str] | None:
     digest = hashlib.sha256((config_dir / "config.json").read_bytes() + version.encode()).hexdigest()
     entry = cache_directory() / "module-order" / f"{digest}.json"
     try:
-        cached = json.loads(entry.read_text())
-        return list(cached["keys"]), str(cached["base_model_prefix"])
-    except (OSError, ValueError, KeyError, TypeError):
+        cached = json.loads(entry.read_text(encoding="utf-8"))
+        keys, prefix = cached["keys"], cached["base_model_prefix"]
+        # A damaged or foreign cache entry is recomputed, never trusted.
+        if isinstance(keys, list) and all(isinstance(key, str) for key in keys) and isinstance(prefix, str):
+            return keys, prefix
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         pass
     architecture = _architecture_keys(config_dir)
     if architecture is not None:

@@ -13,13 +13,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import struct
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 
 from htsr_cli.checkpoints.base import Checkpoint, TensorInfo
-from htsr_cli.errors import HtsrError
+from htsr_cli.errors import HtsrError, brief
+from htsr_cli.io import os_reason
 
 # safetensors dtype names -> torch dtype attribute names. Newer torch dtypes
 # are looked up by name so an older torch simply lacks them.
@@ -44,80 +46,121 @@ _DTYPE_NAMES = {
 }
 
 
-# safetensors refuses larger headers; checked before the header is read into memory.
-MAX_HEADER_BYTES = 100_000_000
+# Bits per element of every safetensors dtype, for checking a header's claimed sizes.
+_DTYPE_BITS = {
+    "F64": 64, "F32": 32, "F16": 16, "BF16": 16, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8,
+    "I64": 64, "I32": 32, "I16": 16, "I8": 8, "U64": 64, "U32": 32, "U16": 16, "U8": 8,
+    "BOOL": 8, "C64": 64, "F6_E2M3": 6, "F6_E3M2": 6, "F4": 4,
+}
+_HEADER_LENGTH = struct.Struct("<Q")
+MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit
 
 
-def torch_dtype(name: str) -> torch.dtype | None:
-    attribute = _DTYPE_NAMES.get(name)
-    return getattr(torch, attribute, None) if attribute else None
+def check_safetensors_header(path: Path) -> tuple[dict, int]:
+    """Refuse a file whose header claims tensors the file does not hold, before anything is mapped.
 
-
-def _damaged(path: Path, detail: str) -> HtsrError:
-    return HtsrError(f"{path}: is truncated or not a valid safetensors file ({detail})")
+    Checks what the format promises: a JSON object of entries with a dtype, a
+    shape of non-negative integers, and data offsets [begin, end] inside the
+    data section; each entry's bytes (shape x dtype) equal to end - begin; no
+    two tensors sharing bytes. Every message names the tensor. Returns the
+    header and the size of the data section.
+    """
+    try:
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            prefix = handle.read(_HEADER_LENGTH.size)
+            if len(prefix) < _HEADER_LENGTH.size:
+                raise _invalid(path, f"{size} bytes")
+            (length,) = _HEADER_LENGTH.unpack(prefix)
+            if length > min(MAX_HEADER_BYTES, size - _HEADER_LENGTH.size):
+                raise _invalid(path, f"its header claims {length:,} bytes of a {size:,}-byte file")
+            raw = handle.read(length)
+    except OSError as error:
+        raise HtsrError(f"{path}: {os_reason(error)}") from None
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError) as error:
+        raise _invalid(path, f"its header is not JSON: {brief(error)}") from None
+    if not isinstance(header, dict):
+        raise _invalid(path, "its header is not a JSON object")
+    data_bytes = size - _HEADER_LENGTH.size - length
+    spans = []
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        spans.append((*_checked_span(path, key, entry, data_bytes), key))
+    spans.sort()
+    for (begin, end, key), (next_begin, _, next_key) in zip(spans, spans[1:]):
+        if next_begin < end:
+            raise _invalid(path, f"tensors {key!r} and {next_key!r} share bytes")
+    return header, data_bytes
 
 
 def read_header(path: Path) -> list[TensorInfo]:
     """The tensors of a safetensors file from its header alone, sorted by key (as `safe_open` lists them).
 
-    Every size the header claims is checked against the file before use: the
-    header length before it is read, and each tensor's byte range against its
-    shape and dtype and the file's length, so a truncated download is named
-    here rather than when its tensors are reached.
+    Every size the header claims is checked against the file first
+    (`check_safetensors_header`), and the data must end where the file does, so
+    a truncated download is named here rather than when its tensors are reached.
     """
-    try:
-        with open(path, "rb") as handle:
-            file_size = os.fstat(handle.fileno()).st_size
-            prefix = handle.read(8)
-            if len(prefix) < 8:
-                raise _damaged(path, f"{file_size} bytes, shorter than the 8-byte header length")
-            header_size = int.from_bytes(prefix, "little")
-            if header_size > MAX_HEADER_BYTES or 8 + header_size > file_size:
-                raise _damaged(path, f"header of {header_size} bytes in a file of {file_size}")
-            header = json.loads(handle.read(header_size))
-    except OSError as error:
-        raise HtsrError(f"{path}: cannot read ({error.strerror or error})") from error
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise _damaged(path, f"header is not JSON: {error}") from error
-    if not isinstance(header, dict):
-        raise _damaged(path, "header is not a JSON object")
+    header, data_bytes = check_safetensors_header(path)
     infos, data_end = [], 0
     for key in sorted(name for name in header if name != "__metadata__"):
-        info, end = _entry(path, key, header[key])
-        data_end = max(data_end, end)
-        infos.append(info)
-    if 8 + header_size + data_end != file_size:
-        raise _damaged(path, f"tensor data ends at byte {8 + header_size + data_end}, the file has {file_size}")
+        entry = header[key]
+        stored = entry.get("dtype")
+        dtype = torch_dtype(stored) if isinstance(stored, str) else None
+        if dtype is None:
+            raise HtsrError(
+                f"{path}: tensor {key!r} has dtype {stored}, which this version of torch cannot represent"
+            )
+        infos.append(TensorInfo(key, tuple(entry["shape"]), dtype))
+        data_end = max(data_end, entry["data_offsets"][1])
+    if data_end != data_bytes:
+        raise _invalid(path, f"its tensor data ends {data_bytes - data_end:,} bytes before the file does")
     return infos
+
+
+def _checked_span(path: Path, key: str, entry: object, data_bytes: int) -> tuple[int, int]:
+    """[begin, end) of one header entry's bytes, after checking them against its shape and dtype."""
+    where = f"tensor {key!r}"
+    if not isinstance(entry, dict):
+        raise _invalid(path, f"{where} has a header entry that is not an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        raise _invalid(path, f"{where} has shape {shape!r}, not a list of non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(n) for n in offsets):
+        raise _invalid(path, f"{where} has data_offsets {offsets!r}, not a pair of non-negative integers")
+    begin, end = offsets
+    if not begin <= end <= data_bytes:
+        raise _invalid(path, f"{where} has its data at [{begin:,}, {end:,}) but the file holds {data_bytes:,} bytes of data")
+    bits = _DTYPE_BITS.get(dtype) if isinstance(dtype, str) else None
+    if bits is not None:
+        claimed = math.prod(shape) * bits  # Python integers: no overflow however large the shape
+        if claimed != 8 * (end - begin):
+            dims = "x".join(str(n) for n in shape) or "scalar"
+            raise _invalid(path, f"{where} claims {dims} {dtype} ({_size(claimed / 8)}) but its data holds {_size(end - begin)}")
+    return begin, end
+
+
+def _invalid(path: Path, detail: str) -> HtsrError:
+    return HtsrError(f"{path}: is truncated or not a valid safetensors file ({detail})")
 
 
 def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _entry(path: Path, key: str, entry: object) -> tuple[TensorInfo, int]:
-    """One header entry as a TensorInfo and where its bytes end, checked against its shape and dtype."""
-    shape = entry.get("shape") if isinstance(entry, dict) else None
-    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-    stored = entry.get("dtype") if isinstance(entry, dict) else None
-    if not (
-        isinstance(stored, str)
-        and isinstance(shape, list)
-        and all(_is_count(size) for size in shape)
-        and isinstance(offsets, list)
-        and len(offsets) == 2
-        and all(_is_count(offset) for offset in offsets)
-        and offsets[0] <= offsets[1]
-    ):
-        raise _damaged(path, f"malformed header entry for {key!r}")
-    dtype = torch_dtype(stored)
-    if dtype is None:
-        raise HtsrError(
-            f"{path}: tensor {key!r} has dtype {stored}, which this version of torch cannot represent"
-        )
-    if offsets[1] - offsets[0] != math.prod(shape) * dtype.itemsize:
-        raise _damaged(path, f"tensor {key!r} of shape {shape} {stored} claims {offsets[1] - offsets[0]} bytes")
-    return TensorInfo(key, tuple(shape), dtype), offsets[1]
+def _size(count: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
+        count /= 1000
+    return ""
+
+
+def torch_dtype(name: str) -> torch.dtype | None:
+    attribute = _DTYPE_NAMES.get(name)
+    return getattr(torch, attribute, None) if attribute else None
 
 
 class SafetensorsFile(Checkpoint):
@@ -129,9 +172,9 @@ class SafetensorsFile(Checkpoint):
         try:
             self._handle = safe_open(str(path), framework="pt")
         except SafetensorError as error:
-            raise _damaged(path, str(error)) from error
+            raise _invalid(path, str(error)) from error
         except OSError as error:
-            raise HtsrError(f"{path}: cannot read ({error.strerror or error})") from error
+            raise HtsrError(f"{path}: {os_reason(error)}") from error
         self._keys = {info.key for info in self._infos}
 
     def tensors(self) -> list[TensorInfo]:

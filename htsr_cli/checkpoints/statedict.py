@@ -18,6 +18,7 @@ from htsr_cli.errors import HtsrError
 
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+PACKED_PARAMS = "_packed_params._packed_params"
 
 
 def unwrap_state_dict(obj: object, source: str) -> dict[str, torch.Tensor]:
@@ -38,6 +39,7 @@ def unwrap_state_dict(obj: object, source: str) -> dict[str, torch.Tensor]:
             "save the weights with torch.save(model.state_dict(), PATH)"
         )
     tensors = {str(key): value for key, value in obj.items() if isinstance(value, torch.Tensor)}
+    tensors.update(_packed_weights(obj, tensors))
     if not tensors:
         found = ", ".join(str(key) for key in list(obj)[:8]) or "nothing"
         raise HtsrError(
@@ -45,6 +47,25 @@ def unwrap_state_dict(obj: object, source: str) -> dict[str, torch.Tensor]:
             "expected a state dict or a dict with a 'state_dict' or 'model' entry"
         )
     return _strip_wrapper_prefixes(tensors)
+
+
+def _packed_weights(obj: Mapping, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The quantized weights of dynamically quantized modules, as `<module>.weight`.
+
+    `torch.ao` quantized Linear modules store `(weight, bias)` as a tuple under
+    `<module>._packed_params._packed_params`; the weight is a quantized tensor,
+    so it becomes a skipped layer (reason "quantized") rather than vanishing.
+    """
+    found = {}
+    for key, value in obj.items():
+        key = str(key)
+        if not key.endswith(PACKED_PARAMS) or not isinstance(value, (tuple, list)) or not value:
+            continue
+        weight = value[0]
+        name = key[: -len(PACKED_PARAMS)] + "weight"
+        if isinstance(weight, torch.Tensor) and name not in tensors:
+            found[name] = weight
+    return found
 
 
 def _strip_wrapper_prefixes(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -77,14 +98,27 @@ class StateDictCheckpoint(Checkpoint):
 
     def tensors(self) -> list[TensorInfo]:
         return [
-            TensorInfo(key, tuple(tensor.shape), tensor.dtype)
+            TensorInfo(key, tuple(tensor.shape), tensor.dtype, unreadable=_unsupported(tensor))
             for key, tensor in self._tensors.items()
         ]
 
     def load(self, key: str) -> torch.Tensor:
         if key not in self._tensors:
             raise self._missing(key)
-        return self._tensors[key]
+        tensor = self._tensors[key]
+        if tensor.is_meta:  # listing shapes is fine; there is no data to analyse
+            raise HtsrError(
+                f"{self.source}: the weights are not materialised ({key!r} is on the meta device); "
+                "load real weights first (e.g. model.to_empty(device=...) and load_state_dict)"
+            )
+        return tensor
 
     def close(self) -> None:
         self._tensors = {}
+
+
+def _unsupported(tensor: torch.Tensor) -> str | None:
+    """Why a tensor cannot be read as a dense matrix, or None."""
+    if tensor.layout != torch.strided:
+        return f"sparse tensor ({str(tensor.layout).removeprefix('torch.')}), not supported"
+    return None

@@ -11,6 +11,7 @@ from htsr_cli.cli._output import layer_progress
 from htsr_cli.errors import HtsrError
 from htsr_cli.report import Report, is_report_file, load_report
 from htsr_cli.settings import AnalyzeSettings
+from htsr_cli.sources import check_source
 
 
 class Metric(str, Enum):
@@ -35,6 +36,9 @@ def reports_from(sources: list[str], settings: AnalyzeSettings, quiet: bool) -> 
     nothing, so they are refused.
     """
     saved = [is_report_file(source) for source in sources]
+    for source, is_saved in zip(sources, saved):
+        if not is_saved:
+            check_source(source)  # a missing path is reported before torch is imported
     if all(saved) and settings != AnalyzeSettings():
         raise HtsrError(
             f"{sources[0]} is a saved report: analysis options (--xmin, --farms, ...) apply only to a checkpoint"

@@ -27,10 +27,12 @@ from htsr_cli.cli._options import (
     Xmin,
     XminOpt,
 )
-from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress
+from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress, stderr_console
+from htsr_cli.io import check_output_paths
 from htsr_cli.outputs import Column, dumps_json, format_cell, to_csv, to_rich_table
 from htsr_cli.report import Report
 from htsr_cli.settings import AnalyzeSettings, FarmsSettings
+from htsr_cli.sources import check_source
 
 app = typer.Typer(
     name="allocate",
@@ -64,6 +66,12 @@ TotalOpt = Annotated[
     Optional[int], typer.Option("--total", help="Experts over all blocks (default 5 per block).", show_default=False)
 ]
 BetaOpt = Annotated[float, typer.Option("--beta", help="Exponent on the block score; larger concentrates experts.")]
+
+
+def check_paths(checkpoint: str, output: Path | None) -> None:
+    """Before any work: the checkpoint exists (no torch import yet) and -o will not overwrite it."""
+    check_source(checkpoint)
+    check_output_paths({"-o": output}, [checkpoint])
 
 
 def analyse(
@@ -112,6 +120,7 @@ def sparsity(
     settings = SparsitySettings(
         target, epsilon, granularity.value, clip=not no_clip, metric="alpha_farms" if farms else "alpha"
     )
+    check_paths(checkpoint, output)
     plan = sparsity_plan(analyse(checkpoint, xmin, farms, device, quiet, precision, max_memory), settings)
     columns = [
         Column("name", "module", justify="left"),
@@ -133,6 +142,13 @@ def sparsity(
         f"clipped {summary['clipped']} | not pruned {summary['excluded']}"
     )
     emit_plan(plan, columns, output_format, output, caption)
+    if summary["above_one"]:
+        stderr_console.print(
+            f"warning: {summary['above_one']} matrices get a sparsity above 1 (more weights than they have); "
+            "their entries say so. Lower --target or --epsilon, or drop --no-clip.",
+            markup=False,
+            highlight=False,
+        )
 
 
 @app.command("experts")
@@ -151,6 +167,7 @@ def experts(
 ) -> None:
     """LoRA experts per block from its mean alpha (AlphaLoRA): less-trained blocks get more."""
     settings = ExpertSettings(total, beta, metric="alpha_farms" if farms else "alpha")
+    check_paths(checkpoint, output)
     plan = expert_plan(analyse(checkpoint, xmin, farms, device, quiet, precision, max_memory), settings)
     columns = [
         Column("name", "block", justify="left"),

@@ -33,8 +33,10 @@ from htsr_cli.cli._options import (
     XminOpt,
 )
 from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress, print_timings
+from htsr_cli.io import check_output_paths
 from htsr_cli.report_views import report_csv, report_markdown, report_table
 from htsr_cli.settings import AnalyzeSettings, FarmsSettings
+from htsr_cli.sources import check_source
 
 
 class ReportFormat(str, Enum):
@@ -83,12 +85,14 @@ def analyze(
     profile: Annotated[bool, typer.Option("--profile", help="Print seconds per stage (read, transfer, solve, fit, farms) on stderr.")] = False,
 ) -> None:
     """Fit the power-law exponent alpha of every weight matrix's eigenvalue spectrum."""
-    from htsr_cli.analysis import analyze as run_analysis  # lazy torch, see app.py
-    from htsr_cli.spectra_file import save_spectra
-
     settings = settings_from_options(
         xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers, max_memory
     )
+    check_source(checkpoint)
+    check_output_paths({"-o": output, "--save-spectra": spectra_file, "--plots": plots}, [checkpoint])
+    from htsr_cli.analysis import analyze as run_analysis  # lazy torch, see app.py
+    from htsr_cli.spectra_file import save_spectra
+
     with layer_progress(quiet) as progress:
         report = run_analysis(
             checkpoint,

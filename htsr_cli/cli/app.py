@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
@@ -14,9 +13,8 @@ import typer
 from htsr_cli import __version__
 from htsr_cli.cli import analyze, report
 from htsr_cli.cli import compare, gate
-from htsr_cli.cli import allocate, lr_schedule
+from htsr_cli.cli import allocate, lr_schedule, main
 from htsr_cli.cli._errors import USAGE_ERROR, FunnelGroup
-from htsr_cli.cli._ranks import run_command
 
 app = typer.Typer(
     cls=FunnelGroup,
@@ -59,7 +57,4 @@ app.command("compare")(compare.compare)
 app.add_typer(allocate.app, name="allocate")
 app.add_typer(lr_schedule.app, name="lr-schedule")
 
-
-def main() -> None:
-    """`htsr`, `python -m htsr_cli`, and each rank of `torchrun ... -m htsr_cli` (see _ranks.py)."""
-    sys.exit(run_command(lambda: app(prog_name="htsr", standalone_mode=False)))
+__all__ = ["app", "main"]  # main: the console script (htsr_cli.cli.main), also reachable here

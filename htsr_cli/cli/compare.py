@@ -38,8 +38,9 @@ from htsr_cli.cli._reports import Metric, reports_from
 from htsr_cli.cli.analyze import settings_from_options
 from htsr_cli.compare import Comparison, compare_reports
 from htsr_cli.errors import HtsrError
+from htsr_cli.io import check_output_paths
+from htsr_cli.outputs import Column, dumps_json, format_cell, markdown_text, printable, to_csv, to_markdown, to_rich_table
 from htsr_cli.report import Report, is_report_file
-from htsr_cli.outputs import Column, dumps_json, format_cell, to_csv, to_markdown, to_rich_table
 
 
 class CompareFormat(str, Enum):
@@ -71,13 +72,13 @@ def summary_line(comparison: Comparison) -> str:
         f"mean {comparison.metric} {format_cell(s['mean_before'], 3)} -> {format_cell(s['mean_after'], 3)}",
         f"mean delta {format_cell(s['mean_delta'], 3)}",
         f"mean |delta| {format_cell(s['mean_abs_delta'], 3)}",
-        f"largest {largest['name']} {largest['delta']:+.3f}" if largest else "largest -",
+        f"largest {printable(largest['name'])} {largest['delta']:+.3f}" if largest else "largest -",
         f"{s['only_in_a']} only in A, {s['only_in_b']} only in B, {s['without_value']} without a value",
     ]
     if comparison.weights:
         worst = s["max_relative_error"]
         parts.insert(-1, f"mean |W_B-W_A|/|W_A| {format_cell(s['mean_relative_error'], 5)}")
-        parts.insert(-1, f"max {worst['relative_error']:.5f} in {worst['name']}" if worst else "max -")
+        parts.insert(-1, f"max {worst['relative_error']:.5f} in {printable(worst['name'])}" if worst else "max -")
     return " | ".join(parts)
 
 
@@ -95,7 +96,7 @@ def _notes(comparison: Comparison) -> list[str]:
     notes = [f"A = {comparison.a}", f"B = {comparison.b}"]
     if comparison.settings_differences:
         notes.append("analysis settings differ: " + "; ".join(comparison.settings_differences))
-    return notes
+    return [printable(note) for note in notes]
 
 
 def compare(
@@ -119,6 +120,7 @@ def compare(
     weights: Annotated[bool, typer.Option("--weights", help="Also compare the weights: ||W_B - W_A||_F / ||W_A||_F and the relative change of lambda_max per layer (A and B must be checkpoints; read one matrix at a time).")] = False,
 ) -> None:
     """Per-layer delta (B - A) of alpha between two checkpoints or reports, matched by layer name."""
+    check_output_paths({"-o": output}, [a, b])
     settings = settings_from_options(
         xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers,
         max_memory,
@@ -144,6 +146,6 @@ def compare(
     elif output_format is CompareFormat.csv:
         emit_text(to_csv(columns, rows), output)
     else:
-        notes = "".join(f"- {note}\n" for note in _notes(comparison))
+        notes = "".join(f"- {markdown_text(note)}\n" for note in _notes(comparison))
         heading = f"## htsr compare ({comparison.metric})\n\n{notes}\n"
         emit_text(f"{heading}{to_markdown(columns, rows)}\n{summary_line(comparison)}\n", output)

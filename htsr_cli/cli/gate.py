@@ -35,13 +35,14 @@ from htsr_cli.cli._output import emit_renderable, emit_text
 from htsr_cli.cli._reports import CheckpointOrReportArg, Metric, reports_from
 from htsr_cli.cli.analyze import settings_from_options
 from htsr_cli.errors import HtsrError
-from htsr_cli.gate.config import parse_max_flagged, resolve_config
+from htsr_cli.gate.config import find_pyproject, parse_max_flagged, resolve_config
 from htsr_cli.gate.formats import gate_github, gate_json, gate_markdown, gate_text
 from htsr_cli.gate.junit import gate_junit
 from htsr_cli.gate.rules import check_baseline_use, evaluate
-from htsr_cli.io import write_atomic
+from htsr_cli.io import check_output_paths, write_atomic
 from htsr_cli.outputs import dumps_json
 from htsr_cli.report import is_report_file
+from htsr_cli.sources import check_source
 
 
 class GateFormat(str, Enum):
@@ -76,6 +77,7 @@ def gate(
     mean_alpha_max: Annotated[Optional[float], typer.Option("--mean-alpha-max", help="Highest allowed mean alpha (config: mean_alpha_max).")] = None,
     max_alpha_drift: Annotated[Optional[float], typer.Option("--max-alpha-drift", help="Largest allowed |alpha - baseline alpha| per layer; needs --baseline (config: max_alpha_drift).")] = None,
     require_layers: Annotated[Optional[bool], typer.Option("--require-layers/--no-require-layers", help="Fail on any skipped or failed layer (config: require_layers).", show_default=False)] = None,
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Pass when no layer has an alpha to check; by default that fails (config: allow_empty).")] = False,
     farms: FarmsOpt = False,
     xmin: XminOpt = Xmin.ks,
     layers: LayersOpt = None,
@@ -94,7 +96,7 @@ def gate(
     Rules come from \[tool.htsr.gate] in the nearest pyproject.toml (searched from
     the current directory up) or --config, and flags override them. Keys: metric,
     alpha_min, alpha_max, max_flagged, mean_alpha_max, max_alpha_drift,
-    require_layers. With no rule configured, the gate applies max_flagged = 0.1:
+    require_layers, allow_empty. With no rule configured, the gate applies max_flagged = 0.1:
     at most 10% of the layers may have alpha outside the quality band [2, 6].
     alpha_min/alpha_max alone fail every layer outside them; with max_flagged they
     only set the band it counts. max_alpha_drift compares each layer with
@@ -110,8 +112,18 @@ def gate(
         "mean_alpha_max": mean_alpha_max,
         "max_alpha_drift": max_alpha_drift,
         "require_layers": require_layers,
+        "allow_empty": True if allow_empty else None,
     }
     rules = resolve_config(config, Path.cwd(), overrides)
+    sources = [source] if baseline is None else [source, baseline]
+    for named in sources:
+        if not is_report_file(named):
+            check_source(named)
+    summary_file = os.environ.get("GITHUB_STEP_SUMMARY") or None
+    check_output_paths(
+        {"--junit": junit, "GITHUB_STEP_SUMMARY": summary_file},
+        [*sources, config if config is not None else find_pyproject(Path.cwd())],
+    )
     check_baseline_use(rules, baseline is not None)  # before a possibly long analysis
     if rules.metric == "alpha_farms" and not farms and not is_report_file(source):
         raise HtsrError("metric alpha_farms needs FARMS alphas: add --farms to analyse the checkpoint with FARMS")
@@ -119,7 +131,6 @@ def gate(
         xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers,
         max_memory,
     )
-    sources = [source] if baseline is None else [source, baseline]
     report, *reference = reports_from(sources, settings, quiet)
     result = evaluate(report, rules, reference[0] if reference else None)
     if junit is not None:

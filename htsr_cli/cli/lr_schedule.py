@@ -27,7 +27,7 @@ from htsr_cli.cli._options import (
     XminOpt,
 )
 from htsr_cli.cli._output import emit_text, stderr_console
-from htsr_cli.cli.allocate import MetricFarmsOpt, analyse
+from htsr_cli.cli.allocate import MetricFarmsOpt, analyse, check_paths
 from htsr_cli.outputs import Column, dumps_json, to_csv
 
 app = typer.Typer(
@@ -98,6 +98,7 @@ def export(
         base_lr, factor_map.value, unit.value, min_ratio, max_ratio,
         metric="alpha_farms" if farms else "alpha", epochs=epochs, schedule=schedule.value,
     )
+    check_paths(checkpoint, output)
     from htsr_cli.checkpoints import open_checkpoint  # lazy torch, see app.py
 
     report = analyse(checkpoint, xmin, farms, device, quiet, precision, max_memory)

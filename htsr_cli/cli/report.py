@@ -33,14 +33,15 @@ from htsr_cli.cli._options import (
 from htsr_cli.cli._output import layer_progress
 from htsr_cli.cli.analyze import settings_from_options
 from htsr_cli.errors import HtsrError
-from htsr_cli.io import write_atomic
-from htsr_cli.report import Report, is_report_file, load_report
+from htsr_cli.io import check_output_paths, write_atomic
+from htsr_cli.report import Report, is_report_file, load_report, spectra_path_for
 from htsr_cli.settings import AnalyzeSettings
+from htsr_cli.sources import check_source
 
 
 def _saved_report(path: str, spectra: Path | None) -> Report:
     """A saved report with the spectra its plots need (--spectra, or the file beside it)."""
-    from htsr_cli.spectra_file import attach_spectra, spectra_path_for  # lazy torch, see app.py
+    from htsr_cli.spectra_file import attach_spectra  # lazy torch, see app.py
 
     report = load_report(path)
     if spectra is None:
@@ -93,12 +94,15 @@ def report(
         max_memory,
     )
     if is_report_file(source):
+        check_output_paths({"-o": output}, [source, spectra if spectra is not None else spectra_path_for(source)])
         if settings != AnalyzeSettings():
             raise HtsrError(f"{source} is a saved report: analysis options (--xmin, --farms, ...) apply only to a checkpoint")
         result = _saved_report(source, spectra)
     else:
         if spectra is not None:
             raise HtsrError(f"--spectra {spectra}: applies to a saved REPORT.json; {source} is analysed afresh")
+        check_source(source)
+        check_output_paths({"-o": output}, [source])
         from htsr_cli.analysis import analyze as run_analysis  # lazy torch, see app.py
 
         with layer_progress(quiet) as progress:

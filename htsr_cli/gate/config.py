@@ -17,13 +17,15 @@ file given with `--config`. With no rule configured anywhere the gate applies
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from htsr_cli.errors import HtsrError
+from htsr_cli.errors import HtsrError, brief
+from htsr_cli.io import read_document
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,6 +49,7 @@ class GateConfig:
     mean_alpha_max: float | None = None
     max_alpha_drift: float | None = None
     require_layers: bool = False
+    allow_empty: bool = False  # pass when no layer has a value to check (otherwise that fails the gate)
     origin: str = "defaults"  # where the rules came from, for the output: a file, "flags", or both
 
     def __post_init__(self) -> None:
@@ -54,6 +57,15 @@ class GateConfig:
             raise HtsrError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         if self.max_flagged is not None:
             validate_max_flagged(self.max_flagged, "max_flagged")
+        # A NaN limit compares false with everything, so every rule would pass.
+        # Infinity is allowed only where it means "no bound": alpha_min = -inf, alpha_max = inf.
+        for key, allowed_infinity in (
+            ("alpha_min", -math.inf), ("alpha_max", math.inf), ("mean_alpha_max", None), ("max_alpha_drift", None)
+        ):
+            value = getattr(self, key)
+            if value is not None and not (math.isfinite(value) or value == allowed_infinity):
+                also = f" (or {allowed_infinity} for no bound)" if allowed_infinity is not None else ""
+                raise HtsrError(f"{key} must be a finite number{also}, got {value}")
         if self.max_alpha_drift is not None and self.max_alpha_drift < 0:
             raise HtsrError(f"max_alpha_drift must not be negative, got {self.max_alpha_drift}")
         if self.alpha_min is not None and self.alpha_max is not None and self.alpha_min > self.alpha_max:
@@ -119,9 +131,9 @@ def config_from_table(table: Any, path: Path | str) -> GateConfig:
         if key == "metric":
             if value not in METRICS:
                 raise HtsrError(f"{where}: 'metric' must be one of {', '.join(METRICS)}, got {value!r}")
-        elif key == "require_layers":
+        elif key in ("require_layers", "allow_empty"):
             if not isinstance(value, bool):
-                raise HtsrError(f"{where}: 'require_layers' must be true or false, got {value!r}")
+                raise HtsrError(f"{where}: {key!r} must be true or false, got {value!r}")
         elif key == "max_flagged":
             if not _is_number(value):
                 raise HtsrError(f"{where}: 'max_flagged' must be a count or a fraction, got {value!r}")
@@ -138,13 +150,12 @@ def config_from_table(table: Any, path: Path | str) -> GateConfig:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file (a regular file only: a FIFO named by mistake must not block the gate)."""
+    data = read_document(path)
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise HtsrError(f"{path}: no such config file") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise HtsrError(f"{path}: cannot read TOML ({error})") from None
+        return tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as error:
+        raise HtsrError(f"{path}: cannot read TOML ({brief(error)})") from None
 
 
 def gate_table(data: dict[str, Any]) -> Any:
@@ -161,9 +172,20 @@ def find_pyproject(start: Path) -> Path | None:
     start = start.resolve()
     for directory in (start, *start.parents):
         candidate = Path(os.path.relpath(directory / "pyproject.toml"))
-        if candidate.is_file() and gate_table(read_toml(candidate)) is not None:
+        if _exists(candidate) and gate_table(read_toml(candidate)) is not None:
             return candidate
     return None
+
+
+def _exists(path: Path) -> bool:
+    """Whether a path is there at all (an unreadable one is, and its reader says why)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def load_config(config_file: Path | None, start: Path) -> GateConfig:

@@ -9,7 +9,7 @@ from rich.text import Text
 
 from htsr_cli import __version__
 from htsr_cli.gate.rules import ERROR, GateResult, RuleOutcome, Violation, plural
-from htsr_cli.outputs import Column, to_markdown
+from htsr_cli.outputs import Column, markdown_code, printable, to_markdown
 
 SCHEMA = "htsr.gate/1"
 FORMATS = ("text", "json", "github", "markdown")
@@ -70,8 +70,10 @@ def _violation_row(violation: Violation) -> dict[str, Any]:
 
 
 def _line(text: str, style: str) -> Text:
-    # CI logs are read with grep: one finding per line, never wrapped at the console width.
-    return Text(text, style=style, no_wrap=True, overflow="ignore")
+    # CI logs are read with grep: one finding per line, never wrapped at the console
+    # width, and no name from the report can start a line of its own (a `::error`
+    # workflow command) or send escape sequences to the terminal.
+    return Text(printable(text), style=style, no_wrap=True, overflow="ignore")
 
 
 def gate_text(result: GateResult) -> Group:
@@ -145,7 +147,7 @@ def gate_github(result: GateResult) -> str:
     for violation in result.violations:
         title = escape_property(f"htsr gate: {violation.rule}")
         where = f"{violation.layer}: " if violation.layer else ""
-        lines.append(f"::{violation.severity} title={title}::{escape_data(where + violation.message)}")
+        lines.append(f"::{violation.severity} title={title}::{escape_data(printable(where + violation.message))}")
     lines.append(f"htsr gate {summary_line(result)}")
     return "\n".join(lines) + "\n"
 
@@ -154,8 +156,8 @@ def gate_markdown(result: GateResult) -> str:
     """The step-summary view: verdict, one row per rule, one row per finding."""
     parts = [
         f"## htsr gate: {verdict(result)}\n",
-        f"`{result.checkpoint}`: metric `{result.metric}`, rules from `{result.config.origin}`"
-        + (f", baseline `{result.baseline}`" if result.baseline else "")
+        f"{markdown_code(result.checkpoint)}: metric `{result.metric}`, rules from {markdown_code(result.config.origin)}"
+        + (f", baseline {markdown_code(result.baseline)}" if result.baseline else "")
         + "\n",
         to_markdown(RULE_COLUMNS, [_rule_row(outcome) for outcome in result.outcomes]),
     ]

@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 
 from htsr_cli.gate.formats import summary_line
 from htsr_cli.gate.rules import ERROR, GateResult, RuleOutcome, Violation
+from htsr_cli.outputs import printable
 
 SUITE = "htsr gate"
 
@@ -37,22 +38,25 @@ def gate_junit(result: GateResult) -> str:
     tests = failures = 0
     for outcome in result.outcomes:
         for name, findings in _testcases(outcome):
-            case = ET.SubElement(suite, "testcase", classname=f"htsr.gate.{outcome.rule}", name=name, time="0")
+            # Names and messages come from the report: printable() leaves only
+            # characters XML allows, so the file is always well-formed.
+            case = ET.SubElement(suite, "testcase", classname=f"htsr.gate.{outcome.rule}", name=printable(name), time="0")
             tests += 1
             errors = [v for v in findings if v.severity == ERROR]
             if errors:
                 failures += 1
-                failure = ET.SubElement(case, "failure", message=errors[0].message, type=outcome.rule)
-                failure.text = "\n".join(v.message for v in errors)
+                failure = ET.SubElement(case, "failure", message=printable(errors[0].message), type=outcome.rule)
+                failure.text = "\n".join(printable(v.message) for v in errors)
             warnings = [v for v in findings if v.severity != ERROR]
             if warnings:
                 ET.SubElement(case, "system-out").text = "\n".join(
-                    f"warning: {(v.layer + ': ') if v.layer and v.layer != name else ''}{v.message}" for v in warnings
+                    printable(f"warning: {(v.layer + ': ') if v.layer and v.layer != name else ''}{v.message}")
+                    for v in warnings
                 )
     for element in (suites, suite):
         element.set("tests", str(tests))
         element.set("failures", str(failures))
         element.set("errors", "0")
-    ET.SubElement(suite, "system-out").text = summary_line(result)
+    ET.SubElement(suite, "system-out").text = printable(summary_line(result))
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"

@@ -17,6 +17,9 @@ severity "error" fails the gate; a "warning" is only reported.
   layer in common at all is an error. Analysis settings that differ from the
   baseline's (xmin, FARMS, conv scale, precision) are a warning.
 - `require_layers`: every layer must have status "ok".
+- `allow_empty`: not a rule but a permission. When no layer has a value of the
+  metric, every rule above passes vacuously; the gate then fails with an
+  `allow_empty` finding unless `allow_empty = true` (then it is a warning).
 """
 
 from __future__ import annotations
@@ -142,9 +145,8 @@ def check_max_flagged(
 
 def check_mean(values: dict[str, float], limit: float, metric: str) -> RuleOutcome:
     description = f"mean {metric} <= {limit}"
-    if not values:
-        missing = Violation("mean_alpha_max", None, None, limit, f"no layer has a value of {metric} to average")
-        return RuleOutcome("mean_alpha_max", limit, description, False, (), (missing,))
+    if not values:  # nothing to average: the allow_empty check decides
+        return RuleOutcome("mean_alpha_max", limit, description, False, (), ())
     mean = sum(values.values()) / len(values)
     violations = ()
     if mean > limit:
@@ -206,6 +208,30 @@ def check_require_layers(report: Report) -> RuleOutcome:
     return RuleOutcome("require_layers", None, "every layer analysed and fitted", True, names, violations)
 
 
+def check_not_empty(report: Report, metric: str, allow_empty: bool) -> RuleOutcome:
+    """No layer has a value to judge: every rule passed vacuously, which must not read as a pass.
+
+    A model whose layers are all skipped, failed or unfitted (or a report with
+    no layers) fails, unless `allow_empty` says an empty check is acceptable.
+    """
+    statuses = ", ".join(
+        f"{sum(1 for layer in report.layers if layer.status == status)} {status}"
+        for status in dict.fromkeys(layer.status for layer in report.layers)
+    )
+    found = f"{plural(len(report.layers), 'layer')}" + (f": {statuses}" if statuses else "")
+    if allow_empty:
+        message = f"no layer has a value of {metric} to check ({found}); passed because allow_empty = true"
+        violation = Violation("allow_empty", None, 0, None, message, WARNING)
+    else:
+        message = (
+            f"no layer has a value of {metric} to check ({found}); "
+            "set allow_empty = true (or --allow-empty) to pass such a model"
+        )
+        violation = Violation("allow_empty", None, 0, None, message)
+    description = f"at least one layer with a value of {metric}"
+    return RuleOutcome("allow_empty", None, description, False, (), (violation,))
+
+
 def check_baseline_use(config: GateConfig, has_baseline: bool) -> None:
     """A baseline goes with max_alpha_drift: one without the other is a usage mistake."""
     if config.max_alpha_drift is not None and not has_baseline:
@@ -236,6 +262,8 @@ def evaluate(report: Report, config: GateConfig, baseline: Report | None = None)
         outcomes.append(check_drift(report, baseline, config.max_alpha_drift, metric))
     if config.require_layers:
         outcomes.append(check_require_layers(report))
+    if not values:
+        outcomes.append(check_not_empty(report, metric, config.allow_empty))
     return GateResult(
         checkpoint=report.checkpoint,
         metric=metric,

@@ -1,0 +1,91 @@
+"""What a CHECKPOINT argument names: a local path or a Hugging Face hub id.
+
+Decided from the text and one `stat`, without importing torch, so a mistyped
+path is reported at once (`fixtures/tiny-llam: no such file or directory
+(did you mean fixtures/tiny-llama?)`) instead of after seconds of start-up or
+as a missing hub id.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from htsr_cli.errors import HtsrError
+from htsr_cli.io import os_reason
+
+# huggingface_hub's rule: word characters, "-" and "." inside, at most 96 per part.
+_REPO_ID = re.compile(r"^\w(?:[\w.-]{0,94}\w)?/\w(?:[\w.-]{0,94}\w)?$")
+# A branch, tag, commit hash or `refs/pr/N`.
+_REVISION = re.compile(r"^\w[\w./-]{0,254}$")
+# A file extension: `.json`, `.safetensors`, `.pth`; not the `.5` of `phi-1.5`
+# or the `.5-7B` of `Qwen2.5-7B`, which hub names are full of.
+_EXTENSION = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,11}$")
+_SIBLINGS_SCANNED = 10_000
+
+
+@dataclass(frozen=True)
+class HubId:
+    """`org/name`, optionally pinned to a revision with `org/name@revision`."""
+
+    repo_id: str
+    revision: str | None = None
+
+
+def looks_like_path(text: str) -> bool:
+    """A path rather than a hub id: it has a file extension, starts with `.`, `/` or `~`, or its parent exists."""
+    if text.startswith((".", "/", "~")) or _EXTENSION.search(text.rsplit("/", 1)[-1]):
+        return True
+    parent = os.path.dirname(text)
+    return bool(parent) and os.path.isdir(parent)
+
+
+def parse_hub_id(text: str) -> HubId | None:
+    """The hub id `text` spells (`org/name` or `org/name@revision`), or None."""
+    name, at, revision = text.partition("@")
+    if at and (not _REVISION.match(revision) or ".." in revision.split("/")):
+        return None  # `..` would climb out of the cache's refs/ folder
+    if not _REPO_ID.match(name) or ".." in name or "--" in name or looks_like_path(name):
+        return None
+    return HubId(name, revision or None)
+
+
+def locate(text: str) -> Path | HubId:
+    """The local file or directory `text` names, or the hub id it spells; else one clear error."""
+    if not text:
+        raise HtsrError("the checkpoint path is empty")
+    try:
+        info = os.stat(text)
+    except FileNotFoundError:
+        hub = parse_hub_id(text)
+        if hub is not None:
+            return hub
+        raise HtsrError(f"{text}: no such file or directory{_suggestion(text)}") from None
+    except OSError as error:  # a name too long, a directory without search permission, a symlink loop
+        raise HtsrError(f"{text}: {os_reason(error)}") from None
+    except ValueError:  # an embedded NUL byte
+        raise HtsrError(f"{text!r}: not a valid path (it contains a NUL character)") from None
+    if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
+        raise HtsrError(f"{text}: not a regular file or directory")
+    return Path(text)
+
+
+def check_source(text: str) -> None:
+    """Fail fast on a CHECKPOINT argument that names no readable path and no hub id (no torch import)."""
+    locate(text)
+
+
+def _suggestion(text: str) -> str:
+    """` (did you mean SIBLING?)` for the closest existing name beside a mistyped path, or ''."""
+    parent, name = os.path.split(text.rstrip("/"))
+    try:
+        with os.scandir(parent or ".") as entries:
+            siblings = [entry.name for _, entry in zip(range(_SIBLINGS_SCANNED), entries)]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
+    return f" (did you mean {os.path.join(parent, close[0])}?)" if close else ""
