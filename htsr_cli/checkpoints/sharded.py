@@ -1,9 +1,11 @@
 """Weights in one or more files (a single file is one shard), read one file at a time.
 
-Only one file is open at any moment, so memory stays bounded by one file's
-pickle (torch) or mapping (safetensors) plus the tensors the caller holds,
-however many shards the model has. Shards of a Hugging Face save follow the
-module order, so loading in that order opens each file about once.
+At most two files are open at any moment, so memory stays bounded by two
+files' pickles (torch) or mappings (safetensors) plus the tensors the caller
+holds, however many shards the model has. Shards of a Hugging Face save follow
+the module order, so loading in that order opens each file once; two, because
+a decoder block can straddle a shard boundary and the solver reads a block's
+matrices grouped by shape, going back and forth between the two files.
 
 safetensors shards are listed from their headers and opened only when one of
 their tensors is loaded: a rank of a distributed run that loads none of a
@@ -13,6 +15,7 @@ listing one unpickles it (memory-mapped: no tensor data is read).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -22,6 +25,9 @@ from htsr_cli.checkpoints.order import config_model_type, module_order
 from htsr_cli.checkpoints.safetensors_file import SafetensorsFile, read_header
 from htsr_cli.checkpoints.torchfile import open_torch_file
 from htsr_cli.errors import HtsrError
+
+
+OPEN_FILES = 2
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -50,7 +56,7 @@ class ShardedCheckpoint(Checkpoint):
         self._config_dir = config_dir
         self.model_type = config_model_type(config_dir) if config_dir is not None else None
         self._sorted_storage = sorted_storage
-        self._current: tuple[Path, Checkpoint] | None = None
+        self._open: OrderedDict[Path, Checkpoint] = OrderedDict()  # least recently used first
         self._infos: dict[str, TensorInfo] = {}
         self._shard_of: dict[str, Path] = {}
         self._ordered: list[TensorInfo] | None = None
@@ -84,12 +90,14 @@ class ShardedCheckpoint(Checkpoint):
         return self._shard(self._shard_of[key]).load(key)
 
     def close(self) -> None:
-        if self._current is not None:
-            self._current[1].close()
-            self._current = None
+        while self._open:
+            self._open.popitem(last=False)[1].close()
 
     def _shard(self, path: Path) -> Checkpoint:
-        if self._current is None or self._current[0] != path:
-            self.close()
-            self._current = (path, open_file(path))
-        return self._current[1]
+        if path in self._open:
+            self._open.move_to_end(path)
+        else:
+            if len(self._open) >= OPEN_FILES:
+                self._open.popitem(last=False)[1].close()
+            self._open[path] = open_file(path)
+        return self._open[path]
