@@ -17,19 +17,18 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from os import PathLike
-from typing import Any
 
 import torch
 
 from htsr_cli import __version__
 from htsr_cli.checkpoints import Checkpoint, open_checkpoint
-from htsr_cli.errors import HtsrError
+from htsr_cli.errors import HtsrError, InvalidSetting
 from htsr_cli.farms import farms_fit
 from htsr_cli.fit import fit_power_law
 from htsr_cli.matrices import MatrixSpec, as_slices, describe
 from htsr_cli.metrics import spectral_metrics
 from htsr_cli.report import FAILED, FIT_FAILED, SKIPPED, LayerResult, Report, quality_of, summarize
-from htsr_cli.settings import AnalyzeSettings
+from htsr_cli.settings import AnalyzeSettings, FarmsSettings
 from htsr_cli.solver import Eigensolver
 
 PREFETCH = 2
@@ -73,12 +72,11 @@ def select_layers(specs: list[MatrixSpec], pattern: str | None) -> list[MatrixSp
     try:
         regex = re.compile(pattern)
     except re.error as error:
-        raise HtsrError(f"--layers '{pattern}': invalid regular expression ({error})") from None
+        raise InvalidSetting("layers", pattern, f"invalid regular expression ({error})") from None
     chosen = [spec for spec in specs if regex.search(spec.name) or regex.search(spec.tensor)]
     if not chosen:
-        raise HtsrError(
-            f"--layers '{pattern}' matches none of the {len(specs)} weight matrices "
-            f"(e.g. {specs[0].name!r})"
+        raise InvalidSetting(
+            "layers", pattern, f"matches none of the {len(specs)} weight matrices (e.g. {specs[0].name!r})"
         )
     return chosen
 
@@ -272,22 +270,51 @@ def analyze(
     source: Source,
     settings: AnalyzeSettings | None = None,
     *,
+    xmin: str | None = None,
+    farms: FarmsSettings | bool | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+    conv_scale: float | None = None,
+    min_evals: int | None = None,
+    layers: str | None = None,
     progress: ProgressCallback | None = None,
     keep_spectra: bool = False,
     profile: bool = False,
-    **options: Any,
 ) -> Report:
     """Analyse every weight matrix of a checkpoint, module or state dict.
 
     `source` is a path (file or Hugging Face directory), a hub id, an `nn.Module`
-    or a state dict. Settings come as an `AnalyzeSettings` or as its fields by
-    keyword (`analyze(model, xmin="median")`). With `profile`, `report.timings`
-    holds the seconds per stage (read, transfer, solve, fit, farms).
+    or a state dict. Settings come as an `AnalyzeSettings`, or as keywords
+    (each left out keeps its `AnalyzeSettings` default):
+
+    - `xmin`: "ks" (default, WeightWatcher), "median" (TempBalance) or "peak" (AlphaPruning)
+    - `farms`: True or a `FarmsSettings(window, q, steps)` to also fit alpha_farms
+    - `device`: "auto" (default: CUDA when available), "cpu" or "cuda"
+    - `precision`: solver precision, "float64" by default
+    - `conv_scale`: factor on conv eigenvalues (1.0; 0.5 reproduces WeightWatcher)
+    - `min_evals`: layers with fewer eigenvalues are skipped (10)
+    - `layers`: regex on module name or tensor key; only matching matrices are analysed
+
+    `progress(done, total, layer)` is called before each layer. With
+    `keep_spectra`, `report.spectra` holds each layer's sorted eigenvalues (for
+    plots); with `profile`, `report.timings` holds the seconds per stage (read,
+    transfer, solve, fit, farms). A bad setting raises `InvalidSetting` naming
+    the parameter (`min_evals=1: must be at least 2`).
     """
+    keywords = {
+        "xmin": xmin,
+        "farms": FarmsSettings() if farms is True else (farms or None),
+        "device": device,
+        "precision": precision,
+        "conv_scale": conv_scale,
+        "min_evals": min_evals,
+        "layers": layers,
+    }
+    given = {key: value for key, value in keywords.items() if value is not None}
     if settings is None:
-        settings = AnalyzeSettings(**options)
-    elif options:
-        raise TypeError("pass either settings or keyword options, not both")
+        settings = AnalyzeSettings(**given)
+    elif given:
+        raise TypeError(f"pass either settings or keyword settings ({', '.join(given)}), not both")
     started = time.perf_counter()
     solver = Eigensolver.create(settings.device, settings.precision)
     times = StageTimes() if profile else None

@@ -8,3 +8,16 @@ traceback.
 
 class HtsrError(Exception):
     """A user-facing problem: bad input, bad option, missing file."""
+
+
+class InvalidSetting(HtsrError, ValueError):
+    """A setting out of range, named by its Python parameter (`device='cuda': ...`).
+
+    The command line shows the same error under the option's flag instead
+    (`--device cuda: ...`; see `htsr_cli.cli._options.as_flag`), so one message
+    serves both.
+    """
+
+    def __init__(self, parameter: str, value: object, problem: str):
+        self.parameter, self.value, self.problem = parameter, value, problem
+        super().__init__(f"{parameter}={value!r}: {problem}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from htsr_cli.errors import HtsrError
+from htsr_cli.errors import InvalidSetting
 
 XminMethod = Literal["ks", "median", "peak"]
 XMIN_METHODS: tuple[str, ...] = ("ks", "median", "peak")
@@ -23,13 +23,11 @@ class FarmsSettings:
 
     def __post_init__(self) -> None:
         if self.window < 1:
-            raise HtsrError(f"--farms-window must be at least 1, got {self.window}")
+            raise InvalidSetting("window", self.window, "must be at least 1")
         if not self.q > 0:
-            raise HtsrError(f"--farms-q must be positive, got {self.q}")
+            raise InvalidSetting("q", self.q, "must be positive")
         if self.steps < 2:
-            raise HtsrError(
-                f"--farms-steps must be at least 2 (windows per dimension), got {self.steps}"
-            )
+            raise InvalidSetting("steps", self.steps, "must be at least 2 (windows per dimension)")
 
 
 @dataclass(frozen=True)
@@ -46,17 +44,15 @@ class AnalyzeSettings:
 
     def __post_init__(self) -> None:
         if self.xmin not in XMIN_METHODS:
-            raise HtsrError(f"--xmin must be one of {', '.join(XMIN_METHODS)}, got {self.xmin!r}")
+            raise InvalidSetting("xmin", self.xmin, f"must be one of {', '.join(XMIN_METHODS)}")
         if self.device not in DEVICES:
-            raise HtsrError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+            raise InvalidSetting("device", self.device, f"must be one of {', '.join(DEVICES)}")
         if self.precision not in PRECISIONS:
-            raise HtsrError(
-                f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
+            raise InvalidSetting("precision", self.precision, f"must be one of {', '.join(PRECISIONS)}")
         if not self.conv_scale > 0:
-            raise HtsrError(f"--conv-scale must be positive, got {self.conv_scale}")
+            raise InvalidSetting("conv_scale", self.conv_scale, "must be positive")
         if self.min_evals < 2:
-            raise HtsrError(f"--min-evals must be at least 2, got {self.min_evals}")
+            raise InvalidSetting("min_evals", self.min_evals, "must be at least 2")
 
     def to_json(self, device_used: str, xmin_candidates: str) -> dict:
         """The `settings` object of the htsr.report/1 JSON."""

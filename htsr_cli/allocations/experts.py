@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from htsr_cli.allocations.scores import block_means, check_metric, score_of
-from htsr_cli.errors import HtsrError
+from htsr_cli.errors import HtsrError, InvalidSetting
 from htsr_cli.report import Report
 
 SCHEMA = "htsr.experts/1"
@@ -27,9 +27,9 @@ class ExpertSettings:
 
     def __post_init__(self) -> None:
         if self.total is not None and self.total < 1:
-            raise HtsrError(f"--total must be at least 1, got {self.total}")
+            raise InvalidSetting("total", self.total, "must be at least 1")
         if not math.isfinite(self.beta):
-            raise HtsrError(f"--beta must be a finite number, got {self.beta}")
+            raise InvalidSetting("beta", self.beta, "must be a finite number")
         check_metric(self.metric)
 
 
@@ -41,9 +41,8 @@ def expert_allocation(scores: Sequence[float], total: int, beta: float = DEFAULT
     at 0 is raised to 1, taking the unit from the layer most above its quota.
     """
     if total < len(scores):
-        raise HtsrError(
-            f"--total {total} is smaller than the number of blocks ({len(scores)}): "
-            "every block needs at least one expert"
+        raise InvalidSetting(
+            "total", total, f"is smaller than the number of blocks ({len(scores)}): every block needs at least one expert"
         )
     weights = [score**beta for score in scores]
     quotas = [total * w / sum(weights) for w in weights]

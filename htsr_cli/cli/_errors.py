@@ -14,7 +14,8 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from htsr_cli.errors import HtsrError
+from htsr_cli.cli._options import as_flag
+from htsr_cli.errors import HtsrError, InvalidSetting
 
 
 USAGE_ERROR = 2
@@ -39,7 +40,8 @@ class FunnelGroup(TyperGroup):
         except HtsrError as error:
             if _debugging(ctx):
                 raise
-            report_error(str(error))
+            # The library names parameters (min_evals=1); the command line names flags.
+            report_error(as_flag(error) if isinstance(error, InvalidSetting) else str(error))
             raise typer.Exit(USAGE_ERROR) from None
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:

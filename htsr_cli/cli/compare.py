@@ -1,14 +1,10 @@
-"""htsr compare: per-layer alpha before (A) and after (B), largest change first.
-
-    htsr compare base.safetensors finetuned.safetensors
-    htsr compare main-report.json pr-report.json --format markdown
-    htsr compare base.pth pruned.pth --metric alpha_farms --farms --format json -o deltas.json
-"""
+"""htsr compare: per-layer alpha before (A) and after (B), largest change first
+(examples in the command's help)."""
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Group
@@ -23,6 +19,7 @@ from htsr_cli.cli._options import (
     FarmsStepsOpt,
     FarmsWindowOpt,
     LayersOpt,
+    Metric,
     MinEvalsOpt,
     OutputOpt,
     Precision,
@@ -31,11 +28,12 @@ from htsr_cli.cli._options import (
     Xmin,
     XminOpt,
 )
-from htsr_cli.cli._output import emit_renderable, emit_text
-from htsr_cli.cli._reports import Metric, reports_from
+from htsr_cli.cli._output import emit_renderable, emit_text, table_width
+from htsr_cli.cli._reports import check_metric_available, reports_from
 from htsr_cli.cli.analyze import settings_from_options
-from htsr_cli.compare import Comparison, compare_reports
+from htsr_cli.compare import Comparison, LayerDelta, compare_reports
 from htsr_cli.outputs import Column, dumps_json, format_cell, to_csv, to_markdown, to_rich_table
+from htsr_cli.terminal import fit_columns
 
 
 class CompareFormat(str, Enum):
@@ -46,13 +44,19 @@ class CompareFormat(str, Enum):
 
 
 def _columns(metric: str) -> list[Column]:
+    """One set of column names for the table, CSV and markdown (the JSON keeps name/before/after)."""
     return [
-        Column("name", "layer", justify="left"),
-        Column("before", f"{metric} A", 3),
-        Column("after", f"{metric} B", 3),
+        Column("layer", "layer", justify="left"),
+        Column(f"{metric}_a", f"{metric}_a", 3),
+        Column(f"{metric}_b", f"{metric}_b", 3),
         Column("delta", "delta", 3),
         Column("status", "status", justify="left"),
     ]
+
+
+def _row(layer: LayerDelta, metric: str) -> dict[str, Any]:
+    return {"layer": layer.name, f"{metric}_a": layer.before, f"{metric}_b": layer.after,
+            "delta": layer.delta, "status": layer.status}
 
 
 def summary_line(comparison: Comparison) -> str:
@@ -94,22 +98,30 @@ def compare(
     precision: PrecisionOpt = Precision.float64,
     quiet: QuietOpt = False,
 ) -> None:
-    """Per-layer delta (B - A) of alpha between two checkpoints or reports, matched by layer name."""
+    """Per-layer delta (B - A) of alpha between two checkpoints or reports, matched by layer name.
+
+    [bold]Examples:[/bold]
+      htsr compare base.safetensors finetuned.safetensors
+      htsr compare main-report.json pr-report.json --format markdown
+      htsr compare base.pth pruned.pth --metric alpha_farms --farms --format json -o deltas.json
+    """
     settings = settings_from_options(
         xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers
     )
+    check_metric_available(metric.value, farms, [a, b])
     comparison = compare_reports(*reports_from([a, b], settings, quiet), metric.value)
     columns = _columns(comparison.metric)
-    rows = [layer.to_json() for layer in comparison.layers]
+    rows = [_row(layer, comparison.metric) for layer in comparison.layers]
     if output_format is CompareFormat.table:
         title = f"htsr compare ({comparison.metric})"
-        table = to_rich_table(columns, rows, title=title, caption="\n".join(_notes(comparison)))
-        emit_renderable(Group(table, Text(summary_line(comparison), style="bold")), output)
+        fitted = fit_columns(columns, rows, table_width(output), name_key="layer")
+        table = to_rich_table(fitted.columns, fitted.rows, title=title, caption="\n".join(_notes(comparison)))
+        emit_renderable(Group(table, Text(summary_line(comparison), style="bold")), output, quiet)
     elif output_format is CompareFormat.json:
-        emit_text(dumps_json(comparison.to_json()), output)
+        emit_text(dumps_json(comparison.to_json()), output, quiet)
     elif output_format is CompareFormat.csv:
-        emit_text(to_csv(columns, rows), output)
+        emit_text(to_csv(columns, rows), output, quiet)
     else:
         notes = "".join(f"- {note}\n" for note in _notes(comparison))
         heading = f"## htsr compare ({comparison.metric})\n\n{notes}\n"
-        emit_text(f"{heading}{to_markdown(columns, rows)}\n{summary_line(comparison)}\n", output)
+        emit_text(f"{heading}{to_markdown(columns, rows)}\n{summary_line(comparison)}\n", output, quiet)
