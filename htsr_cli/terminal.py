@@ -22,7 +22,8 @@ from rich.cells import cell_len
 from htsr_cli.outputs import Column, format_cell
 
 ELLIPSIS = "…"
-NAME_MIN = 24  # a name column narrower than this says too little: drop other columns first
+NAME_WANTED = 40  # secondary columns go before the name column is cut below this
+NAME_MIN = 24  # when nothing is left to drop, names are cut down to this
 WRAPPING_MIN = 13  # a wrapping text column (quality) keeps room for "under-trained"
 
 
@@ -95,24 +96,25 @@ def fit_columns(
 
     Right-aligned (number) columns never wrap, so they count at their full
     width; left-aligned text columns other than the name may wrap down to
-    WRAPPING_MIN. A table that cannot fit even with every droppable column
-    gone keeps the `keep` columns and lets rich wrap them.
+    WRAPPING_MIN. Columns are dropped while the name would get fewer than
+    NAME_WANTED cells; with nothing left to drop, names are cut down to
+    NAME_MIN, and below that rich wraps the `keep` columns.
     """
     columns, rows = list(columns), [dict(row) for row in rows]
     if width is None:
         return FittedTable(columns, rows, [])
     natural = {column.key: _natural_width(column, rows) for column in columns}
 
-    def minimum(column: Column) -> int:
+    def minimum(column: Column, name_floor: int = NAME_MIN) -> int:
         if column.key == name_key:
-            return min(natural[column.key], NAME_MIN)
+            return min(natural[column.key], name_floor)
         if column.justify == "left":
             return min(natural[column.key], WRAPPING_MIN)
         return natural[column.key]
 
     hidden: list[Column] = []
     for key in drop_order:
-        if table_width([minimum(c) for c in columns]) <= width:
+        if table_width([minimum(c, NAME_WANTED) for c in columns]) <= width:
             break
         dropped = next((c for c in columns if c.key == key and key not in keep), None)
         if dropped is not None:
