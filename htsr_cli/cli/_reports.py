@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from htsr_cli.cli._options import CheckpointOrReportArg, Metric
 from htsr_cli.cli._output import layer_progress, note
 from htsr_cli.errors import HtsrError
 from htsr_cli.report import Report, is_report_file, load_report
 from htsr_cli.settings import AnalyzeSettings
+
+# CheckpointOrReportArg and Metric now live in _options with the other shared
+# options; they stay importable from here for the commands that import them so.
+__all__ = ["CheckpointOrReportArg", "Metric", "check_metric_available", "note_method_xmin", "reports_from"]
 
 
 def reports_from(
