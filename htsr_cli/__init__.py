@@ -1,9 +1,12 @@
 """htsr: Heavy-Tailed Self-Regularization diagnostics from weights alone.
 
     import htsr_cli
-    report = htsr_cli.analyze("model.safetensors", xmin="ks")
+    report = htsr_cli.analyze("model.safetensors", xmin="ks", keep_spectra=True)
     report = htsr_cli.analyze(my_module, farms=htsr_cli.FarmsSettings())
     print(report.summary["mean_alpha"])
+    report.to_pandas()                       # one row per layer (pip install htsr-cli[pandas])
+    report.plot_overview()                   # matplotlib Figures
+    plan = htsr_cli.sparsity_plan(report, htsr_cli.SparsitySettings(target=0.7))
 
 Names are resolved lazily so that `htsr --version` and `import htsr_cli`
 do not pay for importing torch.
@@ -25,11 +28,16 @@ _EXPORTS = {
     "LayerResult": "htsr_cli.report",
     "load_report": "htsr_cli.report",
     "HtsrError": "htsr_cli.errors",
+    "InvalidSetting": "htsr_cli.errors",
     "open_checkpoint": "htsr_cli.checkpoints",
     "TempBalance": "htsr_cli.allocations",
     "sparsity_plan": "htsr_cli.allocations",
+    "SparsitySettings": "htsr_cli.allocations",
     "lr_schedule": "htsr_cli.allocations",
+    "LrSettings": "htsr_cli.allocations",
     "expert_plan": "htsr_cli.allocations",
+    "ExpertSettings": "htsr_cli.allocations",
+    "attach_spectra": "htsr_cli.spectra_file",
     "GateConfig": "htsr_cli.gate",
     "compare_reports": "htsr_cli.compare",
 }
@@ -41,3 +49,8 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'htsr_cli' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The lazy exports too, so `dir(htsr_cli)` and tab completion list them."""
+    return sorted({*globals(), *_EXPORTS})

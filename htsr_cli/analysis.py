@@ -22,13 +22,12 @@ from contextlib import closing, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
 from os import PathLike
-from typing import Any
 
 import torch
 
 from htsr_cli import __version__, distributed
 from htsr_cli.checkpoints import Checkpoint, open_checkpoint
-from htsr_cli.errors import HtsrError
+from htsr_cli.errors import HtsrError, InvalidSetting
 from htsr_cli.farms import FarmsResult, farms_fit
 from htsr_cli.fit import fit_failure_reason, guarded_fit
 from htsr_cli.matrices import MatrixSpec, as_slices, matrix_specs, merge_runs
@@ -36,7 +35,7 @@ from htsr_cli.memory import available_bytes, format_bytes
 from htsr_cli.metrics import spectral_metrics
 from htsr_cli.report import FAILED, FIT_FAILED, SKIPPED, LayerResult, Report, quality_of, summarize
 from htsr_cli.scheduling import Batch, batch_order, prefetched, run_batches
-from htsr_cli.settings import AnalyzeSettings
+from htsr_cli.settings import AnalyzeSettings, FarmsSettings
 from htsr_cli.solver import GRAM_BUDGET_BYTES, Eigensolver
 
 CONV_KINDS = ("conv1d", "conv2d")
@@ -93,12 +92,11 @@ def select_layers(specs: list[MatrixSpec], pattern: str | None) -> list[MatrixSp
     try:
         regex = re.compile(pattern)
     except re.error as error:
-        raise HtsrError(f"--layers '{pattern}': invalid regular expression ({error})") from None
+        raise InvalidSetting("layers", pattern, f"invalid regular expression ({error})") from None
     chosen = [spec for spec in specs if regex.search(spec.name) or regex.search(spec.tensor)]
     if not chosen:
-        raise HtsrError(
-            f"--layers '{pattern}' matches none of the {len(specs)} weight matrices "
-            f"(e.g. {specs[0].name!r})"
+        raise InvalidSetting(
+            "layers", pattern, f"matches none of the {len(specs)} weight matrices (e.g. {specs[0].name!r})"
         )
     return chosen
 
@@ -459,27 +457,62 @@ def analyze(
     source: Source,
     settings: AnalyzeSettings | None = None,
     *,
+    xmin: str | None = None,
+    farms: FarmsSettings | bool | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+    conv_scale: float | None = None,
+    min_evals: int | None = None,
+    layers: str | None = None,
+    max_memory: int | str | None = None,
+    concurrent_solves: bool | None = None,
     progress: ProgressCallback | None = None,
     keep_spectra: bool = False,
     profile: bool = False,
-    **options: Any,
 ) -> Report:
     """Analyse every weight matrix of a checkpoint, module or state dict.
 
     `source` is a path (file or Hugging Face directory), a hub id, an `nn.Module`
-    or a state dict. Settings come as an `AnalyzeSettings` or as its fields by
-    keyword (`analyze(model, xmin="median")`). With `profile`, `report.timings`
-    holds the seconds per stage (read, transfer, solve, fit, farms).
+    or a state dict. Settings come as an `AnalyzeSettings`, or as keywords
+    (each left out keeps its `AnalyzeSettings` default):
+
+    - `xmin`: "ks" (default, WeightWatcher), "median" (TempBalance) or "peak" (AlphaPruning)
+    - `farms`: True or a `FarmsSettings(window, q, steps)` to also fit alpha_farms
+    - `device`: "auto" (default: CUDA when available), "cpu" or "cuda"
+    - `precision`: "mixed" (default: float32 Gram, float64 eigensolver), "float64" or "float32"
+    - `conv_scale`: factor on conv eigenvalues (1.0; 0.5 reproduces WeightWatcher)
+    - `min_evals`: layers with fewer eigenvalues are skipped (10)
+    - `layers`: regex on module name or tensor key; only matching matrices are analysed
+    - `max_memory`: bytes (or "8GB", "512MiB") one layer's solve may use; layers over it are skipped
+    - `concurrent_solves`: two solves at once on a multi-core CPU (True; same numbers either way)
+
+    `progress(done, total, layer)` is called before each layer. With
+    `keep_spectra`, `report.spectra` holds each layer's sorted eigenvalues (for
+    plots); with `profile`, `report.timings` holds the seconds per stage (read,
+    transfer, solve, fit, farms). A bad setting raises `InvalidSetting` naming
+    the parameter (`min_evals=1: must be at least 2`).
 
     Under torchrun (WORLD_SIZE > 1) the call is collective: every rank makes it
     with the same arguments, the ranks share the matrices, and every rank
     returns the same report; spectra (`keep_spectra`) and stage times summed
     over the ranks are on rank 0 only. See `htsr_cli.distributed`.
     """
+    keywords = {
+        "xmin": xmin,
+        "farms": FarmsSettings() if farms is True else (farms or None),
+        "device": device,
+        "precision": precision,
+        "conv_scale": conv_scale,
+        "min_evals": min_evals,
+        "layers": layers,
+        "max_memory": max_memory,
+        "concurrent_solves": concurrent_solves,
+    }
+    given = {key: value for key, value in keywords.items() if value is not None}
     if settings is None:
-        settings = AnalyzeSettings(**options)
-    elif options:
-        raise TypeError("pass either settings or keyword options, not both")
+        settings = AnalyzeSettings(**given)
+    elif given:
+        raise TypeError(f"pass either settings or keyword settings ({', '.join(given)}), not both")
     cluster = distributed.current()
     if cluster is None:
         return _analyze(source, settings, None, progress, keep_spectra, profile)

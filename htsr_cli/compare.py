@@ -117,7 +117,7 @@ def require_metric(report: Report, metric: str, role: str) -> None:
     if metric == "alpha_farms" and not report.has_farms:
         raise HtsrError(
             f"{role} {report.checkpoint}: metric alpha_farms needs FARMS alphas; "
-            "analyse with --farms (or use metric alpha)"
+            "analyze with --farms (or use metric alpha)"
         )
 
 

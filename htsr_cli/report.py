@@ -158,9 +158,14 @@ def summarize(layers: list[LayerResult], seconds: float, with_farms: bool) -> di
     return summary
 
 
-@dataclass
+@dataclass(repr=False)
 class Report:
-    """A whole analysis: what was analysed, how, and the per-layer results."""
+    """A whole analysis: what was analysed, how, and the per-layer results.
+
+    In a notebook: `report` shows the summary and the layer table,
+    `report.to_pandas()` gives one row per layer, and `plot_overview()`,
+    `plot_esd(layer)` and `plot_fit_diagnostics(layer)` return matplotlib Figures.
+    """
 
     checkpoint: str
     settings: dict[str, Any]
@@ -184,6 +189,77 @@ class Report:
             if layer.name == name:
                 return layer
         return None
+
+    def __repr__(self) -> str:
+        s = self.summary
+        mean = s.get("mean_alpha")
+        return (
+            f"Report(checkpoint={self.checkpoint!r}, layers={s.get('layers')}, analyzed={s.get('analyzed')}, "
+            f"mean_alpha={'None' if mean is None else format(mean, '.3f')})"
+        )
+
+    def _repr_html_(self) -> str:
+        from htsr_cli.report_views import report_html
+
+        return report_html(self)
+
+    def to_pandas(self) -> Any:
+        """One row per layer (a pandas DataFrame), like WeightWatcher's `details`.
+
+        Columns: `layer_id` (position in model order), every field of the JSON
+        layer (`name`, `kind`, `alpha`, `ks_distance`, ...; FARMS fields when
+        analysed with FARMS), and WeightWatcher's `N` and `M` (the long and short
+        side of the layer's matrices). WeightWatcher calls `kind` `layer_type`
+        and `ks_distance` `D`. Needs pandas: `pip install "htsr-cli[pandas]"`.
+        """
+        try:
+            import pandas
+        except ImportError:
+            raise HtsrError(
+                'Report.to_pandas needs pandas, an optional dependency: pip install "htsr-cli[pandas]"'
+            ) from None
+        rows = []
+        for index, layer in enumerate(self.layers):
+            row = {"layer_id": index, **layer.to_json(self.has_farms)}
+            sides = sorted(layer.shape[:2], reverse=True) if len(layer.shape) >= 2 else [None, None]
+            row["N"], row["M"] = sides
+            rows.append(row)
+        columns = ["layer_id", *(rows[0] if rows else LayerResult.__dataclass_fields__), "N", "M"]
+        return pandas.DataFrame(rows, columns=list(dict.fromkeys(columns)))
+
+    def _find(self, layer: str | LayerResult) -> LayerResult:
+        name = layer.name if isinstance(layer, LayerResult) else layer
+        found = self.layer(name)
+        if found is None:
+            raise HtsrError(f"no layer named {name!r} in this report (e.g. {self.layers[0].name!r})"
+                            if self.layers else "this report has no layers")
+        return found
+
+    def plot_overview(self) -> Any:
+        """alpha per layer in model order, coloured and shaped by quality: a matplotlib Figure."""
+        from htsr_cli.plots import overview_figure
+
+        return overview_figure(self)
+
+    def plot_esd(self, layer: str | LayerResult) -> Any:
+        """One layer's eigenvalue spectrum on log-log axes with its fit: a matplotlib Figure.
+
+        Needs the spectra: `analyze(..., keep_spectra=True)`, or a saved report with
+        `htsr_cli.attach_spectra(report, "run.spectra.safetensors")`.
+        """
+        from htsr_cli.plots import esd_figure, layer_spectra
+
+        found = self._find(layer)
+        return esd_figure(found, layer_spectra(self, found), self.checkpoint)
+
+    def plot_fit_diagnostics(self, layer: str | LayerResult) -> Any:
+        """Can this layer's fit be trusted? D and alpha against the xmin candidate, beside the
+        log-log and linear ESD: a matplotlib Figure (needs the spectra, as `plot_esd`)."""
+        from htsr_cli.plots import fit_diagnostics_figure, layer_spectra
+
+        found = self._find(layer)
+        method = self.settings.get("xmin", "ks")
+        return fit_diagnostics_figure(found, layer_spectra(self, found), method, self.checkpoint)
 
     def to_json(self) -> dict[str, Any]:
         return {

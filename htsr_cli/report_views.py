@@ -5,17 +5,21 @@ The table and markdown round numbers for reading; CSV and JSON carry full precis
 
 from __future__ import annotations
 
+from html import escape
 from typing import Any
 
 from rich.console import Group
 from rich.text import Text
 
+from htsr_cli.errors import HtsrError
 from htsr_cli.outputs import Column, format_cell, markdown_code, to_csv, to_markdown, to_rich_table
 from htsr_cli.report import FARMS_FIELDS, LayerResult, Report
+from htsr_cli.terminal import fit_columns, hidden_note
 
 REPORT_FORMATS = ("table", "json", "csv", "markdown")
 
 QUALITY_STYLES = {"ok": "green", "under-trained": "yellow", "over-trained": "red", "unknown": "dim"}
+QUALITY_CSS = {"ok": "#2ca02c", "under-trained": "#e07000", "over-trained": "#d62728", "unknown": "#888"}
 
 TABLE_COLUMNS = [
     Column("name", "layer", justify="left"),
@@ -43,10 +47,43 @@ CSV_COLUMNS = [
 ]
 
 
+# A narrow terminal hides these first (the first listed goes first); layer,
+# alpha and quality always stay.
+ALWAYS_SHOWN = ("name", "alpha", "quality")
+DROP_ORDER = (
+    "stable_rank", "alpha_weighted", "lambda_max", "xmin", "ks_distance",
+    "num_evals", "shape", "kind", "alpha_farms",
+)
+
+
 def _columns(columns: list[Column], report: Report) -> list[Column]:
     if report.has_farms:
         return columns
     return [column for column in columns if column.key not in FARMS_FIELDS]
+
+
+def selectable_columns() -> dict[str, Column]:
+    """What `--columns` accepts: the table's headers and every report field by its JSON key."""
+    chosen: dict[str, Column] = {}
+    for column in TABLE_COLUMNS:
+        chosen[column.header] = chosen[column.key] = column
+    for column in CSV_COLUMNS:
+        if column.key not in chosen:
+            text = column.key in ("tensor", "block", "storage", "status", "reason")
+            chosen[column.key] = Column(column.key, column.key, None if text else 4, "left" if text else "right")
+    return chosen
+
+
+def parse_columns(text: str) -> list[Column]:
+    """`--columns layer,alpha,entropy`: the named columns, in that order."""
+    known = selectable_columns()
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise HtsrError("--columns needs at least one column name")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise HtsrError(f"--columns: unknown column {unknown[0]!r} (known: {', '.join(known)})")
+    return list({known[name].key: known[name] for name in names}.values())
 
 
 def _row(layer: LayerResult) -> dict[str, Any]:
@@ -59,12 +96,12 @@ def _row(layer: LayerResult) -> dict[str, Any]:
 def summary_line(report: Report) -> str:
     s = report.summary
     parts = [
-        f"{s['analyzed']}/{s['layers']} layers analysed",
+        f"{s['analyzed']}/{s['layers']} layers analyzed",
         f"{s['skipped']} skipped",
         f"{s['failed']} failed",
         f"mean alpha {format_cell(s['mean_alpha'], 3)}",
         f"median {format_cell(s['median_alpha'], 3)}",
-        f"weighted {format_cell(s['weighted_alpha'], 3)}",
+        f"param-weighted mean alpha {format_cell(s['weighted_alpha'], 3)}",
     ]
     if report.has_farms:
         parts.append(f"mean alpha_farms {format_cell(s.get('mean_alpha_farms'), 3)}")
@@ -93,27 +130,116 @@ def _style(row: dict[str, Any], key: str) -> str | None:
     return QUALITY_STYLES.get(quality, "magenta")
 
 
-def report_table(report: Report) -> Group:
+def settings_note(report: Report) -> str:
     settings = report.settings
-    title = f"htsr: {report.checkpoint}"
     note = f"xmin={settings['xmin']} ({settings.get('xmin_candidates', 'exact')} candidates), {precision_note(report)}"
     if settings.get("farms"):
         farms = settings["farms"]
         note += f", FARMS window {farms['window']} q {farms['q']} steps {farms['steps']}"
-    table = to_rich_table(
-        _columns(TABLE_COLUMNS, report),
+    return note
+
+
+def report_table(report: Report, width: int | None = None, columns: list[Column] | None = None) -> Group:
+    """The terminal table; `width` fits it to a terminal that wide (None: every column, names whole).
+
+    With `columns` (from `--columns`) exactly those are shown, names still shortened to fit.
+    """
+    fitted = fit_columns(
+        columns or _columns(TABLE_COLUMNS, report),
         [_row(layer) for layer in report.layers],
-        title=title,
-        style=_style,
-        caption=note,
+        width,
+        keep=ALWAYS_SHOWN,
+        drop_order=() if columns else DROP_ORDER,
     )
+    notes = [settings_note(report)]
+    hidden = hidden_note(fitted.hidden, width or 0)
+    if hidden:
+        notes.append(hidden)
+    table = to_rich_table(
+        fitted.columns, fitted.rows, title=f"htsr: {report.checkpoint}", style=_style, caption="\n".join(notes)
+    )
+    for rich_column, column in zip(table.columns, fitted.columns):
+        if column.key == "name":
+            rich_column.no_wrap = True  # already shortened to fit: never folded onto two lines
     return Group(table, Text(summary_line(report), style="bold"))
 
 
-def report_markdown(report: Report) -> str:
-    columns = _columns(TABLE_COLUMNS, report)
+def report_markdown(report: Report, columns: list[Column] | None = None) -> str:
+    columns = columns or _columns(TABLE_COLUMNS, report)
     return f"## htsr: {markdown_code(report.checkpoint)}\n\n" + to_markdown(columns, [_row(l) for l in report.layers]) + f"\n{summary_line(report)}\n"
 
 
-def report_csv(report: Report) -> str:
-    return to_csv(_columns(CSV_COLUMNS, report), [layer.to_json(with_farms=True) for layer in report.layers])
+def report_csv(report: Report, columns: list[Column] | None = None) -> str:
+    columns = [Column(c.key, c.key) for c in columns] if columns else _columns(CSV_COLUMNS, report)
+    return to_csv(columns, [layer.to_json(with_farms=True) for layer in report.layers])
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{number} {quality}" for quality, number in counts.items())
+
+
+def summary_rows(report: Report) -> list[tuple[str, str]]:
+    """The report's settings and summary as (label, text) pairs, for HTML views."""
+    settings, summary = report.settings, report.summary
+    rows = [
+        ("checkpoint", str(report.checkpoint)),
+        ("htsr", str(report.htsr_version)),
+        ("xmin", f"{settings.get('xmin')} ({settings.get('xmin_candidates', 'exact')} candidates)"),
+        ("precision", f"{precision_note(report)} on {settings.get('device')}"),
+        ("conv scale", format_cell(settings.get("conv_scale"), None)),
+        ("min eigenvalues", format_cell(settings.get("min_evals"), None)),
+        ("layer filter", format_cell(settings.get("layers"), None)),
+    ]
+    farms = settings.get("farms")
+    if farms:
+        rows.append(("FARMS", f"window {farms.get('window')}, q {farms.get('q')}, steps {farms.get('steps')}"))
+    rows += [
+        ("layers", f"{summary['analyzed']} of {summary['layers']} analyzed, "
+                   f"{summary['skipped']} skipped, {summary['failed']} failed"),
+        ("alpha", f"mean {format_cell(summary['mean_alpha'], 3)}, median {format_cell(summary['median_alpha'], 3)}, "
+                  f"param-weighted mean {format_cell(summary['weighted_alpha'], 3)}"),
+        ("mean alpha_weighted", format_cell(summary.get("mean_alpha_weighted"), 3)),
+        ("quality", _counts(summary["quality_counts"])),
+    ]
+    if farms:
+        rows += [
+            ("alpha_farms", f"mean {format_cell(summary.get('mean_alpha_farms'), 3)}, "
+                            f"median {format_cell(summary.get('median_alpha_farms'), 3)}, "
+                            f"param-weighted mean {format_cell(summary.get('weighted_alpha_farms'), 3)}"),
+            ("quality (FARMS)", _counts(summary.get("quality_counts_farms", {}))),
+        ]
+    return rows
+
+
+def quality_class(layer: LayerResult) -> str:
+    """The CSS class of a layer's quality cell; only known names ever reach a class attribute."""
+    if layer.status == "ok" and layer.quality in QUALITY_STYLES:
+        return f"q-{layer.quality}"
+    return "q-other"
+
+
+def report_html(report: Report) -> str:
+    """Summary and layer table as an HTML fragment (Jupyter's `_repr_html_`); every string escaped."""
+    summary = "".join(
+        f"<tr><th style='text-align:left'>{escape(key)}</th><td style='text-align:left'>{escape(value)}</td></tr>"
+        for key, value in summary_rows(report)
+    )
+    columns = _columns(TABLE_COLUMNS, report)
+    header = "".join(f"<th>{escape(column.header)}</th>" for column in columns)
+    body = []
+    for layer in report.layers:
+        row = _row(layer)
+        cells = []
+        for column in columns:
+            text = escape(format_cell(row.get(column.key), column.digits))
+            if column.key == "quality":
+                colour = QUALITY_CSS.get(quality_class(layer)[2:], QUALITY_CSS["unknown"])
+                text = f"<span style='color:{colour}'>{text}</span>"
+            align = "right" if column.justify == "right" else "left"
+            cells.append(f"<td style='text-align:{align}'>{text}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return (
+        f"<div><b>htsr report: {escape(str(report.checkpoint))}</b>"
+        f"<table>{summary}</table>"
+        f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    )

@@ -7,7 +7,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from htsr_cli.errors import HtsrError
+from htsr_cli.errors import HtsrError, InvalidSetting
 
 XminMethod = Literal["ks", "median", "peak"]
 XMIN_METHODS: tuple[str, ...] = ("ks", "median", "peak")
@@ -56,10 +56,10 @@ CONV_SCALE_RANGE = (1e-6, 1e6)
 FARMS_Q_RANGE = (1e-3, 1e3)
 
 
-def require_int(value: object, name: str) -> None:
+def require_int(value: object, parameter: str) -> None:
     """Counts are whole numbers: a library caller's 2.5 or NaN is refused, not compared."""
     if not isinstance(value, int) or isinstance(value, bool):
-        raise HtsrError(f"{name} must be a whole number, got {value!r}")
+        raise InvalidSetting(parameter, value, "must be a whole number")
 
 
 @dataclass(frozen=True)
@@ -71,18 +71,16 @@ class FarmsSettings:
     steps: int = 10
 
     def __post_init__(self) -> None:
-        require_int(self.window, "--farms-window")
-        require_int(self.steps, "--farms-steps")
+        require_int(self.window, "window")
+        require_int(self.steps, "steps")
         if self.window < 1:
-            raise HtsrError(f"--farms-window must be at least 1, got {self.window}")
+            raise InvalidSetting("window", self.window, "must be at least 1")
         if not FARMS_Q_RANGE[0] <= self.q <= FARMS_Q_RANGE[1]:  # also refuses NaN and inf
-            raise HtsrError(
-                f"--farms-q must be a window aspect ratio in [{FARMS_Q_RANGE[0]:g}, {FARMS_Q_RANGE[1]:g}], got {self.q}"
+            raise InvalidSetting(
+                "q", self.q, f"must be a window aspect ratio in [{FARMS_Q_RANGE[0]:g}, {FARMS_Q_RANGE[1]:g}]"
             )
         if self.steps < 2:
-            raise HtsrError(
-                f"--farms-steps must be at least 2 (windows per dimension), got {self.steps}"
-            )
+            raise InvalidSetting("steps", self.steps, "must be at least 2 (windows per dimension)")
 
 
 @dataclass(frozen=True)
@@ -105,23 +103,22 @@ class AnalyzeSettings:
 
     def __post_init__(self) -> None:
         if self.xmin not in XMIN_METHODS:
-            raise HtsrError(f"--xmin must be one of {', '.join(XMIN_METHODS)}, got {self.xmin!r}")
+            raise InvalidSetting("xmin", self.xmin, f"must be one of {', '.join(XMIN_METHODS)}")
         if self.device not in DEVICES:
-            raise HtsrError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+            raise InvalidSetting("device", self.device, f"must be one of {', '.join(DEVICES)}")
         if self.precision not in PRECISIONS:
-            raise HtsrError(
-                f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
+            raise InvalidSetting("precision", self.precision, f"must be one of {', '.join(PRECISIONS)}")
         if not CONV_SCALE_RANGE[0] <= self.conv_scale <= CONV_SCALE_RANGE[1]:  # also refuses NaN and inf
-            raise HtsrError(
-                f"--conv-scale must be in [{CONV_SCALE_RANGE[0]:g}, {CONV_SCALE_RANGE[1]:g}], got {self.conv_scale} "
-                "(it multiplies conv eigenvalues; WeightWatcher's is 0.5)"
+            raise InvalidSetting(
+                "conv_scale", self.conv_scale,
+                f"must be in [{CONV_SCALE_RANGE[0]:g}, {CONV_SCALE_RANGE[1]:g}] (it multiplies conv eigenvalues; "
+                "WeightWatcher's is 0.5)",
             )
-        require_int(self.min_evals, "--min-evals")
+        require_int(self.min_evals, "min_evals")
         if self.layers is not None and not isinstance(self.layers, str):
-            raise HtsrError(f"--layers must be a regular expression (a string), got {self.layers!r}")
+            raise InvalidSetting("layers", self.layers, "must be a regular expression (a string)")
         if self.min_evals < 2:
-            raise HtsrError(f"--min-evals must be at least 2, got {self.min_evals}")
+            raise InvalidSetting("min_evals", self.min_evals, "must be at least 2")
         if self.max_memory is not None:
             object.__setattr__(self, "max_memory", parse_memory_size(self.max_memory))
 

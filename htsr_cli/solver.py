@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from htsr_cli.errors import HtsrError
+from htsr_cli.errors import InvalidSetting
 
 # Bytes of Gram matrices per batched eigvalsh call; bounds memory for large stacks.
 GRAM_BUDGET_BYTES = 256 << 20
@@ -74,7 +74,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise HtsrError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+        raise InvalidSetting("device", "cuda", "no CUDA device is available (use cpu or auto)")
     return torch.device("cuda", torch.cuda.current_device())
 
 

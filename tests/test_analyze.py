@@ -99,7 +99,7 @@ def test_quantized_and_tiny_layers_are_reported_not_dropped(state_dict):
 def test_layers_regex_filters_and_must_match(state_dict):
     report = htsr_cli.analyze(state_dict, layers=r"fc1$")
     assert [layer.name for layer in report.layers] == ["blocks.0.fc1", "blocks.1.fc1"]
-    with pytest.raises(HtsrError, match=r"--layers 'nomatch' matches none"):
+    with pytest.raises(HtsrError, match=r"layers='nomatch': matches none"):
         htsr_cli.analyze(state_dict, layers="nomatch")
     with pytest.raises(HtsrError, match="invalid regular expression"):
         htsr_cli.analyze(state_dict, layers="fc(")

@@ -74,7 +74,7 @@ def test_output_file_is_written(cli, checkpoint, tmp_path):
 def test_shipped_demo_checkpoint(cli):
     result = cli("analyze", FIXTURES / "tiny-cnn-trained.pth")
     assert result.exit_code == 0, result.output
-    assert "conv1" in result.stdout and "fc3" in result.stdout and "layers analysed" in result.stdout
+    assert "conv1" in result.stdout and "fc3" in result.stdout and "layers analyzed" in result.stdout
 
 
 def test_version(cli):

@@ -92,7 +92,8 @@ def test_formats_from_saved_reports(cli, one_layer_replaced, monkeypatch):
     as_json = json.loads(cli("compare", "a.json", "b.json", "--format", "json").stdout)
 
     rows = list(csv.DictReader(io.StringIO(cli("compare", "a.json", "b.json", "--format", "csv").stdout)))
-    assert [(row["name"], float(row["delta"])) for row in rows] == [
+    assert list(rows[0]) == ["layer", "alpha_a", "alpha_b", "delta", "status"]  # the table's headers too
+    assert [(row["layer"], float(row["delta"])) for row in rows] == [
         (entry["name"], entry["delta"]) for entry in as_json["layers"]
     ]
 

@@ -99,7 +99,7 @@ def test_conv_divisions():
 
 
 def test_one_window_per_dimension_is_rejected():
-    with pytest.raises(HtsrError, match="--farms-steps"):
+    with pytest.raises(HtsrError, match="steps=1: must be at least 2"):
         FarmsSettings(steps=1)
 
 

@@ -166,7 +166,7 @@ def test_metric_alpha_farms():
     farms_report = report(layer("a", 2.5, farms=4.0), layer("b", 3.0, farms=6.5), farms=True)
     result = evaluate(farms_report, GateConfig(metric="alpha_farms", alpha_max=6.0))
     assert [(v.layer, v.message) for v in result.errors] == [("b", "alpha_farms=6.500 > 6.0")]
-    with pytest.raises(HtsrError, match="alpha_farms needs FARMS alphas; analyse with --farms"):
+    with pytest.raises(HtsrError, match="alpha_farms needs FARMS alphas; analyze with --farms"):
         evaluate(MIXED, GateConfig(metric="alpha_farms", alpha_max=6.0))
 
 

@@ -12,9 +12,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from htsr_cli.analysis import analyze
+from htsr_cli.analysis import LayerSpectra, analyze
 from htsr_cli.html_report import render_html
 from htsr_cli.outputs import format_cell
+from htsr_cli.report import Report
 
 STATE = {
     "blocks.0.q.weight": torch.randn(40, 24, generator=torch.Generator().manual_seed(1)),
@@ -52,7 +53,9 @@ def without_timing(page: str) -> str:
 def test_page_is_self_contained(page):
     links = re.findall(r"""\b(?:src|href)\s*=\s*["']?([^"'\s>]+)""", page, flags=re.IGNORECASE)
     assert links, "expected embedded images"
-    assert all(link.startswith("data:image/png;base64,") for link in links)
+    # PNGs inline, and the SVG's markers refer to its own definitions
+    assert all(link.startswith(("data:image/png;base64,", "#")) for link in links)
+    assert all(url.startswith("#") for url in re.findall(r"url\(([^)]*)\)", page))
     assert not re.search(r"""\b(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page, flags=re.IGNORECASE)
     assert "<script src" not in page and "<link" not in page and "@import" not in page
 
@@ -64,9 +67,10 @@ def test_page_lists_every_layer_with_its_alpha_and_escapes_names(report, page):
     for layer in report.layers[:2]:
         assert f'data-value="{layer.alpha!r}">{format_cell(layer.alpha, 3)}</td>' in page
     assert "<b>" not in page and "&lt;b&gt;&amp;&quot;odd&quot;" in page
-    # one ESD plot for each analysed layer (fit failed included), plus the overview
+    # one fit-diagnostics plot for each analysed layer (fit failed included); the overview is inline SVG
     assert page.count('<tr class="plot" hidden>') == 3
-    assert page.count("data:image/png;base64,") == 4
+    assert page.count("data:image/png;base64,") == 3
+    assert page.count("<svg ") == 1
     assert "fit-failed: no valid power-law fit" in page and "skipped: 5 eigenvalues" in page
 
 
@@ -85,12 +89,17 @@ def test_report_from_saved_json_and_spectra_equals_report_from_checkpoint(cli, c
     assert direct.read_text() != without_timing(direct.read_text())  # the mask did hide the timing
 
 
-def test_report_without_spectra_says_how_to_save_them(cli, checkpoint, tmp_path):
+def test_report_without_spectra_writes_what_it_can_and_says_how_to_save_them(cli, checkpoint, tmp_path):
     assert cli("analyze", checkpoint, "-q", "-f", "json", "-o", tmp_path / "run.json").exit_code == 0
     result = cli("report", tmp_path / "run.json", "-o", tmp_path / "report.html")
-    assert result.exit_code == 2
-    assert result.stderr.startswith("htsr: error: ") and "htsr analyze CHECKPOINT --save-spectra FILE" in result.stderr
-    assert not (tmp_path / "report.html").exists()
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("note: no spectra beside ") and "--save-spectra FILE" in lines[0]
+    assert lines[1:] == [f"wrote {tmp_path / 'report.html'}"]
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<svg ") == 1 and "data:image/png" not in page  # overview, no layer plots
+    assert '<p class="note">3 analyzed layers have no fit-diagnostics plot' in page
+    assert page.count('<tr class="layer"') == 4 and 'class="layer plotted"' not in page
 
 
 def test_report_refuses_spectra_of_another_analysis(cli, checkpoint, tmp_path):
@@ -156,3 +165,110 @@ def test_clicking_headers_sorts_and_clicking_rows_shows_plots(report, page, tmp_
     assert [int(row) for row in rows] == [*by_alpha, 2, 3]
     assert 'aria-sort="descending">alpha</th>' in dom
     assert dom.count('<tr class="plot">') == 1 and dom.count('<tr class="plot" hidden="">') == 2
+
+
+def test_overview_points_carry_hover_text_and_open_their_layer(report, page, tmp_path):
+    svg = page.split('<div class="scroll" id="overview">')[1].split("</div>")[0]
+    points = re.findall(r'<use [^>]*data-layer="(\d+)"[^>]*><title>([^<]*)</title>', svg)
+    fitted = [(i, layer) for i, layer in enumerate(report.layers) if layer.alpha is not None]
+    assert sorted(int(index) for index, _ in points) == [0, 1, 2]  # the failed fit too, as a cross
+    for index, layer in fitted:
+        title = dict(points)[str(index)]
+        assert title == escape(
+            f"{layer.name}\nalpha {layer.alpha:.3f}\nD {layer.ks_distance:.3f}   tail {layer.tail_size} of {layer.num_evals}",
+            quote=False,
+        )
+    assert dict(points)["2"].startswith("blocks.1.ortho\nno fit: no valid power-law fit")
+    clicks = '<script>document.querySelector("#overview [data-layer=\'1\']").dispatchEvent(new MouseEvent("click", {bubbles: true}));</script></body>'
+    path = tmp_path / "point.html"
+    path.write_text(page.replace("</body>", clicks))
+    dom, _ = dump_dom(path)
+    assert re.search(r'<tr class="layer plotted target" id="layer-1"', dom)
+    assert dom.count('<tr class="plot">') == 1  # that layer's plot opened, no other
+
+
+PAYLOADS = [
+    '"><img src=x onerror="document.documentElement.setAttribute(\'data-xss\',\'img\')">',
+    "</td></tr></table><script>document.documentElement.setAttribute('data-xss','script')</script>",
+    "' onmouseover='document.documentElement.setAttribute(\"data-xss\",\"attr\")' x='",
+    "--><svg onload=\"document.documentElement.setAttribute('data-xss','svg')\">",
+    "]]></title><script>document.documentElement.setAttribute('data-xss','title')</script>",
+    "\x1b[31m\x00\x07</script><script>document.documentElement.setAttribute('data-xss','js')</script>",
+]
+
+
+def parsed_markup(page: str) -> tuple[list[str], set[str]]:
+    """Every tag and every attribute name an HTML parser finds in the page."""
+    from html.parser import HTMLParser
+
+    tags, attributes = [], set()
+
+    class Collector(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            tags.append(tag)
+            attributes.update(name for name, _ in attrs)
+
+    Collector().feed(page)
+    return tags, attributes
+
+
+def hostile_report(tmp_path) -> Report:
+    """A report whose every string field carries a script-injection payload, with spectra for its plots."""
+    from htsr_cli.report import LayerResult, summarize
+
+    g = torch.Generator().manual_seed(5)
+    layers, spectra = [], {}
+    for index, payload in enumerate(PAYLOADS):
+        esd, _ = torch.sort(torch.rand(40, generator=g, dtype=torch.float64) ** -1.5)
+        layer = LayerResult(
+            name=f"blocks.{index}.{payload}", tensor=f"{payload}.weight", kind=payload, shape=[8, 5],
+            block=f"blocks.{index}{payload}", params=40, storage=payload, status="ok", reason=payload,
+            num_evals=40, alpha=[1.5, 3.0, 7.0][index % 3], xmin=float(esd[10]), ks_distance=0.1,
+            tail_size=30, quality=["over-trained", "ok", "under-trained"][index % 3],
+        )
+        layers.append(layer)
+        spectra[layer.name] = LayerSpectra(esd)
+    layers.append(LayerResult(name=PAYLOADS[0] + "skipped", tensor="t", kind="linear", shape=[2, 2], block=None,
+                              params=4, status=PAYLOADS[1], reason=PAYLOADS[2]))
+    settings = {key: PAYLOADS[i % len(PAYLOADS)] for i, key in enumerate(
+        ("xmin", "xmin_candidates", "device", "precision", "conv_scale", "min_evals", "layers"))}
+    settings["farms"] = None
+    summary = summarize(layers, 1.0, with_farms=False)
+    for index, layer in enumerate(layers[:-1]):
+        if index % 2:
+            layer.quality = PAYLOADS[index]  # an enum field a crafted report fills with markup
+    report = Report(checkpoint=PAYLOADS[1], settings=settings, layers=layers, summary=summary, htsr_version=PAYLOADS[3])
+    report.spectra = spectra
+    return report
+
+
+def test_no_string_from_a_report_runs_script_in_chromium(tmp_path):
+    path = tmp_path / "hostile.html"
+    path.write_text(render_html(hostile_report(tmp_path)))
+    page = path.read_text()
+    tags, attributes = parsed_markup(page)
+    assert tags.count("script") == 1  # ours; every injected one is escaped text
+    assert tags.count("svg") == 1 and tags.count("img") == len(PAYLOADS)  # the overview and one plot per layer
+    # only the attributes the page itself writes: no event handler, nothing a payload named
+    assert attributes <= {
+        "alt", "charset", "class", "clip-path", "colspan", "content", "d", "data-layer", "data-value", "height",
+        "hidden", "id", "lang", "name", "src", "style", "title", "transform", "type", "version", "viewbox",
+        "width", "x", "xlink:href", "xmlns", "xmlns:xlink", "y",
+    }
+    assert set(tags) <= {
+        "body", "clippath", "code", "defs", "div", "g", "h1", "h2", "head", "html", "img", "meta", "p", "path",
+        "rect", "script", "span", "style", "svg", "table", "tbody", "td", "th", "thead", "title", "tr", "use",
+    }
+    dom, log = dump_dom(path)
+    assert re.search(r'<body[^>]*data-ready="1"', dom), "the page's own script must still run"
+    assert "data-xss=" not in dom.split("<body")[0] and not re.search(r'<html[^>]*data-xss', dom)
+    for payload in PAYLOADS[:3]:
+        assert escape(payload) in page  # shown as text, not dropped
+    # hover over every overview point: no handler from a payload may fire
+    hover = ('<script>document.querySelectorAll("#overview [data-layer], td").forEach(function (e) {'
+             'e.dispatchEvent(new MouseEvent("mouseover", {bubbles: true}));'
+             'e.dispatchEvent(new MouseEvent("click", {bubbles: true})); });</script></body>')
+    path.write_text(page.replace("</body>", hover))
+    dom, _ = dump_dom(path)
+    assert not re.search(r'<html[^>]*data-xss', dom)
+    assert "data-xss" not in dom.replace(escape("data-xss"), "").replace("&#x27;data-xss&#x27;", "").split("<body")[0]

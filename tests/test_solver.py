@@ -72,7 +72,7 @@ def test_conv_scale_multiplies_eigenvalues():
 def test_cuda_request_without_cuda_is_a_user_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(HtsrError, match="--device cuda"):
+    with pytest.raises(HtsrError, match="device=.cuda.: no CUDA device"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
 

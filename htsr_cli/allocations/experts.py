@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from htsr_cli.allocations.scores import block_means, check_metric, score_of
-from htsr_cli.errors import HtsrError
+from htsr_cli.errors import HtsrError, InvalidSetting
 from htsr_cli.report import Report
 
 SCHEMA = "htsr.experts/1"
@@ -29,11 +29,12 @@ class ExpertSettings:
 
     def __post_init__(self) -> None:
         if self.total is not None and self.total < 1:
-            raise HtsrError(f"--total must be at least 1, got {self.total}")
+            raise InvalidSetting("total", self.total, "must be at least 1")
         if not -MAX_BETA <= self.beta <= MAX_BETA:  # also refuses NaN
-            raise HtsrError(
-                f"--beta must be a number in [-{MAX_BETA:g}, {MAX_BETA:g}], got {self.beta} "
-                f"(at |beta| = {MAX_BETA:g} the largest score already takes nearly every expert)"
+            raise InvalidSetting(
+                "beta", self.beta,
+                f"must be a number in [-{MAX_BETA:g}, {MAX_BETA:g}] (at |beta| = {MAX_BETA:g} the largest score "
+                "already takes nearly every expert)",
             )
         check_metric(self.metric)
 
@@ -51,9 +52,8 @@ def expert_allocation(scores: Sequence[float], total: int, beta: float = DEFAULT
     exactly even for totals beyond float precision.
     """
     if total < len(scores):
-        raise HtsrError(
-            f"--total {total} is smaller than the number of blocks ({len(scores)}): "
-            "every block needs at least one expert"
+        raise InvalidSetting(
+            "total", total, f"is smaller than the number of blocks ({len(scores)}): every block needs at least one expert"
         )
     if not all(math.isfinite(score) and score > 0 for score in scores):
         raise HtsrError(f"expert scores must be positive finite numbers, got {list(scores)}")

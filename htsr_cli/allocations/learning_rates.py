@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from htsr_cli.allocations.scores import block_means, check_metric, missing_score_note, score_of
-from htsr_cli.errors import HtsrError
+from htsr_cli.errors import InvalidSetting
 from htsr_cli.names import block_of
 from htsr_cli.report import LayerResult, Report
 from htsr_cli.settings import require_int
@@ -42,25 +42,25 @@ class LrSettings:
 
     def __post_init__(self) -> None:
         if not 0 < self.base_lr < math.inf:
-            raise HtsrError(f"--base-lr must be a positive finite number, got {self.base_lr}")
+            raise InvalidSetting("base_lr", self.base_lr, "must be a positive finite number")
         if self.map not in MAPS:
-            raise HtsrError(f"--map must be one of {', '.join(MAPS)}, got {self.map!r}")
+            raise InvalidSetting("map", self.map, f"must be one of {', '.join(MAPS)}")
         if self.unit not in UNITS:
-            raise HtsrError(f"--unit must be one of {', '.join(UNITS)}, got {self.unit!r}")
+            raise InvalidSetting("unit", self.unit, f"must be one of {', '.join(UNITS)}")
         if not 0 < self.min_ratio <= self.max_ratio < math.inf:
-            raise HtsrError(
-                f"--min-ratio and --max-ratio need 0 < min <= max (finite), got {self.min_ratio} and {self.max_ratio}"
+            raise InvalidSetting(
+                "min_ratio", self.min_ratio, f"must be positive and at most the max ratio ({self.max_ratio}), which is finite"
             )
         check_metric(self.metric)
         if self.epochs is not None:
-            require_int(self.epochs, "--epochs")
+            require_int(self.epochs, "epochs")
             if not 1 <= self.epochs <= MAX_EPOCHS:
-                raise HtsrError(
-                    f"--epochs must be in [1, {MAX_EPOCHS}], got {self.epochs} (the file lists every module's "
-                    "LR for every epoch; for per-step schedules, scale the per-epoch LRs in your training loop)"
+                raise InvalidSetting(
+                    "epochs", self.epochs, f"must be in [1, {MAX_EPOCHS}] (the file lists every module's "
+                    "LR for every epoch; for per-step schedules, scale the per-epoch LRs in your training loop)",
                 )
         if self.schedule not in SCHEDULES:
-            raise HtsrError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+            raise InvalidSetting("schedule", self.schedule, f"must be one of {', '.join(SCHEDULES)}")
 
 
 def tb_factors(alphas: Sequence[float], method: str, r_min: float = 0.5, r_max: float = 1.5) -> list[float]:

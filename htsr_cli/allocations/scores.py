@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from htsr_cli.errors import HtsrError
+from htsr_cli.errors import InvalidSetting
 from htsr_cli.report import OK, LayerResult
 
 METRICS = ("alpha", "alpha_farms")
@@ -13,7 +13,7 @@ METRICS = ("alpha", "alpha_farms")
 
 def check_metric(metric: str) -> None:
     if metric not in METRICS:
-        raise HtsrError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        raise InvalidSetting("metric", metric, f"must be one of {', '.join(METRICS)}")
 
 
 def score_of(layer: LayerResult, metric: str) -> float | None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from htsr_cli.allocations.scores import block_means, check_metric, missing_score_note, score_of
-from htsr_cli.errors import HtsrError
+from htsr_cli.errors import HtsrError, InvalidSetting
 from htsr_cli.report import LayerResult, Report
 
 SCHEMA = "htsr.sparsity/1"
@@ -31,16 +31,15 @@ class SparsitySettings:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target < 1.0:
-            raise HtsrError(f"--target must be a sparsity strictly between 0 and 1, got {self.target}")
+            raise InvalidSetting("target", self.target, "must be a sparsity strictly between 0 and 1")
         if not 0.0 <= self.epsilon < 1.0:
-            raise HtsrError(f"--epsilon must be in [0, 1), got {self.epsilon}")
+            raise InvalidSetting("epsilon", self.epsilon, "must be in [0, 1)")
         if self.granularity not in GRANULARITIES:
-            raise HtsrError(f"--granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}")
+            raise InvalidSetting("granularity", self.granularity, f"must be one of {', '.join(GRANULARITIES)}")
         check_metric(self.metric)
         if self.clip and self.target > MAX_SPARSITY:
-            raise HtsrError(
-                f"--target {self.target} is above the per-layer cap {MAX_SPARSITY}: "
-                "lower it or pass --no-clip"
+            raise InvalidSetting(
+                "target", self.target, f"is above the per-layer cap {MAX_SPARSITY}: lower it or turn clipping off"
             )
 
 
@@ -129,9 +128,9 @@ def sparsity_plan(report: Report, settings: SparsitySettings) -> dict[str, Any]:
     metric = settings.metric
     has_blocks = _has_blocks(report.layers)
     if settings.granularity == "block" and not has_blocks:
-        raise HtsrError(
-            f"{report.checkpoint}: no weight matrix lies in a numbered block (like model.layers.0), "
-            "so there are no blocks to average over; use --granularity matrix"
+        raise InvalidSetting(
+            "granularity", "block", f"no weight matrix of {report.checkpoint} lies in a numbered block "
+            "(like model.layers.0), so there are no blocks to average over; use matrix"
         )
     entries: list[dict[str, Any]] = []
     allocated: list[dict[str, Any]] = []

@@ -20,8 +20,9 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from htsr_cli.cli._options import as_flag
 from htsr_cli.cli._signals import Terminated, announce, raise_if_stopped, stopping_signal
-from htsr_cli.errors import HtsrError
+from htsr_cli.errors import HtsrError, InvalidSetting
 from htsr_cli.io import os_reason
 from htsr_cli.outputs import printable
 
@@ -96,7 +97,8 @@ class FunnelGroup(TyperGroup):
             problem = _as_user_error(error)
             if problem is None:
                 raise
-            report_error(str(problem))
+            # The library names parameters (min_evals=1); the command line names flags.
+            report_error(as_flag(problem) if isinstance(problem, InvalidSetting) else str(problem))
             raise typer.Exit(getattr(problem, "exit_code", USAGE_ERROR)) from None
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:

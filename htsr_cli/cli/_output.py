@@ -1,4 +1,4 @@
-"""The single output funnel: results to stdout or a file, progress to stderr."""
+"""The single output funnel: results to stdout or a file, progress and notes to stderr."""
 
 from __future__ import annotations
 
@@ -28,10 +28,9 @@ class _Console(Console):
 
 
 stdout_console = _Console(highlight=False)
-if not stdout_console.is_terminal:
-    # Piped into a log or a file: never truncate layer names to 80 columns.
-    stdout_console = _Console(highlight=False, width=240)
 stderr_console = _Console(stderr=True, highlight=False)
+PLAIN_MIN_WIDTH = 80
+PLAIN_MAX_WIDTH = 100_000  # no table is wider; only bounds rich's measuring
 
 
 @contextmanager
@@ -46,7 +45,27 @@ def _writing_stdout() -> Iterator[None]:
         raise stdout_error(error) from None
 
 
-def emit_text(text: str, output: Path | None) -> None:
+def table_width(output: Path | None) -> int | None:
+    """The width to fit tables to: the terminal's, or None (no limit) for pipes and files."""
+    return stdout_console.width if output is None and stdout_console.is_terminal else None
+
+
+def render_plain(renderable: RenderableType) -> str:
+    """Text for pipes and files: no colour, and as wide as the content, so nothing wraps or is cut."""
+    measure = Console(file=io.StringIO(), width=PLAIN_MAX_WIDTH, no_color=True, highlight=False)
+    width = max(measure.measure(renderable).maximum, PLAIN_MIN_WIDTH)
+    buffer = io.StringIO()
+    Console(file=buffer, width=width, no_color=True, highlight=False).print(renderable)
+    return "\n".join(line.rstrip() for line in buffer.getvalue().split("\n"))
+
+
+def wrote(path: Path | str, quiet: bool, what: str = "") -> None:
+    """`wrote PATH` on stderr after a file is written, unless --quiet."""
+    if not quiet:
+        stderr_console.print(f"wrote {path}{what}", markup=False, highlight=False, soft_wrap=True)
+
+
+def emit_text(text: str, output: Path | None, quiet: bool = False) -> None:
     """Machine formats: exact text to stdout, or atomically to `output`."""
     raise_if_stopped()  # no results from a run the user has interrupted
     if output is None:
@@ -54,22 +73,21 @@ def emit_text(text: str, output: Path | None) -> None:
             sys.stdout.write(text)
     else:
         write_atomic(output, text)
+        wrote(output, quiet)
 
 
-def emit_renderable(renderable: RenderableType, output: Path | None) -> None:
-    """Human formats: coloured on a terminal; plain text when written to a file."""
+def emit_renderable(renderable: RenderableType, output: Path | None, quiet: bool = False) -> None:
+    """Human formats: coloured on a terminal; plain, unwrapped text when piped or written to a file."""
     raise_if_stopped()
-    if output is None:
+    if output is None and stdout_console.is_terminal:
         with _writing_stdout():
             stdout_console.print(renderable)
         return
-    buffer = io.StringIO()
-    Console(file=buffer, width=200, no_color=True, highlight=False).print(renderable)
-    write_atomic(output, buffer.getvalue())
+    emit_text(render_plain(renderable), output, quiet)
 
 
 @contextmanager
-def layer_progress(quiet: bool, description: str = "analysing") -> Iterator:
+def layer_progress(quiet: bool, description: str = "analyzing") -> Iterator:
     """A progress callback (done, total, layer) drawing a bar on stderr when it is a terminal."""
     if quiet or not stderr_console.is_terminal:
         yield None
@@ -103,3 +121,17 @@ def print_timings(timings) -> None:
         f"profile: {parts} (read/transfer run on a loader thread beside the solves; "
         "solve/fit/farms add up over concurrent solves and fit threads)"
     )
+
+
+
+def note(text: str, quiet: bool) -> None:
+    """A one-line remark on stderr (never mixed with results), unless --quiet."""
+    if not quiet:
+        stderr_console.print(f"note: {text}", markup=False, highlight=False, soft_wrap=True)
+
+
+def note_missing_glyphs(missing: set[str], quiet: bool) -> None:
+    """One line for every character the plot font lacked, instead of one matplotlib warning each."""
+    if missing:
+        shown = "".join(sorted(missing)[:10]).encode("unicode_escape").decode("ascii")
+        note(f"{len(missing)} characters of layer names are not in the plot font and show as boxes ({shown})", quiet)

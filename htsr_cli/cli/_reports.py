@@ -2,44 +2,31 @@
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import Annotated
-
-import typer
-
-from htsr_cli.cli._output import layer_progress
+from htsr_cli.cli._options import CheckpointOrReportArg, Metric
+from htsr_cli.cli._output import layer_progress, note
 from htsr_cli.errors import HtsrError
 from htsr_cli.report import Report, is_report_file, load_report
 from htsr_cli.settings import AnalyzeSettings
 from htsr_cli.sources import check_source
 
-
-class Metric(str, Enum):
-    alpha = "alpha"
-    alpha_farms = "alpha_farms"
-
-
-CheckpointOrReportArg = Annotated[
-    str,
-    typer.Argument(
-        metavar="CHECKPOINT|REPORT.json",
-        help="A checkpoint (analysed now, with the analysis options) or an htsr.report/1 JSON saved by `htsr analyze -f json`.",
-        show_default=False,
-    ),
-]
+# CheckpointOrReportArg and Metric now live in _options with the other shared
+# options; they stay importable from here for the commands that import them so.
+__all__ = ["CheckpointOrReportArg", "Metric", "check_metric_available", "note_method_xmin", "reports_from"]
 
 
-def reports_from(sources: list[str], settings: AnalyzeSettings, quiet: bool) -> list[Report]:
+def reports_from(
+    sources: list[str], settings: AnalyzeSettings, quiet: bool, defaults: AnalyzeSettings = AnalyzeSettings()
+) -> list[Report]:
     """Saved reports are read as they are; checkpoints are analysed with `settings`.
 
-    Analysis options given when every source is a saved report would silently do
-    nothing, so they are refused.
+    Analysis options (settings other than the command's `defaults`) given when
+    every source is a saved report would silently do nothing, so they are refused.
     """
     saved = [is_report_file(source) for source in sources]
     for source, is_saved in zip(sources, saved):
         if not is_saved:
             check_source(source)  # a missing path is reported before torch is imported
-    if all(saved) and settings != AnalyzeSettings():
+    if all(saved) and settings != defaults:
         raise HtsrError(
             f"{sources[0]} is a saved report: analysis options (--xmin, --farms, ...) apply only to a checkpoint"
         )
@@ -53,3 +40,20 @@ def reports_from(sources: list[str], settings: AnalyzeSettings, quiet: bool) -> 
             with layer_progress(quiet) as progress:
                 reports.append(run_analysis(source, settings, progress=progress))
     return reports
+
+
+def note_method_xmin(report: Report, source: str, method: str, xmin: str, quiet: bool) -> None:
+    """A saved report fitted with another xmin rule than the method's own: say so, once."""
+    used = report.settings.get("xmin")
+    if is_report_file(source) and used != xmin:
+        note(
+            f"{source} was analyzed with xmin={used}; {method} uses xmin={xmin} "
+            f"(analyze the checkpoint with --xmin {xmin} to match it)",
+            quiet,
+        )
+
+
+def check_metric_available(metric: str, farms: bool, sources: list[str]) -> None:
+    """alpha_farms comes only from an analysis with FARMS: refuse before a long run that cannot have it."""
+    if metric == "alpha_farms" and not farms and not all(is_report_file(source) for source in sources):
+        raise HtsrError("--metric alpha_farms needs FARMS alphas: add --farms to analyze the checkpoint with FARMS")

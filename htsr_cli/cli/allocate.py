@@ -1,9 +1,5 @@
-"""htsr allocate: per-layer pruning sparsity (AlphaPruning) and LoRA experts (AlphaLoRA).
-
-    htsr allocate sparsity ./llama-7b --target 0.7
-    htsr allocate sparsity fixtures/tiny-cnn-trained.pth --target 0.5 --granularity matrix -f json -o plan.json
-    htsr allocate experts ./llama-7b --total 160 --format json
-"""
+"""htsr allocate: per-layer pruning sparsity (AlphaPruning) and LoRA experts (AlphaLoRA)
+(examples in each command's help)."""
 
 from __future__ import annotations
 
@@ -16,9 +12,20 @@ import typer
 from htsr_cli.allocations.experts import DEFAULT_BETA, ExpertSettings, expert_plan
 from htsr_cli.allocations.sparsity import SparsitySettings, sparsity_plan
 from htsr_cli.cli._options import (
-    CheckpointArg,
+    CheckpointOrReportArg,
+    ConvScaleOpt,
     Device,
     DeviceOpt,
+    FarmsOpt,
+    FarmsQOpt,
+    FarmsStepsOpt,
+    FarmsWindowOpt,
+    HtsrCommand,
+    HtsrGroup,
+    LayersOpt,
+    Metric,
+    MetricOpt,
+    MinEvalsOpt,
     MaxMemoryOpt,
     OutputOpt,
     Precision,
@@ -27,14 +34,17 @@ from htsr_cli.cli._options import (
     Xmin,
     XminOpt,
 )
-from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress, stderr_console
+from htsr_cli.cli._output import emit_renderable, emit_text, stderr_console, table_width
+from htsr_cli.cli._reports import check_metric_available, note_method_xmin, reports_from
+from htsr_cli.cli.analyze import settings_from_options
 from htsr_cli.io import check_output_paths
 from htsr_cli.outputs import Column, dumps_json, format_cell, to_csv, to_rich_table
 from htsr_cli.report import Report
-from htsr_cli.settings import AnalyzeSettings, FarmsSettings
-from htsr_cli.sources import check_source
+from htsr_cli.settings import AnalyzeSettings
+from htsr_cli.terminal import fit_columns
 
 app = typer.Typer(
+    cls=HtsrGroup,
     name="allocate",
     help="Turn alphas into per-layer decisions: pruning sparsity, LoRA experts.",
     no_args_is_help=True,
@@ -53,7 +63,6 @@ class AllocationFormat(str, Enum):
 
 
 FormatOpt = Annotated[AllocationFormat, typer.Option("--format", "-f", help="Output format.")]
-MetricFarmsOpt = Annotated[bool, typer.Option("--farms", help="Use alpha_farms (FARMS) instead of alpha.")]
 TargetOpt = Annotated[
     float, typer.Option("--target", help="Parameter-weighted mean sparsity, in (0, 1).", show_default=False)
 ]
@@ -63,65 +72,76 @@ GranularityOpt = Annotated[
 ]
 NoClipOpt = Annotated[bool, typer.Option("--no-clip", help="Do not cap sparsities at 0.99 (the reference output).")]
 TotalOpt = Annotated[
-    Optional[int], typer.Option("--total", help="Experts over all blocks (default 5 per block).", show_default=False)
+    Optional[int], typer.Option("--total", help="Experts over all blocks.", show_default="5 per block")
 ]
 BetaOpt = Annotated[float, typer.Option("--beta", help="Exponent on the block score; larger concentrates experts.")]
+METHOD_XMIN = "peak"  # AlphaPruning and AlphaLoRA fit with the peak rule
 
 
-def check_paths(checkpoint: str, output: Path | None) -> None:
-    """Before any work: the checkpoint exists (no torch import yet) and -o will not overwrite it."""
-    check_source(checkpoint)
-    check_output_paths({"-o": output}, [checkpoint])
-
-
-def analyse(
-    checkpoint: str, xmin: Xmin, farms: bool, device: Device, quiet: bool,
-    precision: Precision = Precision.mixed, max_memory: str | None = None,
+def analysis_report(
+    source: str, metric: Metric, settings: AnalyzeSettings, method: str, method_xmin: str, quiet: bool
 ) -> Report:
-    """The analysis behind an allocation, with the progress bar on stderr."""
-    from htsr_cli.analysis import analyze  # lazy torch, see app.py
-
-    settings = AnalyzeSettings(
-        xmin=xmin.value, farms=FarmsSettings() if farms else None, device=device.value,
-        precision=precision.value, max_memory=max_memory,
-    )
-    with layer_progress(quiet) as progress:
-        return analyze(checkpoint, settings, progress=progress)
+    """The report an allocation reads: a saved one as it is, or the checkpoint analyzed now."""
+    check_metric_available(metric.value, settings.farms is not None, [source])
+    [report] = reports_from([source], settings, quiet, defaults=AnalyzeSettings(xmin=method_xmin))
+    note_method_xmin(report, source, method, method_xmin, quiet)
+    return report
 
 
 def emit_plan(
-    plan: dict[str, Any], columns: list[Column], output_format: AllocationFormat, output: Path | None, caption: str
+    plan: dict[str, Any], columns: list[Column], output_format: AllocationFormat, output: Path | None,
+    caption: str, quiet: bool,
 ) -> None:
     if output_format is AllocationFormat.json:
-        emit_text(dumps_json(plan), output)
+        emit_text(dumps_json(plan), output, quiet)
     elif output_format is AllocationFormat.csv:
-        emit_text(to_csv(columns, plan["layers"]), output)
+        emit_text(to_csv(columns, plan["layers"]), output, quiet)
     else:
-        emit_renderable(to_rich_table(columns, plan["layers"], caption=caption), output)
+        fitted = fit_columns(columns, plan["layers"], table_width(output))
+        emit_renderable(to_rich_table(fitted.columns, fitted.rows, caption=caption), output, quiet)
 
 
-@app.command("sparsity")
+@app.command("sparsity", cls=HtsrCommand)
 def sparsity(
-    checkpoint: CheckpointArg,
+    source: CheckpointOrReportArg,
     target: TargetOpt,
     epsilon: EpsilonOpt = 0.3,
     granularity: GranularityOpt = Granularity.block,
-    farms: MetricFarmsOpt = False,
-    xmin: XminOpt = Xmin.peak,
+    metric: MetricOpt = Metric.alpha,
     no_clip: NoClipOpt = False,
-    device: DeviceOpt = Device.auto,
-    precision: PrecisionOpt = Precision.mixed,
-    max_memory: MaxMemoryOpt = None,
     output_format: FormatOpt = AllocationFormat.table,
     output: OutputOpt = None,
+    farms: FarmsOpt = False,
+    xmin: XminOpt = Xmin.peak,
+    layers: LayersOpt = None,
+    device: DeviceOpt = Device.auto,
+    min_evals: MinEvalsOpt = 10,
+    conv_scale: ConvScaleOpt = 1.0,
+    farms_window: FarmsWindowOpt = 2000,
+    farms_q: FarmsQOpt = 1.0,
+    farms_steps: FarmsStepsOpt = 10,
+    precision: PrecisionOpt = Precision.mixed,
+    max_memory: MaxMemoryOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Layer-wise pruning sparsity from alpha (AlphaPruning): heavier-tailed layers are pruned less."""
-    settings = SparsitySettings(
-        target, epsilon, granularity.value, clip=not no_clip, metric="alpha_farms" if farms else "alpha"
+    """Layer-wise pruning sparsity from alpha (AlphaPruning): heavier-tailed layers are pruned less.
+
+    A saved report is used as it is (AlphaPruning fits with --xmin peak; a note
+    says when the report was analyzed otherwise).
+
+    [bold]Examples:[/bold]
+      htsr allocate sparsity ./llama-7b --target 0.7
+      htsr allocate sparsity fixtures/tiny-cnn-trained.pth --target 0.5 --granularity matrix -f json -o plan.json
+      htsr allocate sparsity run.json --target 0.7 --metric alpha_farms -f csv
+      htsr allocate sparsity ./llama-7b --target 0.7 --farms --metric alpha_farms
+    """
+    settings = SparsitySettings(target, epsilon, granularity.value, clip=not no_clip, metric=metric.value)
+    analysis = settings_from_options(
+        xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers,
+        max_memory,
     )
-    check_paths(checkpoint, output)
-    plan = sparsity_plan(analyse(checkpoint, xmin, farms, device, quiet, precision, max_memory), settings)
+    check_output_paths({"-o": output}, [source])
+    plan = sparsity_plan(analysis_report(source, metric, analysis, "AlphaPruning", METHOD_XMIN, quiet), settings)
     columns = [
         Column("name", "module", justify="left"),
         Column("block", "block", justify="left"),
@@ -141,7 +161,7 @@ def sparsity(
         f"range [{summary['min_sparsity']:.4f}, {summary['max_sparsity']:.4f}] | "
         f"clipped {summary['clipped']} | not pruned {summary['excluded']}"
     )
-    emit_plan(plan, columns, output_format, output, caption)
+    emit_plan(plan, columns, output_format, output, caption, quiet)
     if summary["above_one"]:
         stderr_console.print(
             f"warning: {summary['above_one']} matrices get a sparsity above 1 (more weights than they have); "
@@ -151,24 +171,41 @@ def sparsity(
         )
 
 
-@app.command("experts")
+@app.command("experts", cls=HtsrCommand)
 def experts(
-    checkpoint: CheckpointArg,
+    source: CheckpointOrReportArg,
     total: TotalOpt = None,
     beta: BetaOpt = DEFAULT_BETA,
-    farms: MetricFarmsOpt = False,
-    xmin: XminOpt = Xmin.peak,
-    device: DeviceOpt = Device.auto,
-    precision: PrecisionOpt = Precision.mixed,
-    max_memory: MaxMemoryOpt = None,
+    metric: MetricOpt = Metric.alpha,
     output_format: FormatOpt = AllocationFormat.table,
     output: OutputOpt = None,
+    farms: FarmsOpt = False,
+    xmin: XminOpt = Xmin.peak,
+    layers: LayersOpt = None,
+    device: DeviceOpt = Device.auto,
+    min_evals: MinEvalsOpt = 10,
+    conv_scale: ConvScaleOpt = 1.0,
+    farms_window: FarmsWindowOpt = 2000,
+    farms_q: FarmsQOpt = 1.0,
+    farms_steps: FarmsStepsOpt = 10,
+    precision: PrecisionOpt = Precision.mixed,
+    max_memory: MaxMemoryOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """LoRA experts per block from its mean alpha (AlphaLoRA): less-trained blocks get more."""
-    settings = ExpertSettings(total, beta, metric="alpha_farms" if farms else "alpha")
-    check_paths(checkpoint, output)
-    plan = expert_plan(analyse(checkpoint, xmin, farms, device, quiet, precision, max_memory), settings)
+    """LoRA experts per block from its mean alpha (AlphaLoRA): less-trained blocks get more.
+
+    [bold]Examples:[/bold]
+      htsr allocate experts ./llama-7b
+      htsr allocate experts ./llama-7b --total 160 --format json -o experts.json
+      htsr allocate experts run.json --beta 3
+    """
+    settings = ExpertSettings(total, beta, metric=metric.value)
+    analysis = settings_from_options(
+        xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers,
+        max_memory,
+    )
+    check_output_paths({"-o": output}, [source])
+    plan = expert_plan(analysis_report(source, metric, analysis, "AlphaLoRA", METHOD_XMIN, quiet), settings)
     columns = [
         Column("name", "block", justify="left"),
         Column("matrices", "matrices"),
@@ -181,4 +218,4 @@ def experts(
         f"{plan['summary']['experts']} experts over {plan['summary']['blocks']} blocks "
         f"(beta {format_cell(settings.beta, None)})"
     )
-    emit_plan(plan, columns, output_format, output, caption)
+    emit_plan(plan, columns, output_format, output, caption, quiet)

@@ -1,9 +1,4 @@
-"""htsr analyze: per-layer HT-SR quality of every weight matrix.
-
-    htsr analyze fixtures/tiny-cnn-trained.pth
-    htsr analyze ./my-hf-model --format json -o report.json
-    htsr analyze sentence-transformers/all-MiniLM-L6-v2 --farms --layers 'encoder\\.layer\\.0'
-"""
+"""htsr analyze: per-layer HT-SR quality of every weight matrix (examples in the command's help)."""
 
 from __future__ import annotations
 
@@ -25,16 +20,29 @@ from htsr_cli.cli._options import (
     LayersOpt,
     MaxMemoryOpt,
     MinEvalsOpt,
+    DEFAULT_DPI,
+    DpiOpt,
     OutputOpt,
+    PlotFormat,
+    PlotFormatOpt,
     Precision,
     PrecisionOpt,
     QuietOpt,
     Xmin,
     XminOpt,
 )
-from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress, print_timings
+from htsr_cli.cli._output import (
+    emit_renderable,
+    emit_text,
+    layer_progress,
+    note_missing_glyphs,
+    print_timings,
+    table_width,
+    wrote,
+)
+from htsr_cli.errors import HtsrError
 from htsr_cli.io import check_output_paths
-from htsr_cli.report_views import report_csv, report_markdown, report_table
+from htsr_cli.report_views import parse_columns, report_csv, report_markdown, report_table
 from htsr_cli.settings import AnalyzeSettings, FarmsSettings
 from htsr_cli.sources import check_source
 
@@ -70,8 +78,9 @@ def analyze(
     xmin: XminOpt = Xmin.ks,
     layers: LayersOpt = None,
     device: DeviceOpt = Device.auto,
-    output_format: Annotated[ReportFormat, typer.Option("--format", "-f", help="Output format.")] = ReportFormat.table,
+    output_format: Annotated[ReportFormat, typer.Option("--format", "-f", help="Output format (json: htsr.report/1).")] = ReportFormat.table,
     output: OutputOpt = None,
+    columns: Annotated[Optional[str], typer.Option("--columns", help="Comma-separated columns for table, csv and markdown, e.g. layer,alpha,D,entropy (any report field).", show_default="fit to the terminal")] = None,
     min_evals: MinEvalsOpt = 10,
     conv_scale: ConvScaleOpt = 1.0,
     farms_window: FarmsWindowOpt = 2000,
@@ -80,11 +89,29 @@ def analyze(
     precision: PrecisionOpt = Precision.mixed,
     max_memory: MaxMemoryOpt = None,
     quiet: QuietOpt = False,
-    plots: Annotated[Optional[Path], typer.Option("--plots", help="Write one ESD plot per analysed layer and overview.png into this directory.", file_okay=False)] = None,
-    spectra_file: Annotated[Optional[Path], typer.Option("--save-spectra", help="Save every layer's eigenvalues (safetensors) for `htsr report`.", dir_okay=False)] = None,
+    plots: Annotated[Optional[Path], typer.Option("--plots", help="Write overview, one ESD and one fit-diagnostics plot per analyzed layer into this directory.", file_okay=False, show_default="no plots")] = None,
+    plot_format: PlotFormatOpt = PlotFormat.png,
+    dpi: DpiOpt = DEFAULT_DPI,
+    spectra_file: Annotated[Optional[Path], typer.Option("--save-spectra", help="Save every layer's eigenvalues (safetensors) for `htsr report`.", dir_okay=False, show_default="not saved")] = None,
     profile: Annotated[bool, typer.Option("--profile", help="Print seconds per stage (read, transfer, solve, fit, farms) on stderr.")] = False,
 ) -> None:
-    """Fit the power-law exponent alpha of every weight matrix's eigenvalue spectrum."""
+    """Fit the power-law exponent alpha of every weight matrix's eigenvalue spectrum.
+
+    On a terminal the table fits its width: layer, alpha and quality always
+    show, other columns are hidden when space runs out (a footnote says which),
+    long names are cut in the middle. Piped or written with -o, every column
+    shows in full.
+
+    [bold]Examples:[/bold]
+      htsr analyze fixtures/tiny-cnn-trained.pth
+      htsr analyze ./my-hf-model --format json -o report.json
+      htsr analyze ./my-hf-model --columns layer,alpha,D,tail_size,quality
+      htsr analyze sentence-transformers/all-MiniLM-L6-v2 --farms --layers 'encoder\\.layer\\.0'
+      htsr analyze ./my-hf-model --plots plots/ --plot-format svg --save-spectra run.spectra.safetensors
+    """
+    chosen = parse_columns(columns) if columns is not None else None
+    if chosen is not None and output_format is ReportFormat.json:
+        raise HtsrError("--columns applies to the table, csv and markdown formats; json always has every field")
     settings = settings_from_options(
         xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers, max_memory
     )
@@ -104,16 +131,20 @@ def analyze(
     if profile:
         print_timings(report.timings)
     if output_format is ReportFormat.table:
-        emit_renderable(report_table(report), output)
+        emit_renderable(report_table(report, table_width(output), chosen), output, quiet)
     elif output_format is ReportFormat.json:
-        emit_text(report.dumps(), output)
+        emit_text(report.dumps(), output, quiet)
     elif output_format is ReportFormat.csv:
-        emit_text(report_csv(report), output)
+        emit_text(report_csv(report, chosen), output, quiet)
     else:
-        emit_text(report_markdown(report), output)
+        emit_text(report_markdown(report, chosen), output, quiet)
     if spectra_file is not None:
         save_spectra(spectra_file, report.spectra)
+        wrote(spectra_file, quiet)
     if plots is not None:
-        from htsr_cli.plots import write_plots  # matplotlib loads only when drawing
+        from htsr_cli.plots import missing_glyphs, write_plots  # matplotlib loads only when drawing
 
-        write_plots(report, plots)
+        with layer_progress(quiet, "drawing") as progress, missing_glyphs() as glyphs:
+            written = write_plots(report, plots, plot_format.value, dpi, progress=progress)
+        note_missing_glyphs(glyphs.missing, quiet)
+        wrote(plots, quiet, f" ({len(written)} {plot_format.value} files: overview, ESDs, fit/ diagnostics)")

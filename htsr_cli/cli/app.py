@@ -15,14 +15,19 @@ from htsr_cli.cli import analyze, report
 from htsr_cli.cli import compare, gate
 from htsr_cli.cli import allocate, lr_schedule, main
 from htsr_cli.cli._errors import USAGE_ERROR, FunnelGroup
+from htsr_cli.cli._options import FlagsWithoutType, HtsrCommand
+
+
+class RootGroup(FlagsWithoutType, FunnelGroup):
+    """`htsr`: the error funnel, and help that lists flags without a type."""
+
 
 app = typer.Typer(
-    cls=FunnelGroup,
+    cls=RootGroup,
     name="htsr",
-    help="Diagnose trained neural networks from their weights alone (Heavy-Tailed Self-Regularization).",
     invoke_without_command=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # htsr --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -41,7 +46,17 @@ def root(
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
-    """Diagnose trained neural networks from their weights alone (HT-SR)."""
+    """Diagnose trained neural networks from their weights alone (Heavy-Tailed Self-Regularization).
+
+    [bold]Examples:[/bold]
+      htsr analyze fixtures/tiny-cnn-trained.pth
+      htsr report ./my-hf-model -o report.html
+      htsr allocate sparsity ./llama-7b --target 0.7
+      htsr lr-schedule export model.pth --base-lr 0.1 -o schedule.json
+      htsr gate model.safetensors --baseline main-report.json
+      htsr compare base.safetensors finetuned.safetensors
+      htsr --install-completion
+    """
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
         raise typer.Exit(USAGE_ERROR)
@@ -50,10 +65,10 @@ def root(
 # Subcommands: one module each. Command modules import torch-backed code inside
 # the command functions, so `htsr --version`, `--help` and the commands that only
 # read saved reports (gate, compare) start in a fraction of torch's import time.
-app.command("analyze")(analyze.analyze)
-app.command("report")(report.report)
-app.command("gate")(gate.gate)
-app.command("compare")(compare.compare)
+app.command("analyze", cls=HtsrCommand)(analyze.analyze)
+app.command("report", cls=HtsrCommand)(report.report)
+app.command("gate", cls=HtsrCommand)(gate.gate)
+app.command("compare", cls=HtsrCommand)(compare.compare)
 app.add_typer(allocate.app, name="allocate")
 app.add_typer(lr_schedule.app, name="lr-schedule")
 

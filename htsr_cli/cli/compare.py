@@ -1,15 +1,10 @@
-"""htsr compare: per-layer alpha before (A) and after (B), largest change first.
-
-    htsr compare base.safetensors finetuned.safetensors
-    htsr compare main-report.json pr-report.json --format markdown
-    htsr compare base.pth pruned.pth --metric alpha_farms --farms --format json -o deltas.json
-    htsr compare ./Llama-3-8B ./Llama-3-8B-Q4_K_M.gguf --weights
-"""
+"""htsr compare: per-layer alpha before (A) and after (B), largest change first
+(examples in the command's help)."""
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Group
@@ -25,6 +20,7 @@ from htsr_cli.cli._options import (
     FarmsWindowOpt,
     LayersOpt,
     MaxMemoryOpt,
+    Metric,
     MinEvalsOpt,
     OutputOpt,
     Precision,
@@ -33,14 +29,15 @@ from htsr_cli.cli._options import (
     Xmin,
     XminOpt,
 )
-from htsr_cli.cli._output import emit_renderable, emit_text
-from htsr_cli.cli._reports import Metric, reports_from
+from htsr_cli.cli._output import emit_renderable, emit_text, table_width
+from htsr_cli.cli._reports import check_metric_available, reports_from
 from htsr_cli.cli.analyze import settings_from_options
-from htsr_cli.compare import Comparison, compare_reports
+from htsr_cli.compare import Comparison, LayerDelta, compare_reports
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import check_output_paths
 from htsr_cli.outputs import Column, dumps_json, format_cell, markdown_text, printable, to_csv, to_markdown, to_rich_table
 from htsr_cli.report import Report, is_report_file
+from htsr_cli.terminal import fit_columns
 
 
 class CompareFormat(str, Enum):
@@ -51,17 +48,25 @@ class CompareFormat(str, Enum):
 
 
 def _columns(comparison: Comparison) -> list[Column]:
-    columns = [Column("name", "layer", justify="left")]
+    """One set of column names for the table, CSV and markdown (the JSON keeps name/before/after)."""
+    metric = comparison.metric
+    columns = [Column("layer", "layer", justify="left")]
     if any(layer.name_b for layer in comparison.layers):
-        columns.append(Column("name_b", "layer in B", justify="left"))
+        columns.append(Column("layer_b", "layer_b", justify="left"))
     columns += [
-        Column("before", f"{comparison.metric} A", 3),
-        Column("after", f"{comparison.metric} B", 3),
+        Column(f"{metric}_a", f"{metric}_a", 3),
+        Column(f"{metric}_b", f"{metric}_b", 3),
         Column("delta", "delta", 3),
     ]
     if comparison.weights:
-        columns += [Column("relative_error", "|W_B-W_A|/|W_A|", 5), Column("lambda_max_change", "lambda_max change", 5)]
+        columns += [Column("relative_error", "relative_error", 5), Column("lambda_max_change", "lambda_max_change", 5)]
     return columns + [Column("status", "status", justify="left")]
+
+
+def _row(layer: LayerDelta, metric: str) -> dict[str, Any]:
+    return {"layer": layer.name, "layer_b": layer.name_b, f"{metric}_a": layer.before, f"{metric}_b": layer.after,
+            "delta": layer.delta, "relative_error": layer.relative_error,
+            "lambda_max_change": layer.lambda_max_change, "status": layer.status}
 
 
 def summary_line(comparison: Comparison) -> str:
@@ -119,12 +124,23 @@ def compare(
     quiet: QuietOpt = False,
     weights: Annotated[bool, typer.Option("--weights", help="Also compare the weights: ||W_B - W_A||_F / ||W_A||_F and the relative change of lambda_max per layer (A and B must be checkpoints; read one matrix at a time).")] = False,
 ) -> None:
-    """Per-layer delta (B - A) of alpha between two checkpoints or reports, matched by layer name."""
+    """Per-layer delta (B - A) of alpha between two checkpoints or reports, matched by layer name.
+
+    With --weights (two checkpoints), also the relative Frobenius error of each
+    weight and the change of its top eigenvalue, read one matrix pair at a time.
+
+    [bold]Examples:[/bold]
+      htsr compare base.safetensors finetuned.safetensors
+      htsr compare main-report.json pr-report.json --format markdown
+      htsr compare base.pth pruned.pth --metric alpha_farms --farms --format json -o deltas.json
+      htsr compare ./Llama-3-8B ./Llama-3-8B-Q4_K_M.gguf --weights
+    """
     check_output_paths({"-o": output}, [a, b])
     settings = settings_from_options(
         xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers,
         max_memory,
     )
+    check_metric_available(metric.value, farms, [a, b])
     if weights:
         saved = [source for source in (a, b) if is_report_file(source)]
         if saved:
@@ -136,16 +152,17 @@ def compare(
 
         comparison = comparison.with_weight_errors(weight_errors(a, b, _weight_pairs(comparison, report_a, report_b), device.value))
     columns = _columns(comparison)
-    rows = [layer.to_json() for layer in comparison.layers]
+    rows = [_row(layer, comparison.metric) for layer in comparison.layers]
     if output_format is CompareFormat.table:
         title = f"htsr compare ({comparison.metric})"
-        table = to_rich_table(columns, rows, title=title, caption="\n".join(_notes(comparison)))
-        emit_renderable(Group(table, Text(summary_line(comparison), style="bold")), output)
+        fitted = fit_columns(columns, rows, table_width(output), name_key="layer")
+        table = to_rich_table(fitted.columns, fitted.rows, title=title, caption="\n".join(_notes(comparison)))
+        emit_renderable(Group(table, Text(summary_line(comparison), style="bold")), output, quiet)
     elif output_format is CompareFormat.json:
-        emit_text(dumps_json(comparison.to_json()), output)
+        emit_text(dumps_json(comparison.to_json()), output, quiet)
     elif output_format is CompareFormat.csv:
-        emit_text(to_csv(columns, rows), output)
+        emit_text(to_csv(columns, rows), output, quiet)
     else:
         notes = "".join(f"- {markdown_text(note)}\n" for note in _notes(comparison))
         heading = f"## htsr compare ({comparison.metric})\n\n{notes}\n"
-        emit_text(f"{heading}{to_markdown(columns, rows)}\n{summary_line(comparison)}\n", output)
+        emit_text(f"{heading}{to_markdown(columns, rows)}\n{summary_line(comparison)}\n", output, quiet)

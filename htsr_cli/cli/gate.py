@@ -1,9 +1,5 @@
-"""htsr gate: pass/fail HT-SR rules for CI (exit 0 pass, 1 a rule violated, 2 usage or input error).
-
-    htsr gate model.safetensors
-    htsr gate report.json --alpha-max 5 --max-flagged 2 --junit htsr-junit.xml
-    htsr gate model.safetensors --baseline main-report.json --max-alpha-drift 0.5 --format github
-"""
+"""htsr gate: pass/fail HT-SR rules for CI (exit 0 pass, 1 a rule violated, 2 usage or input error)
+(examples in the command's help)."""
 
 from __future__ import annotations
 
@@ -15,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from htsr_cli.cli._options import (
+    CheckpointOrReportArg,
     ConvScaleOpt,
     Device,
     DeviceOpt,
@@ -24,15 +21,17 @@ from htsr_cli.cli._options import (
     FarmsWindowOpt,
     LayersOpt,
     MaxMemoryOpt,
+    Metric,
     MinEvalsOpt,
+    OutputOpt,
     Precision,
     PrecisionOpt,
     QuietOpt,
     Xmin,
     XminOpt,
 )
-from htsr_cli.cli._output import emit_renderable, emit_text
-from htsr_cli.cli._reports import CheckpointOrReportArg, Metric, reports_from
+from htsr_cli.cli._output import emit_renderable, emit_text, wrote
+from htsr_cli.cli._reports import check_metric_available, reports_from
 from htsr_cli.cli.analyze import settings_from_options
 from htsr_cli.errors import HtsrError
 from htsr_cli.gate.config import find_pyproject, parse_max_flagged, resolve_config
@@ -66,11 +65,12 @@ def append_step_summary(markdown: str) -> None:
 
 def gate(
     source: CheckpointOrReportArg,
-    config: Annotated[Optional[Path], typer.Option("--config", help="A TOML file with a tool.htsr.gate table (e.g. a pyproject.toml).", dir_okay=False)] = None,
-    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Report JSON (or checkpoint) that max_alpha_drift measures against.")] = None,
-    junit: Annotated[Optional[Path], typer.Option("--junit", help="Also write a JUnit XML file: one testcase per rule and layer.", dir_okay=False)] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="A TOML file with a tool.htsr.gate table (e.g. a pyproject.toml).", dir_okay=False, show_default="nearest pyproject.toml")] = None,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Report JSON (or checkpoint) that max_alpha_drift measures against.", show_default="none")] = None,
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="Also write a JUnit XML file: one testcase per rule and layer.", dir_okay=False, show_default="none")] = None,
     output_format: Annotated[GateFormat, typer.Option("--format", "-f", help="text for people, json (htsr.gate/1), github (workflow annotations), markdown.")] = GateFormat.text,
-    metric: Annotated[Optional[Metric], typer.Option("--metric", help="Which alpha the rules read (config: metric; default alpha).", show_default=False)] = None,
+    output: OutputOpt = None,
+    metric: Annotated[Optional[Metric], typer.Option("--metric", help="Which alpha the rules read (config: metric).", show_default="alpha")] = None,
     alpha_min: Annotated[Optional[float], typer.Option("--alpha-min", help="Lowest allowed alpha per layer (config: alpha_min).")] = None,
     alpha_max: Annotated[Optional[float], typer.Option("--alpha-max", help="Highest allowed alpha per layer (config: alpha_max).")] = None,
     max_flagged: Annotated[Optional[str], typer.Option("--max-flagged", help="Layers allowed outside alpha-min..alpha-max (default 2..6): a count (3) or a fraction (0.1) (config: max_flagged).")] = None,
@@ -103,6 +103,12 @@ def gate(
     --baseline by name (a layer that lost its alpha fails; a layer on one side
     only is a warning). When GITHUB_STEP_SUMMARY is set, a markdown summary is
     appended to it.
+
+    [bold]Examples:[/bold]
+      htsr gate model.safetensors
+      htsr gate report.json --alpha-max 5 --max-flagged 2 --junit htsr-junit.xml
+      htsr gate model.safetensors --baseline main-report.json --max-alpha-drift 0.5 --format github
+      htsr gate report.json --format json -o verdict.json
     """
     overrides = {
         "metric": metric.value if metric else None,
@@ -125,8 +131,7 @@ def gate(
         [*sources, config if config is not None else find_pyproject(Path.cwd())],
     )
     check_baseline_use(rules, baseline is not None)  # before a possibly long analysis
-    if rules.metric == "alpha_farms" and not farms and not is_report_file(source):
-        raise HtsrError("metric alpha_farms needs FARMS alphas: add --farms to analyse the checkpoint with FARMS")
+    check_metric_available(rules.metric, farms, [source])
     settings = settings_from_options(
         xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers,
         max_memory,
@@ -135,14 +140,15 @@ def gate(
     result = evaluate(report, rules, reference[0] if reference else None)
     if junit is not None:
         write_atomic(junit, gate_junit(result))
+        wrote(junit, quiet)
     append_step_summary(gate_markdown(result))
     if output_format is GateFormat.text:
-        emit_renderable(gate_text(result), None)
+        emit_renderable(gate_text(result), output, quiet)
     elif output_format is GateFormat.json:
-        emit_text(dumps_json(gate_json(result)), None)
+        emit_text(dumps_json(gate_json(result)), output, quiet)
     elif output_format is GateFormat.github:
-        emit_text(gate_github(result), None)
+        emit_text(gate_github(result), output, quiet)
     else:
-        emit_text(gate_markdown(result), None)
+        emit_text(gate_markdown(result), output, quiet)
     if not result.passed:
         raise typer.Exit(1)

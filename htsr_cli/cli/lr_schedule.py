@@ -1,23 +1,30 @@
-"""htsr lr-schedule: layer-wise learning rates from alpha (TempBalance, Model Balancing).
-
-    htsr lr-schedule export fixtures/resnet18_w16.pth --base-lr 0.1 -o schedule.json
-    htsr lr-schedule export fixtures/resnet18_w16.pth --base-lr 0.1 --epochs 200 --format csv
-    htsr lr-schedule export ./my-hf-model --base-lr 2e-5 --map sigmoid --unit block --format yaml
-"""
+"""htsr lr-schedule: layer-wise learning rates from alpha (TempBalance, Model Balancing)
+(examples in the command's help)."""
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 import yaml
 
 from htsr_cli.allocations.learning_rates import LrSettings, lr_schedule, modules_of
 from htsr_cli.cli._options import (
-    CheckpointArg,
+    CheckpointOrReportArg,
+    ConvScaleOpt,
     Device,
     DeviceOpt,
+    FarmsOpt,
+    FarmsQOpt,
+    FarmsStepsOpt,
+    FarmsWindowOpt,
+    HtsrCommand,
+    HtsrGroup,
+    LayersOpt,
+    Metric,
+    MetricOpt,
+    MinEvalsOpt,
     MaxMemoryOpt,
     OutputOpt,
     Precision,
@@ -26,11 +33,16 @@ from htsr_cli.cli._options import (
     Xmin,
     XminOpt,
 )
-from htsr_cli.cli._output import emit_text, stderr_console
-from htsr_cli.cli.allocate import MetricFarmsOpt, analyse, check_paths
-from htsr_cli.outputs import Column, dumps_json, to_csv
+from htsr_cli.cli._output import emit_renderable, emit_text, note, table_width
+from htsr_cli.cli.allocate import analysis_report
+from htsr_cli.cli.analyze import settings_from_options
+from htsr_cli.io import check_output_paths
+from htsr_cli.outputs import Column, dumps_json, format_cell, to_csv, to_rich_table
+from htsr_cli.report import is_report_file
+from htsr_cli.terminal import fit_columns
 
 app = typer.Typer(
+    cls=HtsrGroup,
     name="lr-schedule",
     help="Layer-wise learning rates from alpha, for training with TempBalance.",
     no_args_is_help=True,
@@ -57,6 +69,7 @@ class Schedule(str, Enum):
 
 
 class ScheduleFormat(str, Enum):
+    table = "table"
     json = "json"
     csv = "csv"
     yaml = "yaml"
@@ -68,51 +81,106 @@ UnitOpt = Annotated[Unit, typer.Option("--unit", help="One factor per layer, or 
 MinRatioOpt = Annotated[float, typer.Option("--min-ratio", help="Smallest factor (linear and step maps).")]
 MaxRatioOpt = Annotated[float, typer.Option("--max-ratio", help="Largest factor (linear and step maps).")]
 EpochsOpt = Annotated[
-    Optional[int], typer.Option("--epochs", help="Also list each module's LR for epochs 0..T-1.", show_default=False)
+    Optional[int], typer.Option("--epochs", help="Also list each module's LR for epochs 0..T-1.", show_default="none")
 ]
 ScheduleOpt = Annotated[Schedule, typer.Option("--schedule", help="Base LR schedule over --epochs.")]
-FormatOpt = Annotated[ScheduleFormat, typer.Option("--format", "-f", help="Output format.")]
+FormatOpt = Annotated[
+    Optional[ScheduleFormat],
+    typer.Option("--format", "-f", help="Output format; yaml and json load into TempBalance.from_schedule.",
+                 show_default="table on a terminal, else json"),
+]
+METHOD_XMIN = "median"  # TempBalance fits with the median rule
+TEXT_DIGITS = 12  # significant digits in CSV: full float noise (0.07500000000000001) helps no reader
 
 
-@app.command("export")
+def _rounded(value: Any) -> Any:
+    return float(f"{value:.{TEXT_DIGITS}g}") if isinstance(value, float) else value
+
+
+@app.command("export", cls=HtsrCommand)
 def export(
-    checkpoint: CheckpointArg,
+    source: CheckpointOrReportArg,
     base_lr: BaseLrOpt,
     factor_map: MapOpt = Map.linear,
     unit: UnitOpt = Unit.layer,
     min_ratio: MinRatioOpt = 0.5,
     max_ratio: MaxRatioOpt = 1.5,
-    farms: MetricFarmsOpt = False,
-    xmin: XminOpt = Xmin.median,
+    metric: MetricOpt = Metric.alpha,
     epochs: EpochsOpt = None,
     schedule: ScheduleOpt = Schedule.cosine,
+    output_format: FormatOpt = None,
+    output: OutputOpt = None,
+    farms: FarmsOpt = False,
+    xmin: XminOpt = Xmin.median,
+    layers: LayersOpt = None,
     device: DeviceOpt = Device.auto,
+    min_evals: MinEvalsOpt = 10,
+    conv_scale: ConvScaleOpt = 1.0,
+    farms_window: FarmsWindowOpt = 2000,
+    farms_q: FarmsQOpt = 1.0,
+    farms_steps: FarmsStepsOpt = 10,
     precision: PrecisionOpt = Precision.mixed,
     max_memory: MaxMemoryOpt = None,
-    output_format: FormatOpt = ScheduleFormat.json,
-    output: OutputOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Export per-module LR factors and LRs computed once from a checkpoint's alphas."""
+    """Export per-module LR factors and LRs computed once from a checkpoint's (or a saved report's) alphas.
+
+    From a checkpoint, BatchNorm modules are listed with the factor of the conv
+    they follow (layer1.0.bn1 takes layer1.0.conv1's). A saved report holds
+    weight matrices only, so from a report the file lists those; the BatchNorm
+    modules still follow their conv when the file is loaded with
+    TempBalance.from_schedule, which finds them in the model.
+
+    [bold]Examples:[/bold]
+      htsr lr-schedule export fixtures/resnet18_w16.pth --base-lr 0.1 -o schedule.json
+      htsr lr-schedule export fixtures/resnet18_w16.pth --base-lr 0.1 --epochs 200 --format csv
+      htsr lr-schedule export ./my-hf-model --base-lr 2e-5 --map sigmoid --unit block --format yaml
+      htsr lr-schedule export run.json --base-lr 0.1 --metric alpha_farms
+    """
     settings = LrSettings(
         base_lr, factor_map.value, unit.value, min_ratio, max_ratio,
-        metric="alpha_farms" if farms else "alpha", epochs=epochs, schedule=schedule.value,
+        metric=metric.value, epochs=epochs, schedule=schedule.value,
     )
-    check_paths(checkpoint, output)
-    from htsr_cli.checkpoints import open_checkpoint  # lazy torch, see app.py
-
-    report = analyse(checkpoint, xmin, farms, device, quiet, precision, max_memory)
-    with open_checkpoint(checkpoint) as source:  # metadata only: finds the BatchNorm modules
-        modules = modules_of(info.key for info in source.tensors())
-    plan = lr_schedule(report, settings, modules)
-    if output_format is ScheduleFormat.json:
-        emit_text(dumps_json(plan), output)
-    elif output_format is ScheduleFormat.yaml:
-        emit_text(yaml.safe_dump(plan, sort_keys=False), output)
+    check_output_paths({"-o": output}, [source])
+    analysis = settings_from_options(
+        xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers,
+        max_memory,
+    )
+    report = analysis_report(source, metric, analysis, "TempBalance", METHOD_XMIN, quiet)
+    if is_report_file(source):
+        modules: list[str] = []
+        note(f"{source} is a report: the schedule lists weight matrices only (no BatchNorm modules)", quiet)
     else:
-        keys = ["name", "kind", "block", settings.metric, "num_evals", "factor", "lr"]
+        from htsr_cli.checkpoints import open_checkpoint  # lazy torch, see app.py
+
+        with open_checkpoint(source) as checkpoint:  # metadata only: finds the BatchNorm modules
+            modules = modules_of(info.key for info in checkpoint.tensors())
+    plan = lr_schedule(report, settings, modules)
+    if output_format is None:
+        output_format = ScheduleFormat.table if table_width(output) is not None else ScheduleFormat.json
+    keys = ["name", "kind", "block", settings.metric, "num_evals", "factor", "lr"]
+    if output_format is ScheduleFormat.json:
+        emit_text(dumps_json(plan), output, quiet)
+    elif output_format is ScheduleFormat.yaml:
+        emit_text(yaml.safe_dump(plan, sort_keys=False), output, quiet)
+    elif output_format is ScheduleFormat.csv:
         epoch_keys = [f"lr_epoch_{t}" for t in range(epochs or 0)]
-        rows = [{**entry, **dict(zip(epoch_keys, entry.get("lrs", [])))} for entry in plan["layers"]]
-        emit_text(to_csv([Column(key, key) for key in keys + epoch_keys + ["note"]], rows), output)
-        if epochs and not quiet:
-            stderr_console.print("note: factors are fixed, computed once from this checkpoint's alphas")
+        rows = [
+            {key: _rounded(value) for key, value in {**entry, **dict(zip(epoch_keys, entry.get("lrs", [])))}.items()}
+            for entry in plan["layers"]
+        ]
+        emit_text(to_csv([Column(key, key) for key in keys + epoch_keys + ["note"]], rows), output, quiet)
+    else:
+        digits = {settings.metric: 3, "factor": 4}
+        columns = [
+            Column(key, key, digits.get(key), "left" if key in ("name", "kind", "block") else "right") for key in keys
+        ] + [Column("note", "note", justify="left")]
+        fitted = fit_columns(columns, plan["layers"], table_width(output))
+        summary = plan["summary"]
+        caption = (
+            f"base LR {format_cell(base_lr, None)} | {summary['adjusted']} of {summary['modules']} modules adjusted | "
+            f"factors {format_cell(summary['min_factor'], 4)} to {format_cell(summary['max_factor'], 4)}"
+        )
+        emit_renderable(to_rich_table(fitted.columns, fitted.rows, caption=caption), output, quiet)
+    if epochs:
+        note("factors are fixed, computed once from this checkpoint's alphas", quiet)

@@ -1,10 +1,5 @@
-"""htsr report: one self-contained HTML file with the summary, plots and a sortable layer table.
-
-    htsr report ./my-hf-model -o report.html
-    htsr analyze ./my-hf-model -f json -o run.json --save-spectra run.spectra.safetensors
-    htsr report run.json -o report.html              # reads run.spectra.safetensors beside it
-    htsr report run.json --spectra saved.safetensors -o report.html
-"""
+"""htsr report: one self-contained HTML file with the summary, plots and a sortable layer table
+(examples in the command's help)."""
 
 from __future__ import annotations
 
@@ -14,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from htsr_cli.cli._options import (
+    CheckpointOrReportArg,
     ConvScaleOpt,
     Device,
     DeviceOpt,
@@ -30,7 +26,7 @@ from htsr_cli.cli._options import (
     Xmin,
     XminOpt,
 )
-from htsr_cli.cli._output import layer_progress
+from htsr_cli.cli._output import layer_progress, note, note_missing_glyphs, wrote
 from htsr_cli.cli.analyze import settings_from_options
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import check_output_paths, write_atomic
@@ -39,31 +35,26 @@ from htsr_cli.settings import AnalyzeSettings
 from htsr_cli.sources import check_source
 
 
-def _saved_report(path: str, spectra: Path | None) -> Report:
-    """A saved report with the spectra its plots need (--spectra, or the file beside it)."""
-    from htsr_cli.spectra_file import attach_spectra  # lazy torch, see app.py
+def _saved_report(path: str, spectra: Path | None, quiet: bool) -> Report:
+    """A saved report with the spectra its plots need (--spectra, or the file beside it when there is one)."""
+    from htsr_cli.spectra_file import attach_spectra, spectra_path_for  # lazy torch, see app.py
 
     report = load_report(path)
     if spectra is None:
         spectra = spectra_path_for(path)
         if not spectra.is_file():
-            raise HtsrError(
-                f"{path}: no spectra to plot ({spectra} does not exist); save them with "
-                "`htsr analyze CHECKPOINT --save-spectra FILE` and pass --spectra FILE, or give the checkpoint"
+            note(
+                f"no spectra beside {path} ({spectra}): the page has the summary, table and overview; "
+                "per-layer fit plots need `htsr analyze CHECKPOINT --save-spectra FILE` (then --spectra FILE)",
+                quiet,
             )
+            return report
     attach_spectra(report, spectra)
     return report
 
 
 def report(
-    source: Annotated[
-        str,
-        typer.Argument(
-            metavar="CHECKPOINT|REPORT.json",
-            help="A checkpoint (as for analyze) or an htsr.report/1 JSON saved by `htsr analyze -f json`.",
-            show_default=False,
-        ),
-    ],
+    source: CheckpointOrReportArg,
     output: Annotated[
         Path, typer.Option("--output", "-o", help="The HTML file to write (atomically).", dir_okay=False, show_default=False)
     ],
@@ -71,8 +62,9 @@ def report(
         Optional[Path],
         typer.Option(
             "--spectra",
-            help="Eigenvalues saved by `htsr analyze --save-spectra` (default: REPORT.spectra.safetensors beside REPORT.json).",
+            help="Eigenvalues saved by `htsr analyze --save-spectra` (default: REPORT.spectra.safetensors beside REPORT.json, if it exists).",
             dir_okay=False,
+            show_default="beside REPORT.json",
         ),
     ] = None,
     farms: FarmsOpt = False,
@@ -88,7 +80,21 @@ def report(
     max_memory: MaxMemoryOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Write an HTML report: summary, alpha overview, sortable per-layer table and ESD plots."""
+    """Write an HTML report: summary, interactive alpha overview, sortable layer table and per-layer fit diagnostics.
+
+    The file is self-contained (no network): hover over the overview for each
+    layer's alpha, D and tail size; click a layer for its fit diagnostics (D and
+    alpha against the xmin candidate, the ESD on log-log and linear axes). From
+    a saved REPORT.json without its spectra file the page has everything but the
+    per-layer plots.
+
+    [bold]Examples:[/bold]
+      htsr report ./my-hf-model -o report.html
+      htsr report ./my-hf-model --farms --xmin peak -o report.html
+      htsr analyze ./my-hf-model -f json -o run.json --save-spectra run.spectra.safetensors
+      htsr report run.json -o report.html              # reads run.spectra.safetensors beside it
+      htsr report run.json --spectra saved.safetensors -o report.html
+    """
     settings = settings_from_options(
         xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers,
         max_memory,
@@ -97,10 +103,10 @@ def report(
         check_output_paths({"-o": output}, [source, spectra if spectra is not None else spectra_path_for(source)])
         if settings != AnalyzeSettings():
             raise HtsrError(f"{source} is a saved report: analysis options (--xmin, --farms, ...) apply only to a checkpoint")
-        result = _saved_report(source, spectra)
+        result = _saved_report(source, spectra, quiet)
     else:
         if spectra is not None:
-            raise HtsrError(f"--spectra {spectra}: applies to a saved REPORT.json; {source} is analysed afresh")
+            raise HtsrError(f"--spectra {spectra}: applies to a saved REPORT.json; {source} is analyzed afresh")
         check_source(source)
         check_output_paths({"-o": output}, [source])
         from htsr_cli.analysis import analyze as run_analysis  # lazy torch, see app.py
@@ -108,5 +114,10 @@ def report(
         with layer_progress(quiet) as progress:
             result = run_analysis(source, settings, progress=progress, keep_spectra=True)
     from htsr_cli.html_report import render_html  # matplotlib loads only for commands that draw
+    from htsr_cli.plots import missing_glyphs
 
-    write_atomic(output, render_html(result))
+    with layer_progress(quiet, "drawing") as progress, missing_glyphs() as glyphs:
+        page = render_html(result, progress=progress)
+    write_atomic(output, page)
+    note_missing_glyphs(glyphs.missing, quiet)
+    wrote(output, quiet)

@@ -205,7 +205,7 @@ def check_require_layers(report: Report) -> RuleOutcome:
         if layer.status != OK
     )
     names = tuple(layer.name for layer in report.layers)
-    return RuleOutcome("require_layers", None, "every layer analysed and fitted", True, names, violations)
+    return RuleOutcome("require_layers", None, "every layer analyzed and fitted", True, names, violations)
 
 
 def check_not_empty(report: Report, metric: str, allow_empty: bool) -> RuleOutcome:

@@ -1,0 +1,178 @@
+"""Packaging and CI integration: the wheel installs and runs in a fresh venv, the GitHub
+Action's shell steps run with the action's inputs, and the pre-commit hook gates each file.
+
+Everything here is offline: the wheel is built without build isolation (the test
+extras install setuptools and build), and installs use --no-index / --no-deps.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import FIXTURES, REPO
+
+pytestmark = pytest.mark.slow
+VERSION = "0.1.0"
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """A copy of the project: builds write build/ and *.egg-info beside the sources, never in the checkout."""
+    copy = tmp_path_factory.mktemp("source") / "htsr"
+    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "__pycache__", ".pytest_cache", "build", "dist", "*.egg-info", "benchmarks/work",
+    ))
+    return copy
+
+
+@pytest.fixture(scope="module")
+def fresh_venv(tmp_path_factory):
+    """A new venv whose only extra path is this environment's site-packages (the dependencies: typer,
+    torch, ...). That path is added by a .pth line, which does not run the editable install's finder,
+    so `htsr_cli` can only come from what is installed into the venv itself."""
+
+    def make(name: str) -> Path:
+        venv = tmp_path_factory.mktemp(name) / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        site = subprocess.run(
+            [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()
+        Path(site, "htsr-test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+        return venv
+
+    return make
+
+
+def test_wheel_and_sdist_build_without_warnings_and_the_wheel_runs_in_a_fresh_venv(source, fresh_venv, tmp_path):
+    dist = tmp_path / "dist"
+    built = subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(source)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert "Deprecat" not in built.stdout + built.stderr  # e.g. the license table form setuptools warns about
+    wheel, = dist.glob("htsr_cli-*.whl")
+    sdist, = dist.glob("htsr_cli-*.tar.gz")
+    assert wheel.name == f"htsr_cli-{VERSION}-py3-none-any.whl"
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert all(name.startswith(("htsr_cli/", f"htsr_cli-{VERSION}.dist-info/")) for name in names), names
+    assert "htsr_cli/cli/app.py" in names and f"htsr_cli-{VERSION}.dist-info/licenses/LICENSE" in names
+    metadata = zipfile.ZipFile(wheel).read(f"htsr_cli-{VERSION}.dist-info/METADATA").decode()
+    assert "License-Expression: Apache-2.0" in metadata
+    assert "Provides-Extra: pandas" in metadata
+    sdist_names = tarfile.open(sdist).getnames()
+    assert f"htsr_cli-{VERSION}/LICENSE" in sdist_names and f"htsr_cli-{VERSION}/pyproject.toml" in sdist_names
+
+    venv = fresh_venv("wheel")
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps",
+         "--no-index", str(wheel)],
+        capture_output=True, text=True,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    version = subprocess.run([str(venv / "bin" / "htsr"), "--version"], capture_output=True, text=True, cwd=tmp_path)
+    assert version.returncode == 0, version.stderr
+    assert version.stdout == f"htsr {VERSION}\n"
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import htsr_cli; print(htsr_cli.__file__)"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert Path(where.stdout.strip()).is_relative_to(venv)  # the wheel's copy, not the checkout
+    analyzed = subprocess.run([str(venv / "bin" / "htsr"), "analyze", str(FIXTURES / "tiny-cnn-trained.pth"), "-f", "json"],
+                              capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert analyzed.returncode == 0 and '"schema": "htsr.report/1"' in analyzed.stdout
+
+
+def run_action(source: Path, venv: Path, tmp_path: Path, *inputs: str, skip_install: bool = False):
+    env = {
+        **os.environ,
+        "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "HTSR_PYTHON": str(venv / "bin" / "python"),
+        "ACTION_PATH": str(source),
+        "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md"),
+        "INPUT_JUNIT": str(tmp_path / "htsr-junit.xml"),
+        "PIP_NO_INDEX": "1",  # offline: torch and the dependencies are already there
+        "PIP_NO_BUILD_ISOLATION": "0",  # pip's spelling of --no-build-isolation
+        "HF_HUB_OFFLINE": "1",
+    }
+    if skip_install:
+        env["SKIP_INSTALL"] = "1"
+    return subprocess.run(
+        ["bash", str(source / "scripts" / "run-action-locally.sh"), *inputs],
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )
+
+
+def test_action_steps_install_htsr_and_gate_with_the_action_inputs(source, fresh_venv, tmp_path):
+    action = yaml.safe_load((REPO / "action.yml").read_text())
+    assert set(action["inputs"]) >= {"checkpoint", "baseline", "config", "args"}
+    assert action["inputs"]["checkpoint"]["required"] is True
+    steps = action["runs"]["steps"]
+    runs = [step["run"] for step in steps if "run" in step]
+    assert runs == ['bash "$ACTION_PATH/scripts/action.sh" install', 'bash "$ACTION_PATH/scripts/action.sh" gate']
+    for step in steps:  # inputs reach the shell only through env, never pasted into a script
+        assert "inputs." not in step.get("run", "")
+    cache = next(step for step in steps if step.get("uses", "").startswith("actions/cache"))
+    assert "~/.cache/pip" in cache["with"]["path"] and "~/.cache/htsr" in cache["with"]["path"]
+    upload = next(step for step in steps if step.get("uses", "").startswith("actions/upload-artifact"))
+    assert upload["if"] == "always()" and upload["with"]["path"] == "${{ inputs.junit }}"
+
+    venv = fresh_venv("action")
+    report = tmp_path / "baseline.json"
+    config = tmp_path / "gate.toml"
+    config.write_text("[tool.htsr.gate]\nmean_alpha_max = 4.5\nmax_alpha_drift = 0.5\n")
+    analyzed = subprocess.run([sys.executable, "-c", "from htsr_cli.cli.app import main; main()", "analyze",
+                               str(FIXTURES / "tiny-cnn-trained.pth"), "-f", "json", "-o", str(report), "-q"],
+                              capture_output=True, text=True)
+    assert analyzed.returncode == 0, analyzed.stderr
+
+    passed = run_action(source, venv, tmp_path, str(FIXTURES / "tiny-cnn-trained.pth"), str(report), str(config))
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert f"htsr {VERSION}" in passed.stdout  # installed from ACTION_PATH, on PATH
+    assert "htsr gate PASS: 0 violations" in passed.stdout
+    assert "## htsr gate: PASS" in passed.stdout  # the step summary
+    assert (tmp_path / "htsr-junit.xml").read_text().startswith("<?xml")
+
+    (tmp_path / "summary.md").unlink()
+    failed = run_action(source, venv, tmp_path, str(report), str(report), str(config), "--alpha-max 3 --max-flagged 0",
+                        skip_install=True)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "::error title=htsr gate%3A max_flagged::" in failed.stdout  # the args input reached the gate
+    assert "## htsr gate: FAIL" in (tmp_path / "summary.md").read_text()
+
+
+def test_pre_commit_hook_gates_each_file_and_exits_with_the_worst_code(tmp_path):
+    [hook] = yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())
+    assert hook["id"] == "htsr-gate" and hook["language"] == "system" and hook["pass_filenames"] is True
+    import re
+
+    pattern = re.compile(hook["files"])
+    assert pattern.search("checkpoints/model.safetensors") and pattern.search("reports/baseline-report.json")
+    assert not pattern.search("package.json") and not pattern.search("README.md")
+
+    good = tmp_path / "good-report.json"
+    bad = tmp_path / "bad-report.json"
+    htsr = [sys.executable, "-c", "from htsr_cli.cli.app import main; main()"]
+    subprocess.run([*htsr, "analyze", str(FIXTURES / "tiny-cnn-trained.pth"), "-f", "json", "-o", str(good), "-q"], check=True)
+    (tmp_path / "pyproject.toml").write_text("[tool.htsr.gate]\nmean_alpha_max = 4.5\n")
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    entry = shlex.split(hook["entry"])
+    ok = subprocess.run([*entry, str(good)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad.write_text(good.read_text().replace('"alpha": ', '"alpha": 10.0, "ignored": '))
+    worst = subprocess.run([*entry, str(good), str(bad), str(tmp_path / "missing-report.json")],
+                           capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert worst.returncode == 2, worst.stdout + worst.stderr
+    assert worst.stdout.count("htsr gate on ") == 2 and "FAIL" in worst.stdout
