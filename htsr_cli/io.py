@@ -29,7 +29,8 @@ def check_output_paths(outputs: dict[str, str | os.PathLike | None], inputs: lis
     `outputs` maps how the user named each output ("-o", "--save-spectra") to its
     path (None when not given); `inputs` are the files and directories read. An
     output may not resolve (symlinks followed) to an input file, be a hard link
-    to one, or lie inside an input directory; two outputs may not be one file.
+    to one, lie inside an input directory, or (as a directory) contain an input;
+    two outputs may not be one file.
     Outputs that are devices or pipes (`-o /dev/null`) are never inputs.
     """
     given = {flag: _resolved(path) for flag, path in outputs.items() if path is not None}
@@ -44,6 +45,8 @@ def check_output_paths(outputs: dict[str, str | os.PathLike | None], inputs: lis
                 raise HtsrError(
                     f"{flag} {outputs[flag]}: lies inside the input directory {source}; write it elsewhere"
                 )
+            if source.is_relative_to(target):  # a directory output would replace its own input
+                raise HtsrError(f"{flag} {outputs[flag]}: contains the input {source}; write it elsewhere")
     flags = list(given)
     for i, first in enumerate(flags):
         for second in flags[i + 1 :]:

@@ -38,6 +38,7 @@ class ShardedCheckpoint(Checkpoint):
         sorted_storage: bool,
     ) -> None:
         self.source = source
+        self.paths = list(paths)  # the weight files, in reading order
         self._config_dir = config_dir
         self._sorted_storage = sorted_storage
         self._current: tuple[Path, Checkpoint] | None = None

@@ -39,6 +39,14 @@ def open_torch_file(path: Path) -> StateDictCheckpoint:
 
 def read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     """The unwrapped state dict of a torch file, memory-mapped when the format allows."""
+    return unwrap_state_dict(load_torch_object(path), str(path))
+
+
+def load_torch_object(path: Path) -> object:
+    """Everything a torch file holds (containers and all), memory-mapped when the format allows.
+
+    A mapping is private (copy-on-write): writing to its tensors never touches the file.
+    """
     try:
         with path.open("rb") as handle:
             is_zip = handle.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
@@ -54,7 +62,7 @@ def read_torch_file(path: Path) -> dict[str, torch.Tensor]:
         raise HtsrError(
             f"{path}: is truncated or not a valid torch checkpoint ({_brief(error)})"
         ) from error
-    return unwrap_state_dict(obj, str(path))
+    return obj
 
 
 def _refusal(path: Path, error: pickle.UnpicklingError) -> HtsrError:

@@ -21,6 +21,11 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class Granularity(str, Enum):
+    block = "block"
+    matrix = "matrix"
+
+
 class Precision(str, Enum):
     float64 = "float64"
     float32 = "float32"
@@ -46,3 +51,11 @@ OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Write
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 XminOpt = Annotated[Xmin, typer.Option("--xmin", help="How the power-law tail start xmin is chosen (algorithms: ks = WeightWatcher, median = TempBalance, peak = AlphaPruning).")]
+
+# AlphaPruning's allocation (`htsr allocate sparsity`, `htsr prune`).
+MetricFarmsOpt = Annotated[bool, typer.Option("--farms", help="Use alpha_farms (FARMS) instead of alpha.")]
+EpsilonOpt = Annotated[float, typer.Option("--epsilon", help="Spread of the sparsities around the target, in [0, 1).")]
+GranularityOpt = Annotated[
+    Granularity, typer.Option("--granularity", help="One sparsity per block (its mean alpha) or per matrix.")
+]
+NoClipOpt = Annotated[bool, typer.Option("--no-clip", help="Do not cap sparsities at 0.99 (the reference output).")]

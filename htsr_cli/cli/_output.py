@@ -40,8 +40,8 @@ def emit_renderable(renderable: RenderableType, output: Path | None) -> None:
 
 
 @contextmanager
-def layer_progress(quiet: bool, description: str = "analysing") -> Iterator:
-    """A progress callback (done, total, layer) drawing a bar on stderr when it is a terminal."""
+def layer_progress(quiet: bool, description: str = "analysing", unit: str = "layers") -> Iterator:
+    """A progress callback (done, total, item) drawing a bar on stderr when it is a terminal."""
     if quiet or not stderr_console.is_terminal:
         yield None
         return
@@ -49,7 +49,7 @@ def layer_progress(quiet: bool, description: str = "analysing") -> Iterator:
         TextColumn(f"[bold]{description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("layers"),
+        TextColumn(unit),
         TimeElapsedColumn(),
         TextColumn("{task.fields[layer]}"),
         console=stderr_console,

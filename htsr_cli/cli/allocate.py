@@ -15,7 +15,20 @@ import typer
 
 from htsr_cli.allocations.experts import DEFAULT_BETA, ExpertSettings, expert_plan
 from htsr_cli.allocations.sparsity import SparsitySettings, sparsity_plan
-from htsr_cli.cli._options import CheckpointArg, Device, DeviceOpt, OutputOpt, QuietOpt, Xmin, XminOpt
+from htsr_cli.cli._options import (
+    CheckpointArg,
+    Device,
+    DeviceOpt,
+    EpsilonOpt,
+    Granularity,
+    GranularityOpt,
+    MetricFarmsOpt,
+    NoClipOpt,
+    OutputOpt,
+    QuietOpt,
+    Xmin,
+    XminOpt,
+)
 from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress
 from htsr_cli.outputs import Column, dumps_json, format_cell, to_csv, to_rich_table
 from htsr_cli.report import Report
@@ -28,11 +41,6 @@ app = typer.Typer(
 )
 
 
-class Granularity(str, Enum):
-    block = "block"
-    matrix = "matrix"
-
-
 class AllocationFormat(str, Enum):
     table = "table"
     json = "json"
@@ -40,15 +48,9 @@ class AllocationFormat(str, Enum):
 
 
 FormatOpt = Annotated[AllocationFormat, typer.Option("--format", "-f", help="Output format.")]
-MetricFarmsOpt = Annotated[bool, typer.Option("--farms", help="Use alpha_farms (FARMS) instead of alpha.")]
 TargetOpt = Annotated[
     float, typer.Option("--target", help="Parameter-weighted mean sparsity, in (0, 1).", show_default=False)
 ]
-EpsilonOpt = Annotated[float, typer.Option("--epsilon", help="Spread of the sparsities around the target, in [0, 1).")]
-GranularityOpt = Annotated[
-    Granularity, typer.Option("--granularity", help="One sparsity per block (its mean alpha) or per matrix.")
-]
-NoClipOpt = Annotated[bool, typer.Option("--no-clip", help="Do not cap sparsities at 0.99 (the reference output).")]
 TotalOpt = Annotated[
     Optional[int], typer.Option("--total", help="Experts over all blocks (default 5 per block).", show_default=False)
 ]

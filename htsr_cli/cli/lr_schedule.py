@@ -14,9 +14,9 @@ import typer
 import yaml
 
 from htsr_cli.allocations.learning_rates import LrSettings, lr_schedule, modules_of
-from htsr_cli.cli._options import CheckpointArg, Device, DeviceOpt, OutputOpt, QuietOpt, Xmin, XminOpt
+from htsr_cli.cli._options import CheckpointArg, Device, DeviceOpt, MetricFarmsOpt, OutputOpt, QuietOpt, Xmin, XminOpt
 from htsr_cli.cli._output import emit_text, stderr_console
-from htsr_cli.cli.allocate import MetricFarmsOpt, analyse
+from htsr_cli.cli.allocate import analyse
 from htsr_cli.outputs import Column, dumps_json, to_csv
 
 app = typer.Typer(
