@@ -14,6 +14,7 @@ from htsr_cli import __version__
 from htsr_cli.cli import analyze, report
 from htsr_cli.cli import compare, gate
 from htsr_cli.cli import allocate, lr_schedule
+from htsr_cli.cli import evaluate, prune
 from htsr_cli.cli._errors import USAGE_ERROR, FunnelGroup
 
 app = typer.Typer(
@@ -56,6 +57,8 @@ app.command("gate")(gate.gate)
 app.command("compare")(compare.compare)
 app.add_typer(allocate.app, name="allocate")
 app.add_typer(lr_schedule.app, name="lr-schedule")
+app.command("prune")(prune.prune)
+app.add_typer(evaluate.app, name="eval")
 
 
 def main() -> None:
