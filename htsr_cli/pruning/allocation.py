@@ -84,7 +84,7 @@ def alphapruning_allocation(report: Report, settings: PruneSettings) -> list[dic
     entries = []
     for layer in plan["layers"]:
         item = entry(layer["name"], layer["tensor"], layer["kind"], layer["block"], layer["params"], layer["note"])
-        item.pop("alpha")
+        item = {metric if key == "alpha" else key: value for key, value in item.items()}  # alpha or alpha_farms
         item[metric] = layer[metric]
         item["score"] = layer["score"]
         item["target_ratio"] = layer["sparsity"]
