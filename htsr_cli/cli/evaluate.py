@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from htsr_cli.cli._options import Device, DeviceOpt, OutputOpt, QuietOpt
+from htsr_cli.cli._options import Device, OutputOpt, QuietOpt
 from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress
 from htsr_cli.outputs import Column, dumps_json, to_rich_table
 
@@ -37,6 +37,7 @@ SeqLenOpt = Annotated[int, typer.Option("--seq-len", help="Tokens per window.")]
 MaxTokensOpt = Annotated[
     Optional[int], typer.Option("--max-tokens", show_default=False, help="Score only the first N tokens of the text.")
 ]
+RunDeviceOpt = Annotated[Device, typer.Option("--device", help="Where the model runs.")]
 FormatOpt = Annotated[EvalFormat, typer.Option("--format", "-f", help="Output format.")]
 
 
@@ -46,7 +47,7 @@ def perplexity(
     text: TextOpt,
     seq_len: SeqLenOpt = 512,
     max_tokens: MaxTokensOpt = None,
-    device: DeviceOpt = Device.auto,
+    device: RunDeviceOpt = Device.auto,
     output_format: FormatOpt = EvalFormat.table,
     output: OutputOpt = None,
     quiet: QuietOpt = False,

@@ -17,7 +17,6 @@ import typer
 from htsr_cli.cli._options import (
     CheckpointArg,
     Device,
-    DeviceOpt,
     EpsilonOpt,
     Granularity,
     GranularityOpt,
@@ -75,6 +74,7 @@ OwlMOpt = Annotated[float, typer.Option("--owl-m", help="OWL: an outlier is a sc
 OwlLambdaOpt = Annotated[
     float, typer.Option("--owl-lambda", help="OWL: block sparsities span target +- lambda.")
 ]
+RunDeviceOpt = Annotated[Device, typer.Option("--device", help="Where alphas are computed, masks chosen and the model runs (wanda, owl).")]
 OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace OUT if it holds an earlier htsr prune output.")
 ]
@@ -96,7 +96,7 @@ def prune(
     no_clip: NoClipOpt = False,
     owl_m: OwlMOpt = 5.0,
     owl_lambda: OwlLambdaOpt = 0.08,
-    device: DeviceOpt = Device.auto,
+    device: RunDeviceOpt = Device.auto,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -63,9 +63,10 @@ def prune_checkpoint(
             raise HtsrError(f"{source}: htsr prune needs a checkpoint on disk")
         root = _root_directory(source, checkpoint)
         output_checks(output, [root or checkpoint.paths[0]], settings.overwrite)
-        if settings.calibration is not None:
+        directory = None
+        if settings.needs_calibration:
             read_text(settings.calibration.text, "--calibration", limit=4096)  # missing or empty: fail now
-        directory = model_directory(source, "calibration") if settings.needs_calibration else None
+            directory = model_directory(source, "calibration")
         device = resolve_device(settings.device)
         entries, target = _allocate(source, checkpoint, settings, progress)
         with staged_output(output) as staging, tempfile.TemporaryDirectory(dir=staging, prefix=".scratch-") as scratch:
