@@ -312,8 +312,9 @@ def _hooked(template: torch.nn.Module, name: str, key: str, device: torch.device
 
 def _accumulate(linear: HookedLinear):
     def hook(_module: torch.nn.Module, inputs: tuple, _output: Any) -> None:
-        x = inputs[0].detach()  # [..., in]
-        linear.sum_squares += x.reshape(-1, x.shape[-1]).double().pow(2).sum(dim=0)
+        x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()  # [tokens, in]
+        # One fused norm per window in float32 (as Wanda), summed over windows in float64.
+        linear.sum_squares += torch.linalg.vector_norm(x, dim=0).double().square()
 
     return hook
 
