@@ -35,6 +35,7 @@ sys.path.append(str(ROOT))
 
 import torch  # noqa: E402
 
+from sections import keep_sections  # noqa: E402
 from checkpoints import (  # noqa: E402
     LlamaShape,
     minilm_directory,
@@ -222,7 +223,8 @@ def save_entry(entry: dict, machine: dict, args: argparse.Namespace) -> None:
 
 
 def write_markdown(args: argparse.Namespace) -> None:
-    write_atomic(args.out, render_benchmarks(load_results(args.results_dir)))
+    # Sections other scripts own (`make bench-prune`) survive the regeneration.
+    write_atomic(args.out, keep_sections(args.out, render_benchmarks(load_results(args.results_dir))))
 
 
 def parse_args() -> argparse.Namespace:

@@ -40,6 +40,11 @@ _EXPORTS = {
     "attach_spectra": "htsr_cli.spectra_file",
     "GateConfig": "htsr_cli.gate",
     "compare_reports": "htsr_cli.compare",
+    "prune_checkpoint": "htsr_cli.pruning",
+    "PruneSettings": "htsr_cli.pruning",
+    "CalibrationSettings": "htsr_cli.pruning",
+    "evaluate_perplexity": "htsr_cli.perplexity",
+    "PerplexitySettings": "htsr_cli.perplexity",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -139,9 +139,9 @@ def check_output_paths(outputs: Mapping[str, PathLike | None], inputs: Iterable[
     path (None when not given); `inputs` are the files and directories read
     (strings that are not paths, such as hub ids, are ignored). An output may
     not resolve (symlinks followed) to an input file, be a hard link to an
-    input or to a file inside an input directory (a shard), or lie inside an
-    input directory; two outputs may not be one file. Outputs that are
-    devices or pipes (`-o /dev/null`) are never inputs.
+    input or to a file inside an input directory (a shard), lie inside an input
+    directory, or (as a directory) contain an input; two outputs may not be one
+    file. Outputs that are devices or pipes (`-o /dev/null`) are never inputs.
     """
     given: dict[str, Path] = {}
     for flag, path in outputs.items():
@@ -175,6 +175,8 @@ def check_output_paths(outputs: Mapping[str, PathLike | None], inputs: Iterable[
                 raise HtsrError(f"{named}: is an input of this command; refusing to overwrite it")
             if source.is_dir() and target.is_relative_to(source):
                 raise HtsrError(f"{named}: lies inside the input directory {source}; write it elsewhere")
+            if source.is_relative_to(target):  # a directory output would replace its own input
+                raise HtsrError(f"{named}: contains the input {source}; write it elsewhere")
         identity = _identity(target)
         if identity is not None and identity in identities:
             raise HtsrError(

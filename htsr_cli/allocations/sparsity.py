@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from htsr_cli.allocations.scores import block_means, check_metric, missing_score_note, score_of
 from htsr_cli.errors import HtsrError, InvalidSetting
 from htsr_cli.report import LayerResult, Report
+
+if TYPE_CHECKING:  # matrices imports torch; the allocate command must start without it
+    from htsr_cli.matrices import MatrixSpec
 
 SCHEMA = "htsr.sparsity/1"
 GRANULARITIES = ("block", "matrix")
@@ -93,11 +96,11 @@ def sparsity_allocation(
     return sparsities, sum(capped)
 
 
-def _has_blocks(layers: Sequence[LayerResult]) -> bool:
+def has_blocks(layers: Sequence[LayerResult | MatrixSpec]) -> bool:
     return any(layer.block is not None for layer in layers if layer.kind in PRUNABLE_KINDS)
 
 
-def _excluded_note(layer: LayerResult, index: int, count: int, has_blocks: bool) -> str | None:
+def excluded_note(layer: LayerResult | MatrixSpec, index: int, count: int, any_blocks: bool) -> str | None:
     """Why a layer is outside AlphaPruning's scope; None when it is prunable.
 
     The scope is the linear and conv matrices inside numbered blocks (decoder
@@ -107,7 +110,7 @@ def _excluded_note(layer: LayerResult, index: int, count: int, has_blocks: bool)
     """
     if layer.kind not in PRUNABLE_KINDS:
         return f"{layer.kind}, not pruned"
-    if has_blocks:
+    if any_blocks:
         return "outside numbered blocks, not pruned" if layer.block is None else None
     if index == 0:
         return "first layer, not pruned"
@@ -126,8 +129,8 @@ def sparsity_plan(report: Report, settings: SparsitySettings) -> dict[str, Any]:
     alpha of its block's allocated matrices, as AlphaPruning averages per layer.
     """
     metric = settings.metric
-    has_blocks = _has_blocks(report.layers)
-    if settings.granularity == "block" and not has_blocks:
+    blocks = has_blocks(report.layers)
+    if settings.granularity == "block" and not blocks:
         raise InvalidSetting(
             "granularity", "block", f"no weight matrix of {report.checkpoint} lies in a numbered block "
             "(like model.layers.0), so there are no blocks to average over; use matrix"
@@ -136,7 +139,7 @@ def sparsity_plan(report: Report, settings: SparsitySettings) -> dict[str, Any]:
     allocated: list[dict[str, Any]] = []
     for index, layer in enumerate(report.layers):
         score = score_of(layer, metric)
-        note = _excluded_note(layer, index, len(report.layers), has_blocks)
+        note = excluded_note(layer, index, len(report.layers), blocks)
         if note is None and score is None:
             note = missing_score_note(layer, metric)
         entry = {

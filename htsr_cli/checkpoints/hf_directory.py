@@ -28,6 +28,11 @@ _TRAINER_STATE = re.compile(
 )
 
 
+def is_trainer_state(name: str) -> bool:
+    """Optimizer, scheduler and argument files a Trainer saves beside the weights."""
+    return bool(_TRAINER_STATE.match(name))
+
+
 def has_weights(directory: Path) -> bool:
     """Whether the directory holds a complete set of weights (a partial download does not)."""
     try:
@@ -72,7 +77,7 @@ def _find_weight_files(directory: Path, source: str) -> list[Path]:
     if safetensors:
         return sorted(safetensors)
     return sorted(
-        path for path in files if is_torch_file(path) and not _TRAINER_STATE.match(path.name)
+        path for path in files if is_torch_file(path) and not is_trainer_state(path.name)
     )
 
 

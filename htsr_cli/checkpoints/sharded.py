@@ -53,6 +53,7 @@ class ShardedCheckpoint(Checkpoint):
         sorted_storage: bool,
     ) -> None:
         self.source = source
+        self.paths = list(paths)  # the weight files, in reading order
         self._config_dir = config_dir
         self.model_type = config_model_type(config_dir) if config_dir is not None else None
         self._sorted_storage = sorted_storage

@@ -22,6 +22,8 @@ import struct
 import warnings
 import zipfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,11 +100,31 @@ def open_torch_file(path: Path) -> TorchFile:
 def read_torch_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, _Record]]:
     """The unwrapped state dict of a torch file, memory-mapped when the format allows,
     and for a zip file the record holding each tensor's storage (checked for size)."""
+    tensors = unwrap_state_dict(load_torch_object(path), str(path))
+    with _reading(path):
+        records = _storage_records(path, _zip_records(path)) if _is_zip(path) else {}
+    return tensors, records
+
+
+def load_torch_object(path: Path) -> object:
+    """Everything a torch file holds (containers and all), memory-mapped when the format allows.
+
+    A mapping is private (copy-on-write): writing to its tensors never touches the file.
+    """
+    with _reading(path):
+        return _torch_load(path, mmap=_is_zip(path))
+
+
+def _is_zip(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """torch's and the OS's errors on reading `path`, as one line each."""
     try:
-        with path.open("rb") as handle:
-            is_zip = handle.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
-        tensors = unwrap_state_dict(_torch_load(path, mmap=is_zip), str(path))
-        records = _storage_records(path, _zip_records(path)) if is_zip else {}
+        yield
     except pickle.UnpicklingError as error:
         raise _refusal(path, error) from error
     except OSError as error:
@@ -111,7 +133,6 @@ def read_torch_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, _Rec
         raise
     except Exception as error:  # torch reports damage as RuntimeError, EOFError, KeyError, ...
         raise HtsrError(f"{path}: is truncated or not a valid torch checkpoint ({brief(error)})") from error
-    return tensors, records
 
 
 def _torch_load(path: Path, **options) -> object:

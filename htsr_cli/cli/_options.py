@@ -25,6 +25,11 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class Granularity(str, Enum):
+    block = "block"
+    matrix = "matrix"
+
+
 class Precision(str, Enum):
     mixed = "mixed"
     float64 = "float64"
@@ -104,3 +109,10 @@ def as_flag(error: InvalidSetting) -> str:
     """An invalid setting as the command line names it: `--min-evals 1: must be at least 2`."""
     flag = FLAGS.get(error.parameter, "--" + error.parameter.replace("_", "-"))
     return f"{flag} {error.value}: {error.problem}"
+
+# AlphaPruning's allocation (`htsr allocate sparsity`, `htsr prune`).
+EpsilonOpt = Annotated[float, typer.Option("--epsilon", help="Spread of the sparsities around the target, in [0, 1).")]
+GranularityOpt = Annotated[
+    Granularity, typer.Option("--granularity", help="One sparsity per block (its mean alpha) or per matrix.")
+]
+NoClipOpt = Annotated[bool, typer.Option("--no-clip", help="Do not cap sparsities at 0.99 (the reference output).")]

@@ -87,8 +87,8 @@ def emit_renderable(renderable: RenderableType, output: Path | None, quiet: bool
 
 
 @contextmanager
-def layer_progress(quiet: bool, description: str = "analyzing") -> Iterator:
-    """A progress callback (done, total, layer) drawing a bar on stderr when it is a terminal."""
+def layer_progress(quiet: bool, description: str = "analyzing", unit: str = "layers") -> Iterator:
+    """A progress callback (done, total, item) drawing a bar on stderr when it is a terminal."""
     if quiet or not stderr_console.is_terminal:
         yield None
         return
@@ -96,7 +96,7 @@ def layer_progress(quiet: bool, description: str = "analyzing") -> Iterator:
         TextColumn(f"[bold]{description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("layers"),
+        TextColumn(unit),
         TimeElapsedColumn(),
         TextColumn("{task.fields[layer]}", markup=False),  # layer names are data, not rich markup
         console=stderr_console,

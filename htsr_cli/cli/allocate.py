@@ -16,10 +16,13 @@ from htsr_cli.cli._options import (
     ConvScaleOpt,
     Device,
     DeviceOpt,
+    EpsilonOpt,
     FarmsOpt,
     FarmsQOpt,
     FarmsStepsOpt,
     FarmsWindowOpt,
+    Granularity,
+    GranularityOpt,
     HtsrCommand,
     HtsrGroup,
     LayersOpt,
@@ -27,6 +30,7 @@ from htsr_cli.cli._options import (
     MetricOpt,
     MinEvalsOpt,
     MaxMemoryOpt,
+    NoClipOpt,
     OutputOpt,
     Precision,
     PrecisionOpt,
@@ -51,11 +55,6 @@ app = typer.Typer(
 )
 
 
-class Granularity(str, Enum):
-    block = "block"
-    matrix = "matrix"
-
-
 class AllocationFormat(str, Enum):
     table = "table"
     json = "json"
@@ -66,11 +65,6 @@ FormatOpt = Annotated[AllocationFormat, typer.Option("--format", "-f", help="Out
 TargetOpt = Annotated[
     float, typer.Option("--target", help="Parameter-weighted mean sparsity, in (0, 1).", show_default=False)
 ]
-EpsilonOpt = Annotated[float, typer.Option("--epsilon", help="Spread of the sparsities around the target, in [0, 1).")]
-GranularityOpt = Annotated[
-    Granularity, typer.Option("--granularity", help="One sparsity per block (its mean alpha) or per matrix.")
-]
-NoClipOpt = Annotated[bool, typer.Option("--no-clip", help="Do not cap sparsities at 0.99 (the reference output).")]
 TotalOpt = Annotated[
     Optional[int], typer.Option("--total", help="Experts over all blocks.", show_default="5 per block")
 ]

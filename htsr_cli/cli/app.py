@@ -14,6 +14,7 @@ from htsr_cli import __version__
 from htsr_cli.cli import analyze, report
 from htsr_cli.cli import compare, gate
 from htsr_cli.cli import allocate, lr_schedule, main
+from htsr_cli.cli import evaluate, prune
 from htsr_cli.cli._errors import USAGE_ERROR, FunnelGroup
 from htsr_cli.cli._options import FlagsWithoutType, HtsrCommand
 
@@ -71,5 +72,7 @@ app.command("gate", cls=HtsrCommand)(gate.gate)
 app.command("compare", cls=HtsrCommand)(compare.compare)
 app.add_typer(allocate.app, name="allocate")
 app.add_typer(lr_schedule.app, name="lr-schedule")
+app.command("prune")(prune.prune)
+app.add_typer(evaluate.app, name="eval")
 
 __all__ = ["app", "main"]  # main: the console script (htsr_cli.cli.main), also reachable here

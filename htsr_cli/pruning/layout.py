@@ -1,0 +1,211 @@
+"""Writing the pruned checkpoint in the layout it came in, all or nothing.
+
+The output is a directory. A Hugging Face directory comes out as the same
+tree: config, tokenizer and every other file copied, the weight files (single,
+or shards with their index) rewritten under the same names. A single weight
+file comes out as OUT/<its name>. Weight files in other formats (ONNX, GGUF,
+TF, Flax, ...) would still hold the dense weights, so they are left out and listed.
+
+- safetensors: the file is copied and only the byte ranges of pruned tensors
+  are overwritten, one tensor at a time: the header and every other tensor stay
+  byte-identical, and memory holds one tensor.
+- torch files: loaded memory-mapped (copy-on-write), pruned in place and saved
+  again with their containers (`state_dict`, DDP prefixes, extra entries)
+  untouched; memory holds the pruned tensors of one file.
+
+Everything is written into a temporary directory beside OUT and renamed into
+place at the end; an error, Ctrl-C or SIGTERM removes it, so OUT is never half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from htsr_cli.checkpoints.hf_directory import is_trainer_state
+from htsr_cli.checkpoints.statedict import unwrap_state_dict
+from htsr_cli.checkpoints.torchfile import is_torch_file, load_torch_object
+from htsr_cli.errors import HtsrError
+from htsr_cli.io import check_output_paths
+
+RECORD = "htsr-prune.json"
+# Model files of other frameworks and exports: copying them would ship dense weights beside the pruned ones.
+OTHER_WEIGHT_SUFFIXES = (".gguf", ".onnx", ".onnx_data", ".h5", ".msgpack", ".tflite", ".ot", ".mlmodel", ".pb", ".npz")
+_HEADER_LIMIT = 100_000_000  # safetensors' own cap on the JSON header
+
+# prune(key, load) -> the pruned tensor (same dtype and shape), or None to keep the stored one.
+# `load` reads the stored tensor; a pruner calls it only for tensors it prunes.
+Pruner = Callable[[str, Callable[[], torch.Tensor]], "torch.Tensor | None"]
+
+
+def output_checks(output: Path, inputs: list[Path], overwrite: bool) -> None:
+    """Refuse an output that would overwrite an input, or a directory that is not ours to replace."""
+    check_output_paths({"-o": output}, inputs)
+    if not output.parent.is_dir():
+        raise HtsrError(f"-o {output}: directory {output.parent} does not exist")
+    if output.is_symlink() or (output.exists() and not output.is_dir()):
+        raise HtsrError(f"-o {output}: exists and is not a directory")
+    if output.is_dir() and any(output.iterdir()):
+        if not overwrite:
+            raise HtsrError(f"-o {output}: exists and is not empty; pass --overwrite to replace it")
+        if not (output / RECORD).is_file():
+            # --overwrite deletes the old directory: only ever one that htsr prune wrote.
+            raise HtsrError(
+                f"-o {output}: --overwrite replaces only an earlier htsr prune output (one with {RECORD}); "
+                "remove this directory yourself"
+            )
+
+
+@contextmanager
+def staged_output(output: Path) -> Iterator[Path]:
+    """A fresh directory beside `output`; renamed to `output` when the block ends without error.
+
+    SIGTERM is turned into an exception for the duration, so `kill` cleans up like Ctrl-C does.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".htsr-tmp", dir=output.parent))
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private
+        _replace_directory(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _replace_directory(staging: Path, output: Path) -> None:
+    if not output.exists():
+        os.rename(staging, output)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".htsr-old", dir=output.parent))
+    os.rename(output, old / "previous")
+    try:
+        os.rename(staging, output)
+    except BaseException:
+        os.rename(old / "previous", output)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def copy_other_files(root: Path, weight_files: list[Path], staging: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Copy every file under `root` but the weights being rewritten; returns (copied, left out with reasons)."""
+    rewritten = {path.resolve() for path in weight_files}
+    copied: list[str] = []
+    left_out: list[dict[str, str]] = []
+    for directory, subdirectories, files in os.walk(root):
+        relative_dir = Path(directory).relative_to(root)
+        if ".git" in subdirectories:
+            subdirectories.remove(".git")
+            left_out.append({"path": str(relative_dir / ".git"), "reason": "version control data"})
+        subdirectories.sort()
+        for name in sorted(files):
+            path = Path(directory) / name
+            relative = relative_dir / name
+            if path.resolve() in rewritten:
+                continue
+            reason = _weights_elsewhere(path)
+            if reason is not None:
+                left_out.append({"path": str(relative), "reason": reason})
+                continue
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, staging / relative)  # follows hub-cache symlinks to the blobs
+            copied.append(str(relative))
+    return copied, left_out
+
+
+def _weights_elsewhere(path: Path) -> str | None:
+    """Why a file that is not being rewritten must not be copied (it holds dense weights), or None."""
+    name = path.name.lower()
+    if name.endswith(".safetensors") or (is_torch_file(path) and not is_trainer_state(path.name)):
+        return "weights not read (another variant of the model), not pruned"
+    if name.endswith(OTHER_WEIGHT_SUFFIXES):
+        return "weights in another format, not pruned"
+    return None
+
+
+def rewrite_weights(source: Path, target: Path, prune: Pruner) -> dict[str, int]:
+    """Write `source` to `target` with the tensors `prune` changes; returns {key: zeros} of those tensors."""
+    if source.suffix.lower() == ".safetensors":
+        return _rewrite_safetensors(source, target, prune)
+    return _rewrite_torch_file(source, target, prune)
+
+
+def _rewrite_safetensors(source: Path, target: Path, prune: Pruner) -> dict[str, int]:
+    data_start, ranges = _safetensors_ranges(source)
+    shutil.copyfile(source, target)
+    zeros: dict[str, int] = {}
+    reader = safe_open(str(source), framework="pt")
+    with open(target, "r+b") as handle:
+        for key, (begin, end) in sorted(ranges.items(), key=lambda item: item[1][0]):
+            pruned = prune(key, lambda key=key: reader.get_tensor(key))
+            if pruned is None:
+                continue
+            data = pruned.contiguous().view(torch.uint8).numpy()
+            if data.nbytes != end - begin:
+                raise AssertionError(f"{key}: pruned tensor has {data.nbytes} bytes, the file holds {end - begin}")
+            handle.seek(data_start + begin)
+            handle.write(memoryview(data))
+            zeros[key] = int((pruned == 0).sum())
+    return zeros
+
+
+def _safetensors_ranges(path: Path) -> tuple[int, dict[str, tuple[int, int]]]:
+    """Where each tensor's bytes are: (start of the data section, {key: (begin, end)} within it)."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if not 0 < length <= min(_HEADER_LIMIT, size - 8):
+            raise HtsrError(f"{path}: safetensors header claims {length} bytes, the file has {size}")
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError as error:
+            raise HtsrError(f"{path}: not a valid safetensors header ({error})") from None
+    data_size = size - 8 - length
+    ranges = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        if not 0 <= begin <= end <= data_size:
+            raise HtsrError(f"{path}: tensor {key!r} claims bytes {begin}..{end} beyond the file")
+        ranges[key] = (begin, end)
+    return 8 + length, ranges
+
+
+def _rewrite_torch_file(source: Path, target: Path, prune: Pruner) -> dict[str, int]:
+    saved = load_torch_object(source)
+    zeros: dict[str, int] = {}
+    # The same tensor objects as inside `saved`: pruning them in place prunes what is saved.
+    for key, tensor in unwrap_state_dict(saved, str(source)).items():
+        pruned = prune(key, lambda tensor=tensor: tensor)
+        if pruned is None:
+            continue
+        tensor.copy_(pruned)
+        zeros[key] = int((tensor == 0).sum())
+    torch.save(saved, target)
+    return zeros
