@@ -139,7 +139,7 @@ def planned_cases(args: argparse.Namespace) -> list[Case]:
         # The speed targets (naive, WeightWatcher, float64) on the 4-layer one (2 layers in a smoke run).
         (f"llama-{base.layers}L", base, (HTSR, HTSR_F64, FLOOR, NAIVE, WEIGHTWATCHER), True),
         # Twice as deep: shows that peak RSS does not grow with depth.
-        (f"llama-{2 * base.layers}L", LlamaShape(base.hidden, base.intermediate, 2 * base.layers, base.heads, base.vocab), (HTSR, HTSR_F64, FLOOR), False),
+        (f"llama-{2 * base.layers}L", replace(base, layers=2 * base.layers), (HTSR, HTSR_F64, FLOOR), False),
     ]
     if args.llama7b:
         # No naive row: it would hold 13.5 GB and run for hours.
@@ -167,8 +167,6 @@ def planned_cases(args: argparse.Namespace) -> list[Case]:
         cases = [replace(case, tools=tuple(t for t in case.tools if re.search(args.tools, t))) for case in cases]
         cases = [case for case in cases if case.tools]
     return cases
-
-
 
 
 def htsr_command() -> list[str]:
@@ -199,6 +197,10 @@ def report_summary(report: Path) -> str:
     return f"{summary['analyzed']} of {summary['layers']} layers analysed"
 
 
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -206,7 +208,7 @@ def log(message: str) -> None:
 def weightwatcher_venv(args: argparse.Namespace) -> tuple[Path | None, dict | None, str | None]:
     """(python, versions, error) of WeightWatcher's venv, built once per benchmark run."""
     if not hasattr(args, "weightwatcher"):
-        log("preparing WeightWatcher's venv (benchmarks/work/ww-venv; the first time takes minutes)")
+        log("WeightWatcher's venv: benchmarks/work/ww-venv (built on first use, which takes minutes)")
         try:
             args.weightwatcher = (*weightwatcher_python(args.work_dir), None)
         except (RuntimeError, subprocess.CalledProcessError, OSError) as error:
@@ -226,6 +228,7 @@ def planned_rows(case: Case, checkpoint: Path, args: argparse.Namespace) -> list
             row = {
                 "tool": tool,
                 "device": device,
+                "date": utc_now(),
                 "command": tool_command(tool, checkpoint, device, report, python),
                 "report": str(report) if tool in HTSR_TOOLS or tool == WEIGHTWATCHER else None,
                 "runs": [],
@@ -308,7 +311,7 @@ def run_case(case: Case, args: argparse.Namespace) -> dict:
     entry = {
         "name": case.name, "kind": case.kind, "layers": case.layers, "path": None, "size_mb": 0.0,
         "matrices": None, "params": None, "rows": [], "error": None,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "commands": [run_command()],
         "versions": library_versions(),
     }
@@ -326,7 +329,7 @@ def run_case(case: Case, args: argparse.Namespace) -> dict:
             params=sum(math.prod(shape) for shape in shapes.values()),
         )
         entry["rows"] = measure_case(case, checkpoint, args)
-        if case.profile:
+        if case.profile and HTSR in case.tools:
             entry["profile"] = profile_case(case, checkpoint, args)
         if HTSR_F32 in case.tools:
             log(f"[{case.name}] float32 vs float64 eigensolve per matrix (what the float32 guard must catch)")
@@ -373,21 +376,21 @@ def _row_key(row: dict) -> tuple[int, str, str]:
 
 def merge_entry(old: dict | None, new: dict) -> dict:
     """The new entry with the old one's rows (and their comparisons) that this run did not measure again."""
-    if old is None or old.get("error") or new.get("error"):
-        merged = new
-    else:
-        fresh = {(row["tool"], row["device"]) for row in new["rows"]}
-        merged = {**new, "rows": new["rows"] + [row for row in old["rows"] if (row["tool"], row["device"]) not in fresh]}
+    fresh = {(row["tool"], row["device"]) for row in new["rows"]}
+    kept_rows = [] if old is None or old.get("error") or new.get("error") else [
+        # Rows from before rows carried their own date take their entry's.
+        {"date": old["date"], **row} for row in old["rows"] if (row["tool"], row["device"]) not in fresh
+    ]
+    merged = {**new, "rows": sorted(new["rows"] + kept_rows, key=_row_key)}
+    if kept_rows:
         merged["commands"] = list(dict.fromkeys(old.get("commands", [old.get("command")]) + new["commands"]))
         merged["profile"] = {**old.get("profile", {}), **new.get("profile", {})}
         merged.setdefault("float32_probe", old.get("float32_probe"))
-    merged["rows"] = sorted(merged["rows"], key=_row_key)
     records = accuracy_records(merged["rows"])
     # Comparisons whose report files are gone (another machine's run) stay as they were computed.
-    done = {(record["tool"], record["device"]) for record in records}
-    rows = {(row["tool"], row["device"]) for row in merged["rows"]}
-    kept = [record for record in (old or {}).get("accuracy", []) if (record["tool"], record["device"]) not in done and (record["tool"], record["device"]) in rows]
-    merged["accuracy"] = records + kept
+    recomputed = {(record["tool"], record["device"]) for record in records}
+    kept = {(row["tool"], row["device"]) for row in kept_rows} - recomputed
+    merged["accuracy"] = records + [r for r in (old or {}).get("accuracy", []) if (r["tool"], r["device"]) in kept]
     return merged
 
 
@@ -430,7 +433,7 @@ def run_estimate(args: argparse.Namespace, machine: dict) -> None:
     for device in args.devices:
         record = {
             "model": model.name, "device": device, "ranks": args.ranks,
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "date": utc_now(),
             "command": run_command(), "versions": library_versions(), "error": None,
         }
         try:

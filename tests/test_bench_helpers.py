@@ -239,6 +239,16 @@ def test_merge_entry_replaces_rows_by_tool_and_device_and_keeps_the_rest(tmp_pat
     # The report files are gone (another machine): the earlier comparison stays as computed.
     assert merged["accuracy"] == old["accuracy"]
     assert merged["commands"] == ["python benchmarks/run.py --repeats 3", "python benchmarks/run.py --tools htsr"]
+    assert [row["date"] for row in merged["rows"] if row["tool"] == FLOOR] == [old["date"]]
+
+
+def test_merge_entry_that_measures_every_row_again_forgets_the_old_run():
+    old = _entry([_row(HTSR, "cpu", None, walls=(9.0,))], command="python benchmarks/run.py --old")
+    del old["commands"]  # results written before entries listed their commands
+    new = _entry([_row(HTSR, "cpu", None, walls=(5.0,))], commands=["python benchmarks/run.py"])
+    merged = merge_entry(old, new)
+    assert [row["runs"][0]["wall_s"] for row in merged["rows"]] == [5.0]
+    assert merged["commands"] == ["python benchmarks/run.py"]
 
 
 # --- the --profile line, commands as shown, and the targets --------------------------------------------
@@ -390,3 +400,9 @@ def test_small_matrices_file_holds_every_expert_projection(tmp_path):
     assert len(shapes) == 2 * 3 * 3
     assert shapes["layers.1.mlp.experts.2.gate_proj.weight"] == (16, 32)
     assert shapes["layers.1.mlp.experts.2.down_proj.weight"] == (32, 16)
+
+
+def test_speed_targets_of_issue_15_apply_to_llama_shaped_checkpoints_only():
+    rows = [_row(HTSR, "cpu", None, walls=(10.0,)), _row(HTSR_F64, "cpu", None), _row(WEIGHTWATCHER, "cpu", None)]
+    targets = _targets(_entry(rows, name="all-MiniLM-L6-v2", kind="minilm"))
+    assert not any("WeightWatcher" in target or "1.6x" in target for target, _ in targets)
