@@ -1,7 +1,8 @@
 """The benchmark's checkpoints, generated locally and deterministically (no downloads).
 
-    from checkpoints import LlamaShape, write_llama_directory, write_resnet50, write_matrix, minilm_directory
-    path = write_llama_directory(Path("benchmarks/work"), LlamaShape(2048, 5632, 4, 16, 32000))
+    from checkpoints import LlamaShape, MoeShape, write_hf_directory, write_small_matrices, minilm_directory
+    path = write_hf_directory(Path("benchmarks/work"), LlamaShape(2048, 5632, 4, 16, 32000))
+    path = write_hf_directory(Path("benchmarks/work"), MoeShape(2048, 768, 4, 64))   # Qwen3-MoE layout
 
 Each file or directory name encodes every parameter it was made with, and is
 renamed into place only once complete, so an existing one is reused as is and
@@ -14,6 +15,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +36,12 @@ class LlamaShape:
     layers: int
     heads: int
     vocab: int
+    kv_heads: int | None = None  # grouped-query attention (LLaMA-2-70B: 8); None: one per head
 
     @property
     def name(self) -> str:
-        return f"llama-h{self.hidden}-i{self.intermediate}-L{self.layers}-v{self.vocab}-bf16"
+        kv = "" if self.kv_heads is None else f"-kv{self.kv_heads}"
+        return f"llama-h{self.hidden}-i{self.intermediate}-L{self.layers}{kv}-v{self.vocab}-bf16"
 
     def config(self):
         from transformers import LlamaConfig
@@ -47,30 +51,109 @@ class LlamaShape:
             intermediate_size=self.intermediate,
             num_hidden_layers=self.layers,
             num_attention_heads=self.heads,
-            num_key_value_heads=self.heads,
+            num_key_value_heads=self.kv_heads or self.heads,
             vocab_size=self.vocab,
             tie_word_embeddings=False,
             dtype="bfloat16",
         )
 
+    def model_class(self):
+        from transformers import LlamaForCausalLM
 
-def write_llama_directory(work: Path, shape: LlamaShape) -> Path:
-    """A Hugging Face LlamaForCausalLM directory with random bf16 weights, in 500 MB shards.
+        return LlamaForCausalLM
 
-    The layout (keys, order, shapes) comes from the model built on the meta
-    device; weights are drawn tensor by tensor, one shard in memory at a time,
+
+@dataclass(frozen=True)
+class MoeShape:
+    """A Qwen3-MoE decoder (Qwen3-30B-A3B's widths by default): every layer's MLP is `experts` experts."""
+
+    hidden: int
+    expert_intermediate: int
+    layers: int
+    experts: int
+    experts_per_token: int = 8
+    heads: int = 32
+    kv_heads: int = 4
+    head_dim: int = 128
+    vocab: int = 32000
+
+    @property
+    def name(self) -> str:
+        return f"qwen3moe-h{self.hidden}-i{self.expert_intermediate}-L{self.layers}-e{self.experts}-v{self.vocab}-bf16"
+
+    def config(self):
+        from transformers import Qwen3MoeConfig
+
+        return Qwen3MoeConfig(
+            hidden_size=self.hidden,
+            moe_intermediate_size=self.expert_intermediate,
+            num_hidden_layers=self.layers,
+            num_experts=self.experts,
+            num_experts_per_tok=self.experts_per_token,
+            num_attention_heads=self.heads,
+            num_key_value_heads=self.kv_heads,
+            head_dim=self.head_dim,
+            vocab_size=self.vocab,
+            tie_word_embeddings=False,
+            dtype="bfloat16",
+        )
+
+    def model_class(self):
+        from transformers import Qwen3MoeForCausalLM
+
+        return Qwen3MoeForCausalLM
+
+
+# transformers 5 holds a MoE layer's experts as two fused 3-D parameters,
+# gate_up_proj [E, 2I, H] and down_proj [E, H, I], but save_pretrained writes
+# them back per expert as 2-D `experts.<e>.<proj>.weight` (the format on the hub).
+_FUSED_EXPERTS = re.compile(r"^(?P<experts>.*\.experts)\.(?P<fused>gate_up_proj|down_proj)$")
+
+
+def saved_layout(layout: list[tuple[str, tuple[int, ...]]]) -> list[tuple[str, tuple[int, ...]]]:
+    """(key, shape) of what save_pretrained writes, from the model's in-memory state dict layout."""
+    saved = []
+    for key, size in layout:
+        match = _FUSED_EXPERTS.match(key)
+        if match is None:
+            saved.append((key, size))
+            continue
+        experts, rows, cols = size
+        if match["fused"] == "gate_up_proj":  # gate and up stacked along the output rows
+            projections = [("gate_proj", (rows // 2, cols)), ("up_proj", (rows // 2, cols))]
+        else:
+            projections = [("down_proj", (rows, cols))]
+        saved += [
+            (f"{match['experts']}.{expert}.{projection}.weight", shape)
+            for expert in range(experts)
+            for projection, shape in projections
+        ]
+    return saved
+
+
+def model_layout(shape: LlamaShape | MoeShape) -> list[tuple[str, tuple[int, ...]]]:
+    """(key, shape) of every tensor of the saved model, from the architecture on the meta device."""
+    with torch.device("meta"):
+        model = shape.model_class()(shape.config())
+    return saved_layout([(key, tuple(tensor.shape)) for key, tensor in model.state_dict().items()])
+
+
+def write_hf_directory(work: Path, shape: LlamaShape | MoeShape) -> Path:
+    """A Hugging Face directory (config + 500 MB safetensors shards) with random bf16 weights.
+
+    The layout (keys, shapes) is what save_pretrained would write for the
+    model; weights are drawn tensor by tensor, one shard in memory at a time,
     so no full-precision copy of the model is ever allocated.
     """
-    from transformers import LlamaForCausalLM
-
     target = work / shape.name
     if target.is_dir():
-        return target
+        return _name_architecture(target, shape)
     partial = _fresh_partial(target)
     config = shape.config()
+    # As save_pretrained of the model writes it; WeightWatcher's runner builds this class.
+    config.architectures = [shape.model_class().__name__]
     config.save_pretrained(partial)
-    with torch.device("meta"):
-        layout = [(key, tuple(tensor.shape)) for key, tensor in LlamaForCausalLM(config).state_dict().items()]
+    layout = model_layout(shape)
     shards = _plan_shards(layout, bytes_per_value=2)
     generator = torch.Generator().manual_seed(SEED)
     weight_map = {}
@@ -85,6 +168,18 @@ def write_llama_directory(work: Path, shape: LlamaShape) -> Path:
     (partial / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     os.replace(partial, target)
     return target
+
+
+def _name_architecture(directory: Path, shape: LlamaShape | MoeShape) -> Path:
+    """Add the model class to a directory generated before config.json named it (weights untouched)."""
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text())
+    if not config.get("architectures"):
+        config["architectures"] = [shape.model_class().__name__]
+        partial = config_path.with_name(".config.json.partial")
+        partial.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        os.replace(partial, config_path)
+    return directory
 
 
 def _plan_shards(layout: list[tuple[str, tuple[int, ...]]], bytes_per_value: int) -> list[list]:
@@ -175,6 +270,29 @@ def write_matrix(work: Path, rows: int, cols: int) -> Path:
     weight = torch.randn((rows, cols), generator=generator) * INIT_STD
     partial = _fresh_partial(target)
     save_file({"mlp.down_proj.weight": weight}, partial, metadata={"format": "pt"})
+    os.replace(partial, target)
+    return target
+
+
+def write_small_matrices(work: Path, layers: int, experts: int, hidden: int, intermediate: int) -> Path:
+    """Very many small bf16 matrices in one safetensors file: a fine-grained MoE's experts, no config.
+
+    Each of `layers` x `experts` experts has gate and up [intermediate, hidden]
+    and down [hidden, intermediate], named as a saved MoE's per-expert weights.
+    """
+    target = work / f"small-matrices-L{layers}-e{experts}-h{hidden}-i{intermediate}-bf16.safetensors"
+    if target.is_file():
+        return target
+    generator = torch.Generator().manual_seed(SEED)
+    tensors = {}
+    for layer in range(layers):
+        for expert in range(experts):
+            prefix = f"layers.{layer}.mlp.experts.{expert}"
+            for projection in ("gate_proj", "up_proj", "down_proj"):
+                size = (hidden, intermediate) if projection == "down_proj" else (intermediate, hidden)
+                tensors[f"{prefix}.{projection}.weight"] = _random_bf16(size, generator)
+    partial = _fresh_partial(target)
+    save_file(tensors, partial, metadata={"format": "pt"})
     os.replace(partial, target)
     return target
 

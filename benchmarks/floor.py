@@ -16,8 +16,9 @@ import torch
 from weights import as_slices, weight_matrices
 
 
-def gram_eigenvalues(weight: torch.Tensor, device: torch.device) -> torch.Tensor:
-    slices = as_slices(weight).to(device=device, dtype=torch.float64)  # [B, rows, cols]
+def gram_eigenvalues(weight: torch.Tensor, device: torch.device, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """[B, side] eigenvalues of each slice's short-side Gram matrix, formed and solved in `dtype`."""
+    slices = as_slices(weight).to(device=device, dtype=dtype)  # [B, rows, cols]
     rows, cols = slices.shape[-2:]
     gram = slices.mT @ slices if rows >= cols else slices @ slices.mT  # [B, side, side]
     return torch.linalg.eigvalsh(gram)

@@ -49,12 +49,12 @@ def measure(command: list[str], timeout_s: float, env: dict[str, str] | None = N
         except BaseException:  # Ctrl-C reaches only the runner: its own session keeps the command running
             _kill(process)
             raise
-        output = _last_line(stdout)
+        output = last_line(stdout)
         if not result_path.is_file():
-            return Measurement(None, None, f"measurement wrapper failed: {_last_line(stderr)}", output)
+            return Measurement(None, None, f"measurement wrapper failed: {last_line(stderr)}", output)
         result = json.loads(result_path.read_text())
     if result["returncode"] != 0:
-        reason = _last_line(stderr) or "no message"
+        reason = last_line(stderr) or "no message"
         return Measurement(None, None, f"exit code {result['returncode']}: {reason}", output)
     return Measurement(result["wall_s"], result["peak_rss_bytes"] / 2**20, None, output)
 
@@ -64,7 +64,7 @@ def _kill(process: subprocess.Popen) -> None:
     process.communicate()
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:300] if lines else ""
 

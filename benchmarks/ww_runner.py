@@ -1,0 +1,73 @@
+"""WeightWatcher 0.7.7 on a Hugging Face directory, the way its users run it.
+
+    benchmarks/work/ww-venv/bin/python benchmarks/ww_runner.py CHECKPOINT_DIR --out details.json
+
+Runs inside WeightWatcher's own venv (benchmarks/weightwatcher_env.py), not
+htsr's: it imports transformers and weightwatcher only. It builds the model
+class named in config.json, loads the safetensors weights with
+`from_pretrained` (in the dtype they are stored in, transformers' default) and
+calls `WeightWatcher(model=model).analyze(**ANALYZE_SETTINGS)`. The per-layer
+alphas go to `--out` as JSON, so the benchmark can compare them with htsr's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+# As close to `htsr analyze`'s defaults as WeightWatcher allows; every choice
+# is spelled out even where it is WeightWatcher's own default.
+ANALYZE_SETTINGS = {
+    "plot": False,  # htsr draws nothing unless --plots
+    "randomize": False,  # no randomized-ESD / correlation-trap pass (htsr has none)
+    "mp_fit": False,  # no Marchenko-Pastur fit (htsr has none)
+    "fix_fingers": False,  # htsr does not remove outlier eigenvalues before the fit
+    "vectors": False,  # no eigenvector metrics
+    "detX": False,
+    "min_evals": 10,  # htsr's --min-evals default (WeightWatcher's own is 8): the same layers
+    "pool": True,  # conv slices pooled into one ESD, as htsr does
+}
+
+
+def _number(value) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--out", required=True, help="per-layer alphas as JSON")
+    args = parser.parse_args()
+    started = time.perf_counter()
+
+    import transformers
+    import weightwatcher
+
+    config = transformers.AutoConfig.from_pretrained(args.checkpoint)
+    model_class = getattr(transformers, config.architectures[0]) if config.architectures else transformers.AutoModel
+    model = model_class.from_pretrained(args.checkpoint)
+    loaded = time.perf_counter()
+    details = weightwatcher.WeightWatcher(model=model).analyze(**ANALYZE_SETTINGS)
+    analysed = time.perf_counter()
+    layers = [
+        {"name": row["longname"], "alpha": _number(row["alpha"]), "xmin": _number(row["xmin"]), "num_evals": int(row["num_evals"])}
+        for _, row in details.iterrows()
+    ]
+    result = {
+        "weightwatcher": weightwatcher.__version__,
+        "model_class": model_class.__name__,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "settings": ANALYZE_SETTINGS,
+        "layers": layers,
+        "seconds": {"import_and_load": loaded - started, "analyze": analysed - loaded},
+    }
+    with open(args.out, "w") as file:
+        json.dump(result, file, indent=1)
+    print(f"{len(layers)} layers analysed; imports + load {loaded - started:.1f} s, analyze {analysed - loaded:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
