@@ -15,23 +15,22 @@ from typing import Any
 
 import torch
 
-from htsr_cli.checkpoints.hub import looks_like_repo_id, resolve_repo
+from htsr_cli.checkpoints.hub import resolve_repo
 from htsr_cli.errors import HtsrError
+from htsr_cli.sources import HubId, locate
 
 
 def model_directory(source: str, purpose: str) -> Path:
     """The Hugging Face directory of a local path or a cached hub id."""
-    path = Path(source)
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise HtsrError(
-            f"{source}: {purpose} runs the model, which needs a Hugging Face directory "
-            "(config.json, weights and tokenizer), not a single weight file"
-        )
-    if looks_like_repo_id(source):
-        return resolve_repo(source)
-    raise HtsrError(f"{source}: no such file or directory")
+    where = locate(source)  # one clear line for a missing or unreadable path
+    if isinstance(where, HubId):
+        return resolve_repo(where)
+    if where.is_dir():
+        return where
+    raise HtsrError(
+        f"{source}: {purpose} runs the model, which needs a Hugging Face directory "
+        "(config.json, weights and tokenizer), not a single weight file"
+    )
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import struct
 
 import pytest
@@ -37,7 +38,7 @@ def errors(document: dict, schema: str) -> list[str]:
 
 
 def test_every_schema_is_a_valid_2020_12_schema_with_its_own_id():
-    assert sorted(SCHEMAS) == ["compare/1", "experts/1", "gate/1", "lr_schedule/1", "report/1", "sparsity/1", "spectra/1"]
+    assert sorted(SCHEMAS) == ["compare/1", "experts/1", "gate/1", "lr_schedule/1", "perplexity/1", "prune/1", "report/1", "sparsity/1", "spectra/1"]
     for name, schema in SCHEMAS.items():
         Draft202012Validator.check_schema(schema)
         assert schema["$id"] == f"urn:htsr:schema:{name}" and schema["title"] == f"htsr.{name}"
@@ -160,3 +161,23 @@ def test_allocation_schemas_reject_a_missing_metric_and_extra_fields(documents):
     document = copy.deepcopy(documents["spectra-llama"])
     document["weights/x"] = document.pop(next(key for key in document if key.startswith("esd/")))
     assert errors(document, "spectra/1")
+
+
+def test_prune_records_and_perplexity_documents_validate(tmp_path, cli, tiny_lms):
+    """htsr-prune.json of a magnitude-pruned model and `eval perplexity -f json` of the result."""
+    out = tmp_path / "pruned"
+    result = cli("prune", TINY_LLAMA, "--target", "0.5", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "htsr-prune.json").read_text())
+    validate(record)
+    assert record["summary"]["achieved"] == pytest.approx(0.5, abs=1e-4)
+    text = tmp_path / "eval.txt"
+    text.write_text(" ".join(f"w{i % 90}" for i in range(400)))
+    result = cli("eval", "perplexity", tiny_lms["llama"], "--text", text, "--seq-len", "32", "-f", "json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    validate(document)
+    assert document["perplexity"] == pytest.approx(math.exp(document["mean_nll"]))
+    broken = copy.deepcopy(record)
+    broken["layers"][0]["pruned"] = -1
+    assert errors(broken, "prune/1")
