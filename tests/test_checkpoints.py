@@ -461,7 +461,7 @@ def test_listing_reads_no_tensor_data_and_skips_transformers(tmp_path):
     assert result["transformers"] is False
 
 
-def test_at_most_one_shard_is_open(llama_bin_dir, llama_state, monkeypatch):
+def test_at_most_two_shards_are_open(llama_bin_dir, llama_state, monkeypatch):
     opened: list[Path] = []
     live: list[Checkpoint] = []
     peak = 0
@@ -489,7 +489,7 @@ def test_at_most_one_shard_is_open(llama_bin_dir, llama_state, monkeypatch):
         keys = keys_of(checkpoint)
         for key in keys + keys[::-1]:
             assert torch.equal(checkpoint.load(key), llama_state[key])
-    assert peak == 1
+    assert peak == 2  # a block straddling two shards is read without reopening either
     assert live == []
 
 

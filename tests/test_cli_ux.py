@@ -151,8 +151,8 @@ def test_lr_schedule_prints_a_table_on_a_terminal_and_json_when_piped(cli, monke
      "window=0: must be at least 1", lambda: htsr_cli.FarmsSettings(window=0)),
     (["analyze", TINY_CNN, "--layers", "nomatch"], "--layers nomatch: matches none of the 6 weight matrices",
      "layers='nomatch': matches none of the 6", lambda: htsr_cli.analyze(TINY_CNN, layers="nomatch")),
-    (["lr-schedule", "export", TINY_CNN, "--base-lr", "0"], "--base-lr 0.0: must be positive",
-     "base_lr=0.0: must be positive", lambda: htsr_cli.LrSettings(base_lr=0.0)),
+    (["lr-schedule", "export", TINY_CNN, "--base-lr", "0"], "--base-lr 0.0: must be a positive finite number",
+     "base_lr=0.0: must be a positive finite number", lambda: htsr_cli.LrSettings(base_lr=0.0)),
     (["allocate", "sparsity", TINY_CNN, "--target", "2"], "--target 2.0: must be a sparsity",
      "target=2.0: must be a sparsity", lambda: htsr_cli.SparsitySettings(target=2.0)),
 ])
@@ -194,7 +194,7 @@ def test_help_has_examples_no_bool_types_and_every_default(cli, path):
         assert re.search(r"\n\s+htsr \S", text.split("Examples:")[1])
     for param in command.params:
         if param.param_type_name == "argument":
-            assert param.metavar in ("CHECKPOINT", "CHECKPOINT|REPORT.json", "A", "B")
+            assert param.metavar in ("CHECKPOINT", "CHECKPOINT|REPORT.json", "A", "B", "MODEL")
             assert param.metavar in text
         elif not param.is_flag and not param.required and param.name not in ("help",):
             assert param.show_default, f"{' '.join(path)} {param.opts[0]} hides its default"

@@ -136,7 +136,7 @@ def test_schedules_are_checked_when_loaded_into_tempbalance(tmp_path):
         (lambda d: d["layers"][0].update(factor=-1), "'factor' must be a finite number > 0, got -1"),
         (lambda d: d.update(settings=None), "'settings' must be an object, got None"),
         (lambda d: d["settings"].update(base_lr=float("inf")), "'base_lr' must be a finite number > 0, got inf"),
-        (lambda d: d["settings"].update(map="cubic"), "--map must be one of"),
+        (lambda d: d["settings"].update(map="cubic"), "map='cubic': must be one of"),
         (lambda d: d.update(schema="other"), "not an htsr.lr_schedule/1 file"),
     ):
         path.write_text(json.dumps(mutated(good, change)).replace("Infinity", "1e999"))

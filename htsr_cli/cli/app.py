@@ -72,7 +72,7 @@ app.command("gate", cls=HtsrCommand)(gate.gate)
 app.command("compare", cls=HtsrCommand)(compare.compare)
 app.add_typer(allocate.app, name="allocate")
 app.add_typer(lr_schedule.app, name="lr-schedule")
-app.command("prune")(prune.prune)
+app.command("prune", cls=HtsrCommand)(prune.prune)
 app.add_typer(evaluate.app, name="eval")
 
 __all__ = ["app", "main"]  # main: the console script (htsr_cli.cli.main), also reachable here

@@ -12,11 +12,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from htsr_cli.cli._options import Device, OutputOpt, QuietOpt
+from htsr_cli.cli._options import Device, HtsrCommand, HtsrGroup, OutputOpt, QuietOpt
 from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress
 from htsr_cli.outputs import Column, dumps_json, to_rich_table
 
-app = typer.Typer(name="eval", help="Measure a model: perplexity on a text file.", no_args_is_help=True)
+app = typer.Typer(cls=HtsrGroup, name="eval", help="Measure a model: perplexity on a text file.", no_args_is_help=True)
 
 
 class EvalFormat(str, Enum):
@@ -27,7 +27,9 @@ class EvalFormat(str, Enum):
 ModelArg = Annotated[
     str,
     typer.Argument(
-        help="A Hugging Face directory (config, weights, tokenizer) or a cached hub id.", show_default=False
+        metavar="MODEL",
+        help="A Hugging Face directory (config, weights, tokenizer) or a cached hub id.",
+        show_default=False,
     ),
 ]
 TextOpt = Annotated[
@@ -35,13 +37,13 @@ TextOpt = Annotated[
 ]
 SeqLenOpt = Annotated[int, typer.Option("--seq-len", help="Tokens per window.")]
 MaxTokensOpt = Annotated[
-    Optional[int], typer.Option("--max-tokens", show_default=False, help="Score only the first N tokens of the text.")
+    Optional[int], typer.Option("--max-tokens", show_default="the whole text", help="Score only the first N tokens of the text.")
 ]
 RunDeviceOpt = Annotated[Device, typer.Option("--device", help="Where the model runs.")]
 FormatOpt = Annotated[EvalFormat, typer.Option("--format", "-f", help="Output format.")]
 
 
-@app.command("perplexity")
+@app.command("perplexity", cls=HtsrCommand)
 def perplexity(
     model: ModelArg,
     text: TextOpt,
@@ -53,7 +55,12 @@ def perplexity(
     quiet: QuietOpt = False,
 ) -> None:
     """Perplexity on non-overlapping windows (causal LMs); pseudo-perplexity with one token masked at a
-    time (masked LMs such as BERT). The output says which was used."""
+    time (masked LMs such as BERT). The output says which was used.
+
+    [bold]Examples:[/bold]
+      htsr eval perplexity ./gpt2 --text book.txt
+      htsr eval perplexity ./llama-7b-pruned --text wiki.test.txt --seq-len 2048 --max-tokens 100000 -f json -o ppl.json
+    """
     from htsr_cli.io import check_output_paths
     from htsr_cli.perplexity import PerplexitySettings, evaluate_perplexity
 
@@ -62,7 +69,7 @@ def perplexity(
     with layer_progress(quiet, "scoring", unit="windows") as progress:
         result = evaluate_perplexity(model, text, settings, progress=progress)
     if output_format is EvalFormat.json:
-        emit_text(dumps_json(result), output)
+        emit_text(dumps_json(result), output, quiet)
         return
     columns = [
         Column("model", "model", justify="left"),
@@ -73,4 +80,4 @@ def perplexity(
         Column("tokens_scored", "tokens"),
     ]
     caption = f"{result['objective']} LM, {result['protocol']}; seq_len {result['seq_len']}, {result['dtype']} on {result['device']}"
-    emit_renderable(to_rich_table(columns, [result], caption=caption), output)
+    emit_renderable(to_rich_table(columns, [result], caption=caption), output, quiet)

@@ -46,7 +46,7 @@ OutDirOpt = Annotated[
 TargetOpt = Annotated[
     Optional[float],
     typer.Option(
-        "--target", show_default=False,
+        "--target", show_default="the allocation file's",
         help="Sparsity over the prunable matrices, in (0, 1); optional with an allocation file.",
     ),
 ]
@@ -65,7 +65,7 @@ MethodOpt = Annotated[
 CalibrationOpt = Annotated[
     Optional[Path],
     typer.Option(
-        "--calibration", dir_okay=False, show_default=False,
+        "--calibration", dir_okay=False, show_default="none",
         help="UTF-8 text file for input activations (wanda, owl), tokenized with the model's tokenizer.",
     ),
 ]
@@ -106,6 +106,12 @@ def prune(
     Memory: magnitude pruning holds one tensor at a time (safetensors; a torch file's pruned tensors);
     wanda and owl hold the embeddings until the first block's inputs are captured, then one block plus
     2 x samples x seq-len x hidden activations, whatever the depth of the model.
+
+    [bold]Examples:[/bold]
+      htsr prune ./llama-7b --target 0.7 -o llama-7b-pruned
+      htsr prune ./llama-7b --target 0.7 --method wanda --calibration c4.txt -o llama-7b-wanda
+      htsr prune ./llama-7b --target 0.7 --allocation owl --method wanda --calibration c4.txt -o llama-7b-owl
+      htsr prune ./llama-7b --allocation plan.json -o llama-7b-planned
     """
     from htsr_cli.pruning import CalibrationSettings, OwlSettings, PruneSettings, prune_checkpoint
     from htsr_cli.settings import AnalyzeSettings, FarmsSettings

@@ -37,7 +37,7 @@ from htsr_cli.sources import check_source
 
 def _saved_report(path: str, spectra: Path | None, quiet: bool) -> Report:
     """A saved report with the spectra its plots need (--spectra, or the file beside it when there is one)."""
-    from htsr_cli.spectra_file import attach_spectra, spectra_path_for  # lazy torch, see app.py
+    from htsr_cli.spectra_file import attach_spectra  # lazy torch, see app.py
 
     report = load_report(path)
     if spectra is None:
