@@ -34,7 +34,7 @@ from htsr_cli.matrices import MatrixSpec, as_slices, matrix_specs, merge_runs
 from htsr_cli.memory import available_bytes, format_bytes
 from htsr_cli.metrics import spectral_metrics
 from htsr_cli.report import FAILED, FIT_FAILED, SKIPPED, LayerResult, Report, quality_of, summarize
-from htsr_cli.scheduling import Batch, batch_order, prefetched, run_batches
+from htsr_cli.scheduling import Batch, batch_order, prefetched, run_batches, worker_pool
 from htsr_cli.settings import AnalyzeSettings, FarmsSettings
 from htsr_cli.solver import GRAM_BUDGET_BYTES, Eigensolver
 
@@ -292,7 +292,7 @@ def _solve_batch(
     if fits is not None:
         values = values.cpu()  # one copy for the whole batch: the fits run on the CPU
     clock.lap("solve")
-    guarded = settings.precision == "float32"
+    guarded = settings.solver_precision == "float32"
     outcomes: list[tuple[int, _Outcome | Future]] = []
     start = 0
     for k, (index, spec, stack) in enumerate(zip(batch.indices, batch.specs, batch.stacks)):
@@ -403,7 +403,7 @@ def solve_layers(
     # whose fits leave the solve thread for a pool of single-threaded CPU workers.
     slots = 2 if not fits_on_a_pool and settings.concurrent_solves and cores >= 2 else 1
     fit_threads = min(FIT_THREADS, max(1, cores - 1))
-    fit_pool = ThreadPoolExecutor(fit_threads, "htsr-fit", torch.set_num_threads, (1,)) if fits_on_a_pool else None
+    fit_pool_context = worker_pool(fit_threads, "htsr-fit", torch.set_num_threads, (1,)) if fits_on_a_pool else nullcontext()
     unfitted: list[Future] = []
 
     def started(batch: Batch) -> None:
@@ -427,11 +427,13 @@ def solve_layers(
             wait(waiting, return_when=FIRST_COMPLETED)
             waiting = [future for future in waiting if not future.done()]
 
-    solve = partial(_solve_batch, settings=settings, solver=solver, times=times, keep_spectra=keep_spectra, fits=fit_pool)
     produce = partial(
         _read_and_batch, checkpoint, specs, order, settings, solver, min(GRAM_BUDGET_BYTES, budget[0]), counters
     )
-    with fit_pool or nullcontext(), closing(prefetched(produce)) as batches:
+    with fit_pool_context as fit_pool, closing(prefetched(produce)) as batches:
+        solve = partial(
+            _solve_batch, settings=settings, solver=solver, times=times, keep_spectra=keep_spectra, fits=fit_pool
+        )
         run_batches(
             batches,
             solve,
@@ -533,7 +535,7 @@ def _analyze(
     started = time.perf_counter()
     if run is not None:
         run.cluster.use_device(settings.device)
-    solver = Eigensolver.create(settings.device, settings.precision)
+    solver = Eigensolver.create(settings.device, settings.solver_precision)
     if run is not None:
         run.ensure_group(solver.device)
     times = StageTimes() if profile else None

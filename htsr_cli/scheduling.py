@@ -21,6 +21,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -142,6 +143,23 @@ def _take_and_solve(solve: Callable[[Batch], Result], handed: list[Batch]) -> Re
     return solve(handed.pop())
 
 
+@contextmanager
+def worker_pool(workers: int, name: str, initializer: Callable | None = None, initargs: tuple = ()) -> Iterator[ThreadPoolExecutor]:
+    """A thread pool that waits for its work on a normal exit, but not after an error or a stop signal.
+
+    On Ctrl-C or SIGTERM a solve in flight may have minutes to go: the pool is
+    shut down without waiting (queued work cancelled), so the run ends at once;
+    the running solve's thread finishes in the background or dies with the process.
+    """
+    pool = ThreadPoolExecutor(workers, name, initializer=initializer, initargs=initargs)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
 def run_batches(
     batches: Iterator[Batch],
     solve: Callable[[Batch], Result],
@@ -166,7 +184,7 @@ def run_batches(
             del in_flight[future]
             collect(future.result())
 
-    with ThreadPoolExecutor(slots, "htsr-solve", initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+    with worker_pool(slots, "htsr-solve", torch.set_num_threads, (threads,)) as pool:
         try:
             while True:
                 batch = next(batches, None)

@@ -124,7 +124,21 @@ class AnalyzeSettings:
 
     @property
     def eigensolver_precision(self) -> str:
-        return "float32" if self.precision == "float32" else "float64"
+        return "float32" if self.solver_precision == "float32" else "float64"
+
+    @property
+    def solver_precision(self) -> str:
+        """The precision the solver runs in: `precision`, except with xmin=peak, which always solves in float64.
+
+        `peak` bins log10(eigenvalue) from the smallest eigenvalue to the largest,
+        and a float32 Gram or eigensolver leaves the smallest ones off by about
+        eps32 x lambda_max (several percent on trained layers): the bin edges
+        move, the fullest bin changes and xmin jumps (MiniLM's pooler: alpha
+        4.88 in mixed against 8.26 in float64). No per-layer guard bounds that,
+        so peak-based results (AlphaPruning, AlphaLoRA, `htsr prune`) stay on
+        the float64 reference path.
+        """
+        return "float64" if self.xmin == "peak" else self.precision
 
     def to_json(self, device_used: str, xmin_candidates: str, gram_precisions: set[str] | None = None) -> dict:
         """The `settings` object of the htsr.report/1 JSON.
@@ -134,7 +148,7 @@ class AnalyzeSettings:
         can use both, written "float32+float64".
         """
         if not gram_precisions:
-            gram_precisions = {"float64" if self.precision == "float64" else "float32"}
+            gram_precisions = {"float64" if self.solver_precision == "float64" else "float32"}
         return {
             "xmin": self.xmin,
             "xmin_candidates": xmin_candidates,

@@ -146,10 +146,10 @@ def test_spectra_file_round_trips_esd_and_farms_pools(tmp_path):
     assert loaded["model.layers.0/odd name"].esd.tolist() == [0.0, 1.5, 3.0]
     assert loaded["model.layers.0/odd name"].farms.tolist() == [0.25, 2.0]
     assert loaded["head"].esd.tolist() == [1.0, 2.0] and loaded["head"].farms is None
-    with pytest.raises(HtsrError, match="no such spectra file"):
+    with pytest.raises(HtsrError, match="missing.safetensors: no such file or directory"):
         load_spectra(tmp_path / "missing.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not safetensors at all")
-    with pytest.raises(HtsrError, match="cannot read spectra file"):
+    with pytest.raises(HtsrError, match="is truncated or not a valid safetensors file"):
         load_spectra(tmp_path / "junk.safetensors")
 
 

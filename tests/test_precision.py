@@ -251,3 +251,15 @@ def test_float32_error_prediction_is_the_first_order_bound():
     expected = (fit.alpha - 1) ** 2 * noise * ((1 / 4 + 1 / 8) / 2 + 1 / 4)
     assert float32_alpha_error(x, fit, side=50) == pytest.approx(expected, rel=1e-12)
     assert math.isclose(fit.alpha, 1 + 2 / math.log(2), rel_tol=1e-12)
+
+
+def test_peak_always_solves_in_float64(minilm_dir):
+    """peak bins log10 from the smallest eigenvalue, which a float32 Gram cannot resolve: mixed and
+    float32 run the float64 reference path with xmin=peak and say so in the report's settings."""
+    reference = htsr_cli.analyze(minilm_dir, xmin="peak", precision="float64")
+    for precision in ("mixed", "float32"):
+        report = htsr_cli.analyze(minilm_dir, xmin="peak", precision=precision)
+        assert report.settings["precision"] == precision
+        assert report.settings["gram_precision"] == "float64"
+        assert report.settings["eigensolver_precision"] == "float64"
+        assert [layer.alpha for layer in report.layers] == [layer.alpha for layer in reference.layers]

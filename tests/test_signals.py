@@ -21,11 +21,14 @@ from conftest import FIXTURES
 
 CNN = FIXTURES / "tiny-cnn-trained.pth"
 
+# READY is written once: two solves run at once on a multi-core CPU, and both may reach the pause.
 PAUSE = """
-import sys, time
+import sys, threading, time
+_ready = threading.Lock()
 def pause():
-    sys.stderr.write("READY\\n")
-    sys.stderr.flush()
+    if _ready.acquire(blocking=False):
+        sys.stderr.write("READY\\n")
+        sys.stderr.flush()
     time.sleep(120)
 """
 
@@ -49,15 +52,15 @@ PAUSE_AT = {
     "importing torch": pause_on_import("torch"),
     "solving a layer": """
 import htsr_cli.analysis
-real_fit = htsr_cli.analysis.fit_power_law
+real_fit = htsr_cli.analysis.guarded_fit
 def paused_fit(*args, **kwargs):
     pause()
     return real_fit(*args, **kwargs)
-htsr_cli.analysis.fit_power_law = paused_fit
+htsr_cli.analysis.guarded_fit = paused_fit
 """,
     "inside a library that swallows the interrupt": """
 import htsr_cli.analysis
-real_fit = htsr_cli.analysis.fit_power_law
+real_fit = htsr_cli.analysis.guarded_fit
 calls = []
 def swallowing_fit(*args, **kwargs):
     if not calls:
@@ -67,7 +70,7 @@ def swallowing_fit(*args, **kwargs):
         except BaseException:  # as some libraries do in imports and finalizers
             pass
     return real_fit(*args, **kwargs)
-htsr_cli.analysis.fit_power_law = swallowing_fit
+htsr_cli.analysis.guarded_fit = swallowing_fit
 """,
     "renaming the written file": """
 import os

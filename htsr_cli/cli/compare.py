@@ -82,7 +82,7 @@ def summary_line(comparison: Comparison) -> str:
     ]
     if comparison.weights:
         worst = s["max_relative_error"]
-        parts.insert(-1, f"mean |W_B-W_A|/|W_A| {format_cell(s['mean_relative_error'], 5)}")
+        parts.insert(-1, f"mean relative_error {format_cell(s['mean_relative_error'], 5)}")
         parts.insert(-1, f"max {worst['relative_error']:.5f} in {printable(worst['name'])}" if worst else "max -")
     return " | ".join(parts)
 

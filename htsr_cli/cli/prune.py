@@ -21,7 +21,6 @@ from htsr_cli.cli._options import (
     Granularity,
     GranularityOpt,
     Metric,
-    MetricOpt,
     NoClipOpt,
     QuietOpt,
     Xmin,
@@ -29,6 +28,11 @@ from htsr_cli.cli._options import (
 )
 from htsr_cli.cli._output import emit_renderable, layer_progress
 from htsr_cli.outputs import Column, to_rich_table
+
+
+PruneMetricOpt = Annotated[
+    Metric, typer.Option("--metric", help="Which alpha AlphaPruning allocates from (alpha_farms: FARMS is computed for it).")
+]
 
 
 class Method(str, Enum):
@@ -92,7 +96,7 @@ def prune(
     seq_len: SeqLenOpt = 512,
     epsilon: EpsilonOpt = 0.3,
     granularity: GranularityOpt = Granularity.block,
-    metric: MetricOpt = Metric.alpha,
+    metric: PruneMetricOpt = Metric.alpha,
     xmin: XminOpt = Xmin.peak,
     no_clip: NoClipOpt = False,
     owl_m: OwlMOpt = 5.0,

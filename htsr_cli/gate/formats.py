@@ -70,10 +70,11 @@ def _violation_row(violation: Violation) -> dict[str, Any]:
 
 
 def _line(text: str, style: str) -> Text:
-    # CI logs are read with grep: one finding per line, never wrapped at the console
-    # width, and no name from the report can start a line of its own (a `::error`
-    # workflow command) or send escape sequences to the terminal.
-    return Text(printable(text), style=style, no_wrap=True, overflow="ignore")
+    # CI logs are read with grep: one finding per line (piped output is as wide as its
+    # longest line, so nothing wraps there; a terminal folds long lines rather than
+    # cutting them), and no name from the report can start a line of its own (a
+    # `::error` workflow command) or send escape sequences to the terminal.
+    return Text(printable(text), style=style, overflow="fold")
 
 
 def gate_text(result: GateResult) -> Group:
