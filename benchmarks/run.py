@@ -195,7 +195,7 @@ def tool_command(tool: str, checkpoint: Path, device: str, report: Path, python:
 def report_summary(report: Path) -> str:
     """What htsr says it analysed, to check against the baselines' matrix counts in the log."""
     summary = json.loads(report.read_text())["summary"]
-    return f"{summary['analyzed']} of {summary['layers']} layers analysed"
+    return f"{summary['analyzed']} of {summary['layers']} layers analyzed"
 
 
 def utc_now() -> str:
