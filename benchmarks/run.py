@@ -301,10 +301,13 @@ def profile_case(case: Case, checkpoint: Path, args: argparse.Namespace) -> dict
 
 
 def display_path(path: Path) -> str:
+    """A checkpoint's path from the repository root; an installed package's folder by its package name."""
+    if "site-packages" in path.parts:  # the MiniLM package, wherever the venv is (even inside the tree)
+        return "/".join(path.parts[path.parts.index("site-packages") + 1 :])
     try:
         return str(path.relative_to(ROOT))
     except ValueError:
-        return "/".join(path.parts[-2:])  # outside the tree: the installed MiniLM package's model folder
+        return "/".join(path.parts[-2:])
 
 
 def run_case(case: Case, args: argparse.Namespace) -> dict:
