@@ -461,6 +461,33 @@ def test_listing_reads_no_tensor_data_and_skips_transformers(tmp_path):
     assert result["transformers"] is False
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc/self/maps (Linux)")
+def test_safetensors_tensors_are_read_into_memory_not_mapped(tmp_path):
+    """A mapped file's pages that were read count in RSS until it is unmapped, so
+    with two big shards open peak RSS grew by up to both shards: tensors are read."""
+    path = tmp_path / "weights.safetensors"
+    state = {"a.weight": torch.randn(64, 48), "b.weight": torch.randn(32, 16).to(torch.bfloat16)}
+    save_file(state, path)
+    with open_checkpoint(path) as checkpoint:
+        loaded = {key: checkpoint.load(key) for key in state}
+        mapped = [line for line in Path("/proc/self/maps").read_text().splitlines() if str(path) in line]
+        assert mapped == []
+    for key, tensor in state.items():
+        assert torch.equal(loaded[key], tensor)
+    path.write_bytes(b"\0" * path.stat().st_size)  # what was loaded is the process's own copy
+    assert torch.equal(loaded["a.weight"], state["a.weight"])
+
+
+def test_safetensors_file_truncated_after_opening_is_named(tmp_path):
+    path = tmp_path / "weights.safetensors"
+    save_file({"a.weight": torch.randn(64, 48), "b.weight": torch.randn(64, 48)}, path)
+    with open_checkpoint(path) as checkpoint:
+        checkpoint.load("a.weight")  # the file is open (and its header checked) from here on
+        os.truncate(path, path.stat().st_size - 100)
+        with pytest.raises(HtsrError, match=r"cannot read tensor 'b.weight' \(the file ends 100 bytes short"):
+            checkpoint.load("b.weight")
+
+
 def test_at_most_two_shards_are_open(llama_bin_dir, llama_state, monkeypatch):
     opened: list[Path] = []
     live: list[Checkpoint] = []

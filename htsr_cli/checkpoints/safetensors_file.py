@@ -3,9 +3,11 @@ dtypes and byte ranges, then raw bytes.
 
 Listing reads the header alone (`read_header`: one small read, no mapping), so
 a process that needs no tensor of a file never opens it, which is what lets
-each rank of a distributed run open only its own shards. Loading opens the file
-with `safe_open`, which maps it and validates the whole layout, and each
-`get_tensor` reads one tensor.
+each rank of a distributed run open only its own shards. Loading reads one
+tensor's bytes, whose size the checked header gives, into a fresh buffer
+(`SafetensorsFile.load`). The file is never mapped: the pages of a mapped file
+that were read count in the process's resident memory until it is unmapped,
+which made peak RSS grow with the shards open at once.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import json
 import math
 import os
 import struct
+import sys
+import threading
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from htsr_cli.checkpoints.base import Checkpoint, TensorInfo
 from htsr_cli.errors import HtsrError, brief
@@ -103,8 +106,14 @@ def read_header(path: Path) -> list[TensorInfo]:
     (`check_safetensors_header`), and the data must end where the file does, so
     a truncated download is named here rather than when its tensors are reached.
     """
+    return read_layout(path)[0]
+
+
+def read_layout(path: Path) -> tuple[list[TensorInfo], dict[str, tuple[int, int]]]:
+    """(`read_header`'s tensors, each tensor's [begin, end) as positions in the file)."""
     header, data_bytes = check_safetensors_header(path)
-    infos, data_end = [], 0
+    data_start = os.path.getsize(path) - data_bytes
+    infos, spans, data_end = [], {}, 0
     for key in sorted(name for name in header if name != "__metadata__"):
         entry = header[key]
         stored = entry.get("dtype")
@@ -114,10 +123,12 @@ def read_header(path: Path) -> list[TensorInfo]:
                 f"{path}: tensor {key!r} has dtype {stored}, which this version of torch cannot represent"
             )
         infos.append(TensorInfo(key, tuple(entry["shape"]), dtype))
-        data_end = max(data_end, entry["data_offsets"][1])
+        begin, end = entry["data_offsets"]
+        spans[key] = (data_start + begin, data_start + end)
+        data_end = max(data_end, end)
     if data_end != data_bytes:
         raise _invalid(path, f"its tensor data ends {data_bytes - data_end:,} bytes before the file does")
-    return infos
+    return infos, spans
 
 
 def _checked_span(path: Path, key: str, entry: object, data_bytes: int) -> tuple[int, int]:
@@ -168,26 +179,41 @@ class SafetensorsFile(Checkpoint):
 
     def __init__(self, path: Path) -> None:
         self.source = str(path)
-        self._infos = read_header(path)
+        self._infos, self._spans = read_layout(path)
+        self._by_key = {info.key: info for info in self._infos}
         try:
-            self._handle = safe_open(str(path), framework="pt")
-        except SafetensorError as error:
-            raise _invalid(path, str(error)) from error
+            self._file = path.open("rb", buffering=0)
         except OSError as error:
             raise HtsrError(f"{path}: {os_reason(error)}") from error
-        self._keys = {info.key for info in self._infos}
+        self._reading = threading.Lock()  # seek + read as one step, whichever thread loads
 
     def tensors(self) -> list[TensorInfo]:
         return list(self._infos)
 
     def load(self, key: str) -> torch.Tensor:
-        if key not in self._keys:
+        info = self._by_key.get(key)
+        if info is None:
             raise self._missing(key)
+        begin, end = self._spans[key]
+        data = torch.empty(end - begin, dtype=torch.uint8)  # a size the header check matched to the file
+        view = memoryview(data.numpy())
+        filled = 0
         try:
-            return self._handle.get_tensor(key)
-        except SafetensorError as error:
-            raise HtsrError(f"{self.source}: cannot read tensor {key!r} ({error})") from error
+            with self._reading:
+                self._file.seek(begin)
+                while filled < len(view):
+                    count = self._file.readinto(view[filled:])
+                    if not count:
+                        raise HtsrError(
+                            f"{self.source}: cannot read tensor {key!r} (the file ends {len(view) - filled:,} "
+                            "bytes short of its data: it changed after it was opened)"
+                        )
+                    filled += count
+        except OSError as error:
+            raise HtsrError(f"{self.source}: cannot read tensor {key!r} ({os_reason(error)})") from error
+        if sys.byteorder != "little" and info.dtype.itemsize > 1:  # the format stores little-endian values
+            data = data.view(-1, info.dtype.itemsize).flip(1).reshape(-1)
+        return data.view(info.dtype).reshape(info.shape)
 
     def close(self) -> None:
-        # Dropping the handle unmaps the file.
-        self._handle = None
+        self._file.close()
