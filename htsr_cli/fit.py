@@ -27,7 +27,7 @@ GRID_FRACTION = 0.8  # of them on the first grid; the rest refine its best brack
 REFINED_MINIMA = 2
 MEDIAN_XMIN_POS = 2.0
 PEAK_BINS = 100
-CHUNK_ELEMENTS = 1 << 22  # ~32 MB of float64 per temporary in the D scan
+CHUNK_ELEMENTS = 1 << 17  # 1 MB of float64 per temporary in the D scan: it stays in cache
 # The float32 guard: redo a float32 eigensolve in float64 when the fit's alpha
 # could be off by more than this (issue 15's measured bound, see float32_alpha_error).
 FLOAT32_ALPHA_TOLERANCE = 1e-3
@@ -66,13 +66,15 @@ def ks_distances(x: torch.Tensor, starts: torch.Tensor, alphas: torch.Tensor) ->
     alphas_valid = alphas[valid]
     out = torch.empty_like(alphas_valid)
     log_x = torch.log(x)
-    first = int(starts_valid.min())
-    width = n_total - first
-    rows = max(1, CHUNK_ELEMENTS // max(width, 1))
-    for lo in range(0, starts_valid.numel(), rows):
+    count = starts_valid.numel()
+    first_starts = starts_valid.tolist()
+    lo = 0
+    while lo < count:
+        # Rows of candidates whose [rows, T] temporaries stay cache-sized; T shrinks as starts grow.
+        rows = max(1, CHUNK_ELEMENTS // max(n_total - first_starts[lo], 1))
         s = starts_valid[lo : lo + rows]  # [B]
         a = alphas_valid[lo : lo + rows]  # [B]
-        base = int(s.min())
+        base = min(first_starts[lo : lo + rows])  # from the host list: no device sync per chunk
         log_tail = log_x[base:]  # [T], T = N - base
         j = torch.arange(base, n_total, device=x.device)  # [T] absolute index
         n = (n_total - s).to(x.dtype)[:, None]  # [B, 1]
@@ -82,6 +84,7 @@ def ks_distances(x: torch.Tensor, starts: torch.Tensor, alphas: torch.Tensor) ->
         gap.mul_((1.0 - a)[:, None]).exp_().add_(empirical).sub_(1.0).abs_()
         gap.masked_fill_(empirical < 0, 0.0)
         out[lo : lo + rows] = gap.amax(dim=1)
+        lo += rows
     distances[valid] = out
     return distances
 

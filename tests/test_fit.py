@@ -152,3 +152,16 @@ def test_refined_grid_finds_a_short_tail_an_index_grid_steps_over(monkeypatch):
     assert abs(index_only.alpha - exact.alpha) > 1.0
     assert grid.candidates == "grid"
     assert grid.alpha == pytest.approx(exact.alpha, abs=0.02)
+
+
+@pytest.mark.parametrize("chunk", [1, 2_000, 40_000])
+def test_scan_is_bit_identical_whatever_the_chunk_rows(monkeypatch, chunk):
+    """Chunks hold as many candidate rows as fit in CHUNK_ELEMENTS at their own width, so row counts vary."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.sort(torch.rand(700, generator=g, dtype=torch.float64) ** -1.1).values
+    starts = torch.arange(0, x.numel() - 1)
+    alphas = hill_alphas(x, starts)
+    whole = ks_distances(x, starts, alphas)
+    monkeypatch.setattr(fit, "CHUNK_ELEMENTS", chunk)
+    assert torch.equal(ks_distances(x, starts, alphas), whole)
+    np.testing.assert_allclose(whole.numpy(), [d for _, d in reference_scan(x.numpy())], rtol=1e-10, atol=1e-13)

@@ -3,6 +3,9 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from conftest import FIXTURES
 
@@ -52,3 +55,34 @@ def test_module_order_is_cached_per_architecture(tmp_path):
         "model.embed_tokens.weight", "model.layers.0.self_attn.v_proj.weight", "lm_head.weight",
     ]
     assert len(list((tmp_path / "module-order").glob("*.json"))) == 1
+
+
+def test_the_cli_asks_torch_for_huge_pages_and_keeps_a_users_choice():
+    code = (
+        "import os, sys\n"
+        "sys.argv = ['htsr', '--version']\n"
+        "from htsr_cli.cli import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(os.environ.get('THP_MEM_ALLOC_ENABLE'))\n"
+    )
+    assert run_python("import os; os.environ.pop('THP_MEM_ALLOC_ENABLE', None)\n" + code).split()[-1] == "1"
+    assert run_python("import os; os.environ['THP_MEM_ALLOC_ENABLE'] = '0'\n" + code).split()[-1] == "0"
+
+
+def test_torch_puts_large_tensors_on_huge_pages_when_asked():
+    """What the CLI's setting buys: a large tensor lands on transparent huge pages (where the kernel has them)."""
+    setting = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not setting.is_file() or "[never]" in setting.read_text():
+        pytest.skip("this kernel has transparent huge pages off")
+    code = (
+        "import os\n"
+        "os.environ['THP_MEM_ALLOC_ENABLE'] = '1'\n"
+        "import torch\n"
+        "big = torch.ones(64 << 20, dtype=torch.float32)  # 256 MB, every page touched\n"
+        "rollup = open('/proc/self/smaps_rollup').read().splitlines()\n"
+        "print(next(int(line.split()[1]) for line in rollup if line.startswith('AnonHugePages:')))\n"
+    )
+    assert int(run_python(code).split()[-1]) > 0

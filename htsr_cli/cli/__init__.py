@@ -5,6 +5,13 @@ from __future__ import annotations
 import os
 import sys
 
+# torch reads this once, at its first CPU allocation: large tensors (a 2048 x 2048
+# float64 Gram is 32 MB) are then madvised onto transparent huge pages, so each is
+# 16 page faults instead of 8192. On the 4-layer LLaMA-shaped bench directory
+# (2 cores) system time fell from about 5.0 to 2.8 s and wall time by about 8%.
+# A user's own setting (THP_MEM_ALLOC_ENABLE=0) is kept.
+HUGE_PAGES_VARIABLE = "THP_MEM_ALLOC_ENABLE"
+
 
 def main() -> None:
     """The `htsr` console script.
@@ -15,6 +22,7 @@ def main() -> None:
     runs this; rank 0 runs the command and the others serve its analyses
     (`_ranks.run_command`).
     """
+    os.environ.setdefault(HUGE_PAGES_VARIABLE, "1")  # before torch is imported (see above)
     from htsr_cli.cli import _signals
 
     _signals.install()
