@@ -385,3 +385,24 @@ def test_overwrite_replaces_an_earlier_output(tmp_path):
     assert json.loads((out / "htsr-prune.json").read_text())["summary"] == record["summary"]
     assert abs(record["summary"]["achieved"] - 0.3) < 1e-4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_source_truncated_while_pruning_is_one_error_not_a_crash(tmp_path):
+    """Tensors are read into their own buffers: a source cut short after it was opened raises HtsrError
+    (the CLI's one line, exit 2) where a memory-mapped read would die of SIGBUS."""
+    from htsr_cli.pruning.layout import rewrite_weights
+
+    source, target = tmp_path / "model.safetensors", tmp_path / "out.safetensors"
+    save_file({"a.weight": torch.ones(64, 64), "b.weight": torch.ones(256, 256)}, str(source))
+    seen = []
+
+    def prune(key, load):
+        if not seen:
+            with source.open("r+b") as handle:  # another process rewrites the file meanwhile
+                handle.truncate(source.stat().st_size - 4096)
+        seen.append(key)
+        return torch.zeros_like(load())
+
+    with pytest.raises(HtsrError, match=r"cannot read tensor 'b\.weight' \(the file ends 4,096 bytes short"):
+        rewrite_weights(source, target, prune)
+    assert seen == ["a.weight", "b.weight"]

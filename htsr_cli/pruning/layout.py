@@ -30,9 +30,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from htsr_cli.checkpoints.hf_directory import is_trainer_state
+from htsr_cli.checkpoints.safetensors_file import SafetensorsFile
 from htsr_cli.checkpoints.statedict import unwrap_state_dict
 from htsr_cli.checkpoints.torchfile import is_torch_file, load_torch_object
 from htsr_cli.errors import HtsrError
@@ -159,10 +159,11 @@ def _rewrite_safetensors(source: Path, target: Path, prune: Pruner) -> dict[str,
     data_start, ranges = _safetensors_ranges(source)
     shutil.copyfile(source, target)
     zeros: dict[str, int] = {}
-    reader = safe_open(str(source), framework="pt")
-    with open(target, "r+b") as handle:
+    # Tensors are read into their own buffers, not through a mapping: a source truncated
+    # meanwhile is one error line (and the staged output is removed), never a SIGBUS.
+    with SafetensorsFile(source) as reader, open(target, "r+b") as handle:
         for key, (begin, end) in sorted(ranges.items(), key=lambda item: item[1][0]):
-            pruned = prune(key, lambda key=key: reader.get_tensor(key))
+            pruned = prune(key, lambda key=key: reader.load(key))
             if pruned is None:
                 continue
             data = pruned.contiguous().view(torch.uint8).numpy()

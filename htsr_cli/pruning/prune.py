@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from htsr_cli import __version__
 from htsr_cli.checkpoints import Checkpoint, open_checkpoint
+from htsr_cli.checkpoints.safetensors_file import SafetensorsFile
 from htsr_cli.checkpoints.sharded import ShardedCheckpoint
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import write_atomic
@@ -166,8 +166,8 @@ def _wanda(directory, source, checkpoint, counts, settings: PruneSettings, devic
     def prune(key: str, _load: Callable[[], torch.Tensor]) -> torch.Tensor | None:
         if key not in files:
             return None
-        with safe_open(str(files[key]), framework="pt") as handle:
-            return handle.get_tensor(key)
+        with SafetensorsFile(files[key]) as handle:
+            return handle.load(key)
 
     return prune
 
