@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 CORE := $(VENV)/.core-installed
 TESTDEPS := $(VENV)/.test-installed
 
-.PHONY: demo test bench bench-prune fixtures browser clean
+.PHONY: demo test bench bench-prune bench-noise fixtures browser clean
 
 $(CORE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ bench: $(TESTDEPS)
 bench-prune: $(CORE)
 	$(BIN)/python -m pip install --quiet -e ".[bench-prune]"
 	$(BIN)/python benchmarks/prune.py
+
+# float32 against float64 eigensolvers on every matrix of the fixtures, MiniLM, the LLaMA-shaped
+# directory (when `make bench` generated it) and seeded synthetic ones: the float32 guard's noise
+# model checked against what really happens (a few minutes on 2 CPU cores).
+bench-noise: $(TESTDEPS)
+	$(BIN)/python benchmarks/float32_noise.py
 
 fixtures: $(CORE)
 	$(BIN)/python fixtures/make_fixtures.py

@@ -31,7 +31,11 @@ CHUNK_ELEMENTS = 1 << 17  # 1 MB of float64 per temporary in the D scan: it stay
 # The float32 guard: redo a float32 eigensolve in float64 when the fit's alpha
 # could be off by more than this (issue 15's measured bound, see float32_alpha_error).
 FLOAT32_ALPHA_TOLERANCE = 1e-3
-FLOAT32_NOISE = 0.1  # float32 eigenvalue noise is about this * n * eps32 * lambda_max
+FLOAT32_NOISE = 0.1  # float32 eigenvalue noise is about this * n * eps32 * lambda_max ...
+# ... with n at least this: small Grams are noisier per row than 0.1 * n. Measured
+# (benchmarks/float32_noise.py, max |error| / (eps32 lambda_max) over 123 matrices):
+# 8.2 at n=32, 10.5 at n=64, 22.7 at n=384, 65.5 at n=1024, 191.9 at n=2048.
+FLOAT32_NOISE_MIN_SIDE = 128
 
 
 @dataclass(frozen=True)
@@ -218,13 +222,13 @@ def fit_failure_reason(x: torch.Tensor, method: str) -> str:
 def float32_alpha_error(x: torch.Tensor, fit: PowerLawFit, side: int) -> float:
     """Predicted |alpha error| when the eigenvalues `x` came from a float32 eigensolver.
 
-    Each eigenvalue of an n x n Gram is off by up to noise = 0.1 * n * eps32 *
-    lambda_max. alpha = 1 + t / S with S = sum ln(x_j / xmin) over the t tail
+    Each eigenvalue of an n x n Gram is off by up to noise = 0.1 * max(n, 128) *
+    eps32 * lambda_max. alpha = 1 + t / S with S = sum ln(x_j / xmin) over the t tail
     values, so |d alpha| = (alpha - 1)^2 / t * |dS| and
     |dS| <= noise * (sum 1/x_j + t / xmin), which gives
     (alpha - 1)^2 * noise * (mean over the tail of 1/x + 1/xmin).
     """
-    noise = FLOAT32_NOISE * side * torch.finfo(torch.float32).eps * float(x[-1])
+    noise = FLOAT32_NOISE * max(side, FLOAT32_NOISE_MIN_SIDE) * torch.finfo(torch.float32).eps * float(x[-1])
     tail = x[x.numel() - fit.tail_size :]
     return (fit.alpha - 1.0) ** 2 * noise * (float(tail.reciprocal().mean()) + 1.0 / fit.xmin)
 
