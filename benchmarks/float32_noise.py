@@ -98,9 +98,14 @@ def synthetic_matrices(seed: int = 0):
             yield f"planted alpha {alpha:g}", f"{rows}x{cols}", matrix.float()
 
 
+def checkpoint_label(path: Path) -> str:
+    """How the table names a checkpoint: MiniLM by its model name (its directory is just `model`)."""
+    return "all-MiniLM-L6-v2" if path == minilm_directory() else path.name
+
+
 def checkpoint_matrices(path: Path):
     for key, weight in weight_matrices(path):
-        yield path.name, key, weight
+        yield checkpoint_label(path), key, weight
 
 
 def summarize(records: list[dict]) -> list[dict]:
@@ -109,7 +114,7 @@ def summarize(records: list[dict]) -> list[dict]:
     for record in records:
         by_group[(record["group"], record["side"])].append(record)
     rows = []
-    for (group, side), members in by_group.items():
+    for (group, side), members in sorted(by_group.items(), key=lambda item: (_first(records, item[0][0]), item[0][1])):
         rows.append({
             "group": group,
             "side": side,
@@ -121,6 +126,10 @@ def summarize(records: list[dict]) -> list[dict]:
             "missed": sum(member["needed"] and not member["redone"] for member in members),
         })
     return rows
+
+
+def _first(records: list[dict], group: str) -> int:
+    return next(index for index, record in enumerate(records) if record["group"] == group)
 
 
 def markdown(result: dict) -> str:

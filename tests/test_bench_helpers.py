@@ -406,3 +406,35 @@ def test_speed_targets_of_issue_15_apply_to_llama_shaped_checkpoints_only():
     rows = [_row(HTSR, "cpu", None, walls=(10.0,)), _row(HTSR_F64, "cpu", None), _row(WEIGHTWATCHER, "cpu", None)]
     targets = _targets(_entry(rows, name="all-MiniLM-L6-v2", kind="minilm"))
     assert not any("WeightWatcher" in target or "1.6x" in target for target, _ in targets)
+
+
+# --- make bench-noise -------------------------------------------------------------------------------
+
+
+def test_noise_bench_counts_a_miss_only_where_float32_was_wrong_and_the_guard_kept_it():
+    from float32_noise import summarize
+
+    def record(group, side, redone, needed, error=1.0):
+        return {"group": group, "side": side, "error_in_eps_lambda_max": error, "redone": redone, "needed": needed}
+
+    records = [
+        record("tiny", 64, False, False, 3.0), record("tiny", 32, True, True, 8.0),
+        record("tiny", 64, True, False, 5.0), record("big", 2048, False, True, 150.0),
+    ]
+    rows = summarize(records)
+    assert [(row["group"], row["side"]) for row in rows] == [("tiny", 32), ("tiny", 64), ("big", 2048)]
+    assert [row["model_noise"] for row in rows] == pytest.approx([12.8, 12.8, 204.8])
+    assert [(row["matrices"], row["worst_error"], row["redone"], row["needed"], row["missed"]) for row in rows] == [
+        (1, 8.0, 1, 1, 0), (2, 5.0, 1, 0, 0), (1, 150.0, 0, 1, 1),
+    ]
+
+
+def test_noise_bench_measures_one_matrix_against_float64():
+    from float32_noise import compare_solvers
+
+    g = torch.Generator().manual_seed(5)
+    result = compare_solvers(torch.randn(300, 96, generator=g))
+    assert result["side"] == 96
+    assert 0.0 < result["error_in_eps_lambda_max"] <= 12.8  # the guard's model at n = 96 (floor 128)
+    assert result["alpha_difference"] < 1e-3 and result["needed"] is False
+    assert result["redone"] == (result["predicted"] > 1e-3)
