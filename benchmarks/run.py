@@ -20,13 +20,16 @@ command is recorded and the run goes on.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import traceback
 from collections.abc import Callable
@@ -73,8 +76,10 @@ from render import (  # noqa: E402
     HTSR_F32,
     HTSR_F64,
     HTSR_FARMS,
+    HTSR_BEFORE,
     HTSR_TOOLS,
     NAIVE,
+    PREVIOUS_COMMIT,
     TOOL_ORDER,
     WEIGHTWATCHER,
     load_results,
@@ -138,7 +143,7 @@ def planned_cases(args: argparse.Namespace) -> list[Case]:
     base = shapes.llama
     llamas = [
         # The speed targets (naive, WeightWatcher, float64) on the 4-layer one (2 layers in a smoke run).
-        (f"llama-{base.layers}L", base, (HTSR, HTSR_F64, FLOOR, NAIVE, WEIGHTWATCHER), True),
+        (f"llama-{base.layers}L", base, (HTSR, HTSR_F64, HTSR_BEFORE, FLOOR, NAIVE, WEIGHTWATCHER), True),
         # Twice as deep: shows that peak RSS does not grow with depth.
         (f"llama-{2 * base.layers}L", replace(base, layers=2 * base.layers), (HTSR, HTSR_F64, FLOOR), False),
     ]
@@ -179,12 +184,41 @@ def htsr_command() -> list[str]:
     return [sys.executable, "-c", entry]
 
 
-def tool_command(tool: str, checkpoint: Path, device: str, report: Path, python: Path | None = None) -> list[str]:
-    """The command of one row; `report` is where htsr (or WeightWatcher's runner) writes its per-layer results."""
+def previous_tree(work_dir: Path) -> Path:
+    """PREVIOUS_COMMIT's htsr_cli, extracted once from this clone's history (git archive, no worktree)."""
+    tree = work_dir / f"htsr-{PREVIOUS_COMMIT[:7]}"
+    if not (tree / "htsr_cli" / "cli" / "app.py").is_file():
+        staging = work_dir / f".htsr-{PREVIOUS_COMMIT[:7]}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", "--format=tar", PREVIOUS_COMMIT, "htsr_cli"],
+            capture_output=True, check=True,
+        ).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            # Our own history; the "data" filter where this Python has extraction filters.
+            tar.extractall(staging, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        shutil.rmtree(tree, ignore_errors=True)
+        staging.rename(tree)
+    return tree
+
+
+def tool_command(
+    tool: str, checkpoint: Path, device: str, report: Path, python: Path | None = None, tree: Path | None = None
+) -> list[str]:
+    """The command of one row; `report` is where htsr (or WeightWatcher's runner) writes its per-layer results.
+
+    `python`: WeightWatcher's venv interpreter; `tree`: where the previous commit's htsr_cli is.
+    """
     if tool in HTSR_FLAGS:
         # A real file, not /dev/null: an atomic writer would replace /dev/null itself.
         command = [*htsr_command(), "analyze", str(checkpoint), "--format", "json", "-o", str(report), "--quiet"]
         return command + ["--device", device] + HTSR_FLAGS[tool]
+    if tool == HTSR_BEFORE:
+        # The old tree first on sys.path: ahead of the working tree and of the editable install's finder.
+        entry = f"import sys; sys.path.insert(0, {str(tree)!r}); from htsr_cli.cli.app import main; main()"
+        command = [sys.executable, "-c", entry, "analyze", str(checkpoint), "--format", "json", "-o", str(report)]
+        return command + ["--quiet", "--device", device]
     if tool == WEIGHTWATCHER:
         return [str(python), str(HERE / "ww_runner.py"), str(checkpoint), "--out", str(report)]
     script = {FLOOR: "floor.py", NAIVE: "naive.py", FARMS_LOOP: "farms_loop.py"}[tool]
@@ -226,11 +260,17 @@ def planned_rows(case: Case, checkpoint: Path, args: argparse.Namespace) -> list
                 continue
             report = args.work_dir / "reports" / f"{case.name}-{re.sub(r'[^a-z0-9.]+', '-', tool.lower())}-{device}.json"
             python, versions, error = weightwatcher_venv(args) if tool == WEIGHTWATCHER else (None, None, None)
+            tree = None
+            if tool == HTSR_BEFORE:
+                try:
+                    tree = previous_tree(args.work_dir)
+                except (subprocess.CalledProcessError, OSError, tarfile.TarError) as failure:
+                    error = f"commit {PREVIOUS_COMMIT[:7]} not available in this clone: {failure}"
             row = {
                 "tool": tool,
                 "device": device,
                 "date": utc_now(),
-                "command": tool_command(tool, checkpoint, device, report, python),
+                "command": tool_command(tool, checkpoint, device, report, python, tree),
                 "report": str(report) if tool in HTSR_TOOLS or tool == WEIGHTWATCHER else None,
                 "runs": [],
                 "error": error,
