@@ -11,6 +11,7 @@ sections, labelled as estimates with the device their timings came from.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import statistics
 from dataclasses import dataclass
@@ -457,7 +458,10 @@ def display_command(command: list[str] | str) -> str:
     if isinstance(command, str):
         return command
     words = list(command)
-    if len(words) > 2 and words[1] == "-c" and "htsr_cli.cli.app" in words[2]:
+    if len(words) > 2 and words[1] == "-c" and "sys.path.insert(0, " in words[2]:
+        # An older commit's tree put first on sys.path: keep the entry point, show the tree's path from the root.
+        words[2] = re.sub(r"[\"'][^\"']*/(benchmarks/[^\"']*)[\"']", r'"\1"', words[2])  # the same Python string
+    elif len(words) > 2 and words[1] == "-c" and "htsr_cli.cli.app" in words[2]:
         words = ["htsr", *words[3:]]  # the source-tree entry point used where htsr is not installed
     shown = []
     for index, word in enumerate(words):

@@ -216,7 +216,7 @@ def tool_command(
         return command + ["--device", device] + HTSR_FLAGS[tool]
     if tool == HTSR_BEFORE:
         # The old tree first on sys.path: ahead of the working tree and of the editable install's finder.
-        entry = f"import sys; sys.path.insert(0, {str(tree)!r}); from htsr_cli.cli.app import main; main()"
+        entry = f"import sys; sys.path.insert(0, {json.dumps(str(tree))}); from htsr_cli.cli.app import main; main()"
         command = [sys.executable, "-c", entry, "analyze", str(checkpoint), "--format", "json", "-o", str(report)]
         return command + ["--quiet", "--device", device]
     if tool == WEIGHTWATCHER:

@@ -438,3 +438,14 @@ def test_noise_bench_measures_one_matrix_against_float64():
     assert 0.0 < result["error_in_eps_lambda_max"] <= 12.8  # the guard's model at n = 96 (floor 128)
     assert result["alpha_difference"] < 1e-3 and result["needed"] is False
     assert result["redone"] == (result["predicted"] > 1e-3)
+
+
+def test_the_previous_commits_row_shows_its_entry_point_and_tree_from_the_root():
+    from render import display_command
+
+    entry = "import sys; sys.path.insert(0, '/somewhere/repo/benchmarks/work/htsr-6b224db'); from htsr_cli.cli.app import main; main()"
+    shown = display_command(["/somewhere/repo/.venv/bin/python", "-c", entry, "analyze", "/somewhere/repo/benchmarks/work/x"])
+    assert shown == (
+        "python -c 'import sys; sys.path.insert(0, \"benchmarks/work/htsr-6b224db\"); from htsr_cli.cli.app import main; "
+        "main()' analyze benchmarks/work/x"
+    )
