@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import defaultdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -33,7 +32,7 @@ ROOT = HERE.parent
 sys.path.append(str(ROOT))
 
 from checkpoints import minilm_directory  # noqa: E402
-from machine import describe_machine, library_versions  # noqa: E402
+from machine import result_header  # noqa: E402
 from sections import with_section  # noqa: E402
 from weights import weight_matrices  # noqa: E402
 
@@ -176,17 +175,12 @@ def main() -> None:
         for group, name, weight in source:
             records.append({"group": group, "name": name, **compare_solvers(weight)})
             print(f"{group} {name}: {records[-1]}", file=sys.stderr, flush=True)
-    machine = describe_machine()
     result = {
-        "schema": "htsr.bench-float32-noise/1",
-        "machine": machine,
-        "versions": library_versions(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "make bench-noise" if sys.argv[1:] == [] else "python benchmarks/float32_noise.py " + " ".join(sys.argv[1:]),
+        **result_header("htsr.bench-float32-noise/1", "bench-noise", "float32_noise.py"),
         "records": records,
         "summary": summarize(records),
     }
-    path = args.results_dir / f"{machine['slug']}.json"
+    path = args.results_dir / f"{result['machine']['slug']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, dumps_json(result))
     previous = args.out.read_text() if args.out.is_file() else "# htsr benchmarks\n"

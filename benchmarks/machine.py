@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import platform
 import re
+import sys
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
@@ -57,3 +59,15 @@ def library_versions() -> dict:
         except metadata.PackageNotFoundError:
             versions[package] = None
     return versions
+
+
+def result_header(schema: str, make_target: str, script: str) -> dict:
+    """The fields a benchmark's raw results start with: what, where, with which libraries, when, how run."""
+    arguments = sys.argv[1:]
+    return {
+        "schema": schema,
+        "machine": describe_machine(),
+        "versions": library_versions(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": f"make {make_target}" if not arguments else f"python benchmarks/{script} " + " ".join(arguments),
+    }

@@ -33,14 +33,14 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.append(str(ROOT))
 
-from machine import describe_machine, library_versions  # noqa: E402
+from machine import result_header  # noqa: E402
 from sections import with_section  # noqa: E402
 
 from htsr_cli.io import write_atomic  # noqa: E402
@@ -230,18 +230,14 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     model = dense_model(args.cache)
     calibration, evaluation = texts(args.cache)
-    machine = describe_machine()
+    header = result_header("htsr.bench-prune/1", "bench-prune", "prune.py")
     settings = {"targets": args.targets, "samples": args.samples, "seq_len": args.seq_len, "eval_tokens": args.eval_tokens}
-    path = args.results_dir / f"{machine['slug']}.json"
+    path = args.results_dir / f"{header['machine']['slug']}.json"
     result = json.loads(path.read_text()) if path.is_file() else {}
     if result.get("settings") != settings:  # a different grid: start afresh
         result = {}
     result.update({
-        "schema": "htsr.bench-prune/1",
-        "machine": machine,
-        "versions": library_versions(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "make bench-prune" if sys.argv[1:] == [] else "python benchmarks/prune.py " + " ".join(sys.argv[1:]),
+        **header,
         "settings": settings,
         "texts": {"package": TEXT_PACKAGE, "calibration": CALIBRATION_TEXT, "evaluation": EVALUATION_TEXT},
     })
