@@ -17,18 +17,18 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from htsr_cli.analysis import LayerSpectra
-from htsr_cli.checkpoints.safetensors_file import check_safetensors_header
+from htsr_cli.checkpoints.safetensors_file import SafetensorsFile, check_safetensors_header
 from htsr_cli.errors import HtsrError
-from htsr_cli.io import os_reason, require_regular_file, write_atomic
+from htsr_cli.io import require_regular_file, write_atomic
 from htsr_cli.report import Report
 
 SCHEMA = "htsr.spectra/1"
 ESD_PREFIX = "esd/"
 FARMS_PREFIX = "farms/"
+SPECTRUM_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)  # what a spectrum can be read as
 
 
 def save_spectra(path: str | Path, spectra: Mapping[str, LayerSpectra]) -> None:
@@ -42,23 +42,23 @@ def save_spectra(path: str | Path, spectra: Mapping[str, LayerSpectra]) -> None:
 
 
 def load_spectra(path: str | Path) -> dict[str, LayerSpectra]:
-    """Read a file written by `save_spectra`: layer name -> LayerSpectra."""
+    """Read a file written by `save_spectra`: layer name -> LayerSpectra.
+
+    The header's claims are checked against the file before anything is read,
+    and each spectrum is read into its own buffer (no mapping, so a file cut
+    short meanwhile is a clear error, not a crash).
+    """
     path = Path(path)
     require_regular_file(path)
-    check_safetensors_header(path)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            schema = (handle.metadata() or {}).get("schema")
-            if schema != SCHEMA:
-                raise HtsrError(f"{path}: not an {SCHEMA} file (schema is {schema!r}); write one with `htsr analyze --save-spectra`")
-            keys = list(handle.keys())
-            tensors = {key: handle.get_tensor(key) for key in keys}
-    except SafetensorError as error:
-        raise HtsrError(f"{path}: cannot read spectra file ({error})") from None
-    except OSError as error:
-        raise HtsrError(f"{path}: {os_reason(error)}") from None
+    header, _ = check_safetensors_header(path)
+    metadata = header.get("__metadata__")
+    schema = metadata.get("schema") if isinstance(metadata, dict) else None
+    if schema != SCHEMA:
+        raise HtsrError(f"{path}: not an {SCHEMA} file (schema is {schema!r}); write one with `htsr analyze --save-spectra`")
+    with SafetensorsFile(path) as handle:
+        tensors = {info.key: handle.load(info.key) for info in handle.tensors()}
     for key, tensor in tensors.items():
-        if tensor.dim() != 1 or not tensor.dtype.is_floating_point or not bool(torch.isfinite(tensor).all()):
+        if tensor.dim() != 1 or tensor.dtype not in SPECTRUM_DTYPES or not bool(torch.isfinite(tensor).all()):
             raise HtsrError(f"{path}: {key!r} is not a finite 1-D spectrum; the file is damaged")
     spectra = {
         key[len(ESD_PREFIX):]: LayerSpectra(tensor)

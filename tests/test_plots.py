@@ -153,6 +153,40 @@ def test_spectra_file_round_trips_esd_and_farms_pools(tmp_path):
         load_spectra(tmp_path / "junk.safetensors")
 
 
+def test_spectra_file_refuses_other_files_and_odd_dtypes(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "s.safetensors"
+    save_file({"esd/a": torch.ones(3, dtype=torch.float64)}, path, metadata={"schema": "htsr.report/1"})
+    with pytest.raises(HtsrError, match=r"s\.safetensors: not an htsr\.spectra/1 file \(schema is 'htsr\.report/1'\)"):
+        load_spectra(path)
+    save_file({"esd/a": torch.ones(3, dtype=torch.float64)}, path)
+    with pytest.raises(HtsrError, match=r"not an htsr\.spectra/1 file \(schema is None\)"):
+        load_spectra(path)
+    for odd in (torch.ones(3, dtype=torch.float8_e4m3fn), torch.ones(3, dtype=torch.int64), torch.ones(2, 2)):
+        save_file({"esd/a": odd}, path, metadata={"schema": "htsr.spectra/1"})
+        with pytest.raises(HtsrError, match=r"'esd/a' is not a finite 1-D spectrum; the file is damaged$"):
+            load_spectra(path)
+
+
+def test_spectra_file_cut_short_while_read_is_a_clear_error(tmp_path, monkeypatch):
+    from htsr_cli.checkpoints.safetensors_file import SafetensorsFile
+
+    path = tmp_path / "s.safetensors"
+    save_spectra(path, {"a": LayerSpectra(torch.arange(1.0, 2049.0, dtype=torch.float64))})
+    listed = SafetensorsFile.tensors
+
+    def truncate_after_listing(self):
+        infos = listed(self)
+        with path.open("r+b") as handle:  # another process rewrites the file meanwhile
+            handle.truncate(path.stat().st_size - 4096)
+        return infos
+
+    monkeypatch.setattr(SafetensorsFile, "tensors", truncate_after_listing)
+    with pytest.raises(HtsrError, match=r"cannot read tensor 'esd/a' \(the file ends 4,096 bytes short"):
+        load_spectra(path)
+
+
 def test_overview_shows_quality_by_colour_and_shape_and_shades_alternate_blocks():
     layers = [
         layer("blocks.0.a", 1.5), layer("blocks.0.b", 3.0),
