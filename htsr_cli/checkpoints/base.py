@@ -87,3 +87,36 @@ class Checkpoint(ABC):
 
     def _missing(self, key: str) -> KeyError:
         return KeyError(f"{self.source}: no tensor named {key!r}")
+
+
+class RelistedCheckpoint(Checkpoint):
+    """`inner` with its listing rewritten: some tensors stand in for stored ones,
+    some stored ones are hidden. Subclasses say how (`relist`) and load what they
+    added (`load_for`); everything else is `inner`'s."""
+
+    def __init__(self, inner: Checkpoint) -> None:
+        self.source = inner.source
+        self.model_type = inner.model_type
+        self._inner = inner
+
+    @abstractmethod
+    def relist(self, infos: list[TensorInfo]) -> list[TensorInfo]:
+        """`inner`'s listing (in either order) as this checkpoint lists it."""
+
+    def tensors(self) -> list[TensorInfo]:
+        return self.relist(self._inner.tensors())
+
+    def stored(self) -> list[TensorInfo]:
+        return self.relist(self._inner.stored())
+
+    def load(self, key: str) -> torch.Tensor:
+        return self.load_for(key, lambda tensor: tensor)
+
+    @abstractmethod
+    def load_for(self, key: str, move: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor: ...
+
+    def format_info(self) -> dict[str, object] | None:
+        return self._inner.format_info()
+
+    def close(self) -> None:
+        self._inner.close()

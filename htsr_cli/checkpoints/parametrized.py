@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from htsr_cli.checkpoints.base import Checkpoint, TensorInfo
+from htsr_cli.checkpoints.base import Checkpoint, RelistedCheckpoint, TensorInfo
 
 # (magnitude key pattern, direction suffix replacing the magnitude suffix)
 _PAIRS = (
@@ -37,17 +37,15 @@ def norm_dim(g_shape: tuple[int, ...], v_shape: tuple[int, ...]) -> int | None:
     return None
 
 
-class WeightNormCheckpoint(Checkpoint):
+class WeightNormCheckpoint(RelistedCheckpoint):
     """`inner` with every weight-norm pair replaced by the effective weight it stands for."""
 
     def __init__(self, inner: Checkpoint, parts: dict[str, tuple[str, str, int]]) -> None:
-        self.source = inner.source
-        self.model_type = inner.model_type
-        self._inner = inner
+        super().__init__(inner)
         self._parts = parts  # effective key -> (g key, v key, dim)
         self._hidden = {key for g, v, _ in parts.values() for key in (g, v)}
 
-    def _replace(self, infos: list[TensorInfo]) -> list[TensorInfo]:
+    def relist(self, infos: list[TensorInfo]) -> list[TensorInfo]:
         direction = {v: key for key, (_, v, _) in self._parts.items()}
         out = []
         for info in infos:
@@ -59,15 +57,6 @@ class WeightNormCheckpoint(Checkpoint):
                 out.append(info)
         return out
 
-    def tensors(self) -> list[TensorInfo]:
-        return self._replace(self._inner.tensors())
-
-    def stored(self) -> list[TensorInfo]:
-        return self._replace(self._inner.stored())
-
-    def load(self, key: str) -> torch.Tensor:
-        return self.load_for(key, lambda tensor: tensor)
-
     def load_for(self, key: str, move: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         if key not in self._parts:
             return self._inner.load_for(key, move)
@@ -75,12 +64,6 @@ class WeightNormCheckpoint(Checkpoint):
         magnitude = self._inner.load_for(g_key, move)
         direction = self._inner.load_for(v_key, move)
         return torch._weight_norm(direction, magnitude.to(direction.dtype), dim)
-
-    def format_info(self) -> dict[str, object] | None:
-        return self._inner.format_info()
-
-    def close(self) -> None:
-        self._inner.close()
 
 
 def with_effective_weights(checkpoint: Checkpoint) -> Checkpoint:

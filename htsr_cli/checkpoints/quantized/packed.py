@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from htsr_cli.checkpoints.base import Checkpoint, TensorInfo
+from htsr_cli.checkpoints.base import Checkpoint, RelistedCheckpoint, TensorInfo
 from htsr_cli.errors import HtsrError
 
 Decoder = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
@@ -40,19 +40,17 @@ def unreadable(key: str, main: str, shape: tuple[int, ...], storage: str, reason
     return PackedWeight(info, main, {}, None, hidden=tuple(parts))
 
 
-class QuantizedCheckpoint(Checkpoint):
+class QuantizedCheckpoint(RelistedCheckpoint):
     """`inner`'s tensors with each packed weight shown as one logical tensor."""
 
     def __init__(self, inner: Checkpoint, weights: list[PackedWeight], format_info: dict[str, object]):
-        self.source = inner.source
-        self.model_type = inner.model_type
-        self._inner = inner
+        super().__init__(inner)
         self._format = format_info
         self._by_main = {weight.main: weight for weight in weights}
         self._by_key = {weight.info.key: weight for weight in weights}
         self._parts = {key for weight in weights for key in (weight.main, *weight.parts.values(), *weight.hidden)}
 
-    def _logical(self, infos: list[TensorInfo]) -> list[TensorInfo]:
+    def relist(self, infos: list[TensorInfo]) -> list[TensorInfo]:
         listed = []
         for info in infos:
             if info.key in self._by_main:
@@ -61,17 +59,8 @@ class QuantizedCheckpoint(Checkpoint):
                 listed.append(info)
         return listed
 
-    def tensors(self) -> list[TensorInfo]:
-        return self._logical(self._inner.tensors())
-
-    def stored(self) -> list[TensorInfo]:
-        return self._logical(self._inner.stored())
-
-    def load(self, key: str) -> torch.Tensor:
-        """A plain tensor as stored; a packed weight dequantized on the CPU."""
-        return self.load_for(key, lambda tensor: tensor)
-
-    def load_for(self, key: str, move) -> torch.Tensor:
+    def load_for(self, key: str, move: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """A plain tensor as stored; a packed weight dequantized where `move` puts its parts."""
         weight = self._by_key.get(key)
         if weight is None:
             if key in self._parts:
@@ -86,9 +75,6 @@ class QuantizedCheckpoint(Checkpoint):
 
     def format_info(self) -> dict[str, object]:
         return dict(self._format)
-
-    def close(self) -> None:
-        self._inner.close()
 
 
 @dataclass(frozen=True)
