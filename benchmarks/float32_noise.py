@@ -11,7 +11,12 @@ eigensolver. The table gives, per checkpoint and Gram side n,
   noise model 0.1 x max(n, 128) (htsr_cli.fit.FLOAT32_NOISE, FLOAT32_NOISE_MIN_SIDE);
 - how many layers the guard redoes (its bound above 1e-3, or no fit), how many
   float32 alone really got wrong (|alpha difference| above 1e-3, or a fit in one
-  solve only), and how many of those the guard missed (it must be none).
+  solve only), and how many of those the guard missed (it must be none);
+- how many times float32 alone chose another KS xmin than float64 did, and on
+  how many layers the guard's noise could switch xmin at all: a candidate whose
+  KS distance, lowered by its worst first-order change under that noise, reaches
+  the winner's raised the same way, with an alpha more than 1e-3 away. The
+  guard's bound holds xmin fixed, so this is what it leaves uncovered.
 
 Synthetic rows: Gaussian matrices and planted power laws (alpha 2, 4, 8) of
 several shapes, seeded. Raw numbers go to benchmarks/results/float32-noise/<machine>.json,
@@ -21,6 +26,7 @@ the table to the `bench-float32-noise` section of BENCHMARKS.md. Times nothing.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -37,11 +43,15 @@ from sections import with_section  # noqa: E402
 from weights import weight_matrices  # noqa: E402
 
 from htsr_cli.fit import (  # noqa: E402
+    EXACT_SCAN_LIMIT,
     FLOAT32_ALPHA_TOLERANCE,
     FLOAT32_NOISE,
     FLOAT32_NOISE_MIN_SIDE,
+    KS_MIN_EIGENVALUE,
     fit_power_law,
     float32_alpha_error,
+    hill_alphas,
+    ks_distances,
 )
 from htsr_cli.io import write_atomic  # noqa: E402
 from htsr_cli.outputs import dumps_json, markdown_text  # noqa: E402
@@ -64,8 +74,9 @@ def compare_solvers(weight: torch.Tensor, xmin: str = "ks") -> dict:
     lambda_max = float(double[-1])
     worst = float((single - double).abs().max()) / (EPS32 * lambda_max) if lambda_max > 0 else 0.0
     fit_single, fit_double = fit_power_law(single, xmin), fit_power_law(double, xmin)
+    switch_possible = xmin_switch_possible(single, side) if xmin == "ks" else None
     if fit_single is None or fit_double is None:
-        difference, bound = None, None
+        difference, bound, xmin_moved = None, None, None
         needed = (fit_single is None) != (fit_double is None)
         redone = fit_single is None and lambda_max > 0
     else:
@@ -73,6 +84,7 @@ def compare_solvers(weight: torch.Tensor, xmin: str = "ks") -> dict:
         bound = float32_alpha_error(single, fit_single, side)
         needed = difference > FLOAT32_ALPHA_TOLERANCE
         redone = bound > FLOAT32_ALPHA_TOLERANCE
+        xmin_moved = fit_single.tail_size != fit_double.tail_size
     return {
         "side": side,
         "error_in_eps_lambda_max": worst,
@@ -80,7 +92,45 @@ def compare_solvers(weight: torch.Tensor, xmin: str = "ks") -> dict:
         "predicted": bound,
         "redone": redone,
         "needed": needed,
+        "xmin_moved": xmin_moved,
+        "xmin_switch_possible": switch_possible,
     }
+
+
+def xmin_switch_possible(x: torch.Tensor, side: int) -> bool | None:
+    """Whether float32 noise of the guard's model could make `fit_ks` pick another xmin, alpha > 1e-3 away.
+
+    Every sorted eigenvalue moves by at most noise (Weyl), so candidate j's Hill
+    alpha moves by at most d_alpha_j (the guard's bound at xmin_j) and its KS
+    distance D_j = max |k/t - (1 - (x/xmin_j)^(1 - alpha_j))| by at most
+    2 (alpha_j - 1) noise / xmin_j + d_alpha_j / (e (alpha_j - 1)) (first order:
+    the model CDF's slopes in x and xmin are at most (alpha - 1) / xmin, in alpha
+    at most 1 / (e (alpha - 1))). A switch is possible when some candidate's
+    lowest D reaches the winner's highest. None when `ks` scores a grid (above
+    EXACT_SCAN_LIMIT eigenvalues) or finds no fit.
+    """
+    x = x[x > KS_MIN_EIGENVALUE].double()
+    count = x.numel()
+    if count < 3 or count > EXACT_SCAN_LIMIT:
+        return None
+    starts = torch.arange(0, count - 1)
+    alphas = hill_alphas(x, starts)
+    valid = torch.isfinite(alphas) & (alphas > 1.0)
+    if not bool(valid.any()):
+        return None
+    distances = torch.where(valid, ks_distances(x, starts, alphas), torch.full_like(alphas, math.inf))
+    noise = FLOAT32_NOISE * max(side, FLOAT32_NOISE_MIN_SIDE) * float(EPS32) * float(x[-1])
+    tail_sizes = (count - starts).double()
+    mean_inverse = torch.flip(torch.cumsum(torch.flip(1.0 / x, (0,)), 0), (0,))[:-1] / tail_sizes
+    xmins = x[:-1]
+    slack = (alphas - 1.0).clamp(min=1e-12)
+    alpha_moves = slack**2 * noise * (mean_inverse + 1.0 / xmins)
+    distance_moves = 2.0 * slack * noise / xmins + alpha_moves / (math.e * slack)
+    best = int(torch.argmin(distances))
+    reachable = valid & (distances - distance_moves <= distances[best] + distance_moves[best])
+    reachable[best] = False
+    apart = (alphas - alphas[best]).abs() + alpha_moves + alpha_moves[best] > FLOAT32_ALPHA_TOLERANCE
+    return bool((reachable & apart).any())
 
 
 def synthetic_matrices(seed: int = 0):
@@ -123,6 +173,8 @@ def summarize(records: list[dict]) -> list[dict]:
             "redone": sum(member["redone"] for member in members),
             "needed": sum(member["needed"] for member in members),
             "missed": sum(member["needed"] and not member["redone"] for member in members),
+            "xmin_moved": sum(bool(member.get("xmin_moved")) for member in members),
+            "xmin_switch_possible": sum(bool(member.get("xmin_switch_possible")) for member in members),
         })
     return rows
 
@@ -142,15 +194,18 @@ def markdown(result: dict) -> str:
         "largest eigenvalue difference in units of eps32 x lambda_max; the guard's model is",
         f"{FLOAT32_NOISE:g} x max(n, {FLOAT32_NOISE_MIN_SIDE}). *redone*: the guard's bound on |alpha difference|",
         f"is above {FLOAT32_ALPHA_TOLERANCE:g}; *needed*: float32 alone really moved alpha by more than that;",
-        "*missed*: needed but not redone (must be 0).",
+        "*missed*: needed but not redone (must be 0). *xmin moved*: float32 alone chose another KS xmin",
+        "than float64. *switch possible*: the guard's noise could, to first order, let another KS candidate",
+        "with an alpha more than 0.001 away win (the bound holds xmin fixed, so it does not cover these).",
         "",
-        "| matrices from | n | matrices | worst error | model | redone | needed | missed |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| matrices from | n | matrices | worst error | model | redone | needed | missed | xmin moved | switch possible |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["summary"]:
         lines.append(
             f"| {markdown_text(row['group'])} | {row['side']} | {row['matrices']} | {row['worst_error']:.1f} | "
-            f"{row['model_noise']:.1f} | {row['redone']} | {row['needed']} | {row['missed']} |"
+            f"{row['model_noise']:.1f} | {row['redone']} | {row['needed']} | {row['missed']} | "
+            f"{row['xmin_moved']} | {row['xmin_switch_possible']} |"
         )
     return "\n".join(lines) + "\n"
 

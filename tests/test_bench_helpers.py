@@ -414,12 +414,13 @@ def test_speed_targets_of_issue_15_apply_to_llama_shaped_checkpoints_only():
 def test_noise_bench_counts_a_miss_only_where_float32_was_wrong_and_the_guard_kept_it():
     from float32_noise import summarize
 
-    def record(group, side, redone, needed, error=1.0):
-        return {"group": group, "side": side, "error_in_eps_lambda_max": error, "redone": redone, "needed": needed}
+    def record(group, side, redone, needed, error=1.0, moved=False, possible=None):
+        return {"group": group, "side": side, "error_in_eps_lambda_max": error, "redone": redone, "needed": needed,
+                "xmin_moved": moved, "xmin_switch_possible": possible}
 
     records = [
-        record("tiny", 64, False, False, 3.0), record("tiny", 32, True, True, 8.0),
-        record("tiny", 64, True, False, 5.0), record("big", 2048, False, True, 150.0),
+        record("tiny", 64, False, False, 3.0, possible=True), record("tiny", 32, True, True, 8.0, moved=True),
+        record("tiny", 64, True, False, 5.0, moved=None, possible=False), record("big", 2048, False, True, 150.0),
     ]
     rows = summarize(records)
     assert [(row["group"], row["side"]) for row in rows] == [("tiny", 32), ("tiny", 64), ("big", 2048)]
@@ -427,6 +428,7 @@ def test_noise_bench_counts_a_miss_only_where_float32_was_wrong_and_the_guard_ke
     assert [(row["matrices"], row["worst_error"], row["redone"], row["needed"], row["missed"]) for row in rows] == [
         (1, 8.0, 1, 1, 0), (2, 5.0, 1, 0, 0), (1, 150.0, 0, 1, 1),
     ]
+    assert [(row["xmin_moved"], row["xmin_switch_possible"]) for row in rows] == [(1, 0), (0, 1), (0, 0)]
 
 
 def test_noise_bench_measures_one_matrix_against_float64():
@@ -438,6 +440,24 @@ def test_noise_bench_measures_one_matrix_against_float64():
     assert 0.0 < result["error_in_eps_lambda_max"] <= 12.8  # the guard's model at n = 96 (floor 128)
     assert result["alpha_difference"] < 1e-3 and result["needed"] is False
     assert result["redone"] == (result["predicted"] > 1e-3)
+    assert result["xmin_moved"] is False and isinstance(result["xmin_switch_possible"], bool)
+
+
+def test_an_xmin_switch_is_possible_only_when_the_noise_can_close_the_ks_gap(monkeypatch):
+    import float32_noise
+    from float32_noise import xmin_switch_possible
+
+    from htsr_cli.fit import fit_ks
+
+    x = torch.sort(torch.rand(300, generator=torch.Generator().manual_seed(3), dtype=torch.float64) ** -0.5).values
+    fit = fit_ks(x)
+    assert fit is not None and 1.5 < fit.alpha < 5.0
+    monkeypatch.setattr(float32_noise, "FLOAT32_NOISE", 0.0)
+    assert xmin_switch_possible(x, 300) is False  # no noise: the winner stays (no exact ties here)
+    monkeypatch.setattr(float32_noise, "FLOAT32_NOISE", 1e4)
+    assert xmin_switch_possible(x, 300) is True  # noise far above the KS gaps: any candidate could win
+    assert xmin_switch_possible(x[:2], 300) is None  # too few eigenvalues for a scan
+    assert xmin_switch_possible(torch.full((4,), 1e-9, dtype=torch.float64), 300) is None  # all below the ks floor
 
 
 def test_the_previous_commits_row_shows_its_entry_point_and_tree_from_the_root():
