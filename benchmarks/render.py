@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from accuracy import ALPHA_TOLERANCE, guard_summary
-from htsr_cli.outputs import Column, to_markdown
+from htsr_cli.render.outputs import Column, to_markdown
 
 HTSR, HTSR_FARMS, FLOOR, NAIVE, FARMS_LOOP = "htsr", "htsr --farms", "floor", "naive", "farms loop"
 HTSR_F64, HTSR_F32 = "htsr --precision float64", "htsr --precision float32"

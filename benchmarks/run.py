@@ -65,7 +65,7 @@ from checkpoints import (  # noqa: E402
 )
 from estimate import distributed_estimate, shape_class  # noqa: E402
 from htsr_cli.io import write_atomic  # noqa: E402
-from htsr_cli.outputs import dumps_json  # noqa: E402
+from htsr_cli.results.documents import dumps_json  # noqa: E402
 from machine import describe_machine, library_versions  # noqa: E402
 from measure import last_line, measure  # noqa: E402
 from render import (  # noqa: E402
@@ -180,7 +180,7 @@ def htsr_command() -> list[str]:
     if script.is_file():
         return [str(script)]
     # Not installed (a bare copy of the tree on a GPU machine): run the CLI from the source tree.
-    entry = f"import sys; sys.path.append({str(ROOT)!r}); from htsr_cli.cli.app import main; main()"
+    entry = f"import sys; sys.path.append({str(ROOT)!r}); from htsr_cli.cli import main; main()"
     return [sys.executable, "-c", entry]
 
 

@@ -20,13 +20,13 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "analyze": "htsr_cli.analysis",
-    "LayerSpectra": "htsr_cli.analysis",
+    "analyze": "htsr_cli.engine.pipeline",
+    "LayerSpectra": "htsr_cli.results.report",
     "AnalyzeSettings": "htsr_cli.settings",
     "FarmsSettings": "htsr_cli.settings",
-    "Report": "htsr_cli.report",
-    "LayerResult": "htsr_cli.report",
-    "load_report": "htsr_cli.report",
+    "Report": "htsr_cli.results.report",
+    "LayerResult": "htsr_cli.results.report",
+    "load_report": "htsr_cli.results.report",
     "HtsrError": "htsr_cli.errors",
     "InvalidSetting": "htsr_cli.errors",
     "open_checkpoint": "htsr_cli.checkpoints",
@@ -37,14 +37,14 @@ _EXPORTS = {
     "LrSettings": "htsr_cli.allocations",
     "expert_plan": "htsr_cli.allocations",
     "ExpertSettings": "htsr_cli.allocations",
-    "attach_spectra": "htsr_cli.spectra_file",
+    "attach_spectra": "htsr_cli.results.spectra_file",
     "GateConfig": "htsr_cli.gate",
-    "compare_reports": "htsr_cli.compare",
+    "compare_reports": "htsr_cli.results.compare",
     "prune_checkpoint": "htsr_cli.pruning",
     "PruneSettings": "htsr_cli.pruning",
     "CalibrationSettings": "htsr_cli.pruning",
-    "evaluate_perplexity": "htsr_cli.perplexity",
-    "PerplexitySettings": "htsr_cli.perplexity",
+    "evaluate_perplexity": "htsr_cli.lm.perplexity",
+    "PerplexitySettings": "htsr_cli.lm.perplexity",
 }
 
 __all__ = ["__version__", *_EXPORTS]

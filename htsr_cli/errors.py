@@ -9,7 +9,7 @@ traceback.
 class HtsrError(Exception):
     """A user-facing problem: bad input, bad option, missing file."""
 
-    exit_code = 2  # another rank's failure under torchrun may carry 1 (see htsr_cli.distributed)
+    exit_code = 2  # another rank's failure under torchrun may carry 1 (see htsr_cli.engine.distributed)
 
 
 def brief(error: BaseException) -> str:

@@ -49,6 +49,6 @@ sharded.ShardedCheckpoint.load = probed_load
 if os.environ.get("PROBE_RECORD"):
     atexit.register(dump)
 
-from htsr_cli.cli.app import main  # noqa: E402  (after the patches)
+from htsr_cli.cli import main  # noqa: E402  (after the patches)
 
 main()

@@ -25,7 +25,7 @@ from htsr_cli.allocations import (
 from htsr_cli.allocations.learning_rates import bn_partner, modules_of
 from htsr_cli.errors import HtsrError
 from htsr_cli.names import block_of
-from htsr_cli.report import LayerResult, Report
+from htsr_cli.results.report import LayerResult, Report
 
 LLAMA_7B_BLOCK_ALPHAS = [
     2.622, 2.890, 2.969, 2.964, 3.090, 3.064, 2.961, 2.746, 2.775, 2.609, 2.717, 2.730, 2.784, 2.852, 2.897, 3.177,

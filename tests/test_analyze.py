@@ -11,11 +11,12 @@ import torch
 from safetensors.torch import save_file
 
 import htsr_cli
-from htsr_cli import analysis, scheduling
+from htsr_cli.engine import pipeline as analysis
+from htsr_cli.engine import scheduling
 from htsr_cli.errors import HtsrError
-from htsr_cli.fit import fit_power_law
-from htsr_cli.report import Report
-from htsr_cli.solver import Eigensolver
+from htsr_cli.spectra.fit import fit_power_law
+from htsr_cli.results.report import Report
+from htsr_cli.spectra.solver import Eigensolver
 
 
 def alphas(report: Report) -> dict[str, float | None]:

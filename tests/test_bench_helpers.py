@@ -36,7 +36,7 @@ from render import (  # noqa: E402
 )
 from run import accuracy_records, merge_entry, parse_profile  # noqa: E402
 
-from htsr_cli.fit import fit_power_law  # noqa: E402
+from htsr_cli.spectra.fit import fit_power_law  # noqa: E402
 
 
 # --- the LPT partition and the estimate ---------------------------------------------------------
@@ -447,7 +447,7 @@ def test_an_xmin_switch_is_possible_only_when_the_noise_can_close_the_ks_gap(mon
     import float32_noise
     from float32_noise import xmin_switch_possible
 
-    from htsr_cli.fit import fit_ks
+    from htsr_cli.spectra.fit import fit_ks
 
     x = torch.sort(torch.rand(300, generator=torch.Generator().manual_seed(3), dtype=torch.float64) ** -0.5).values
     fit = fit_ks(x)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from htsr_cli import analysis
+from htsr_cli.engine import pipeline as analysis
 from conftest import FIXTURES, REPO
 
 TINY_LLAMA = FIXTURES / "tiny-llama"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from htsr_cli.compare import compare_reports
+from htsr_cli.results.compare import compare_reports
 from htsr_cli.errors import HtsrError
 
 from conftest import FIXTURES

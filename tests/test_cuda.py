@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import htsr_cli
-from htsr_cli.matrices import as_slices
-from htsr_cli.solver import Eigensolver
+from htsr_cli.spectra.matrices import as_slices
+from htsr_cli.spectra.solver import Eigensolver
 
 from conftest import FIXTURES
 
@@ -54,7 +54,7 @@ def test_cuda_mixed_default_matches_cpu_float64(fixture):
 
 
 def test_cuda_bf16_gram_is_the_float32_gram():
-    from htsr_cli.solver import _has_out_dtype_bmm
+    from htsr_cli.spectra.solver import _has_out_dtype_bmm
 
     weight = torch.randn(3, 2000, 300).to(torch.bfloat16)
     cuda = Eigensolver.create("cuda")
@@ -67,7 +67,7 @@ def test_cuda_bf16_gram_is_the_float32_gram():
 
 def test_cuda_batched_and_single_solves_agree():
     """Batched cuSOLVER calls may take another algorithm than single ones: equal to 1e-12, not bitwise."""
-    from htsr_cli import scheduling
+    from htsr_cli.engine import scheduling
 
     weights = {f"layers.0.experts.{i}.w.weight": torch.randn(96, 64) for i in range(16)}
     batched = htsr_cli.analyze(weights, device="cuda", precision="float64")

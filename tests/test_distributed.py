@@ -27,12 +27,12 @@ import torch
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from conftest import FIXTURES, REPO
-from htsr_cli import distributed
-from htsr_cli.analysis import analyze
+from htsr_cli.engine import distributed
+from htsr_cli.engine.pipeline import analyze
 from htsr_cli.checkpoints import open_checkpoint, sharded
-from htsr_cli.distributed import Launch, RankFailed, estimated_flops, partition, settings_from_json
+from htsr_cli.engine.distributed import Launch, RankFailed, estimated_flops, partition, settings_from_json
 from htsr_cli.errors import HtsrError
-from htsr_cli.matrices import describe
+from htsr_cli.spectra.matrices import describe
 from htsr_cli.settings import AnalyzeSettings, FarmsSettings
 
 PROBE = REPO / "tests" / "rank_probe.py"
@@ -332,7 +332,7 @@ def test_two_ranks_through_the_htsr_script_print_only_on_rank_0(tmp_path):
 
 @pytest.mark.minilm
 def test_two_ranks_on_minilm_with_spectra(minilm_dir, tmp_path):
-    from htsr_cli.spectra_file import load_spectra
+    from htsr_cli.results.spectra_file import load_spectra
 
     report, spectra = tmp_path / "m.json", tmp_path / "m.spectra.safetensors"
     done = torchrun(standalone(), "-m", "htsr_cli", "analyze", minilm_dir, "--farms", "-f", "json", "-o", report,

@@ -9,13 +9,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from htsr_cli import fit
-from htsr_cli.analysis import analyze
+from htsr_cli.spectra import fit
+from htsr_cli.engine.pipeline import analyze
 from htsr_cli.errors import HtsrError
-from htsr_cli.farms import _gram_plan, conv_divisions, farms_fit, window_grid, window_spectra
-from htsr_cli.fit import fit_power_law
+from htsr_cli.spectra.farms import _gram_plan, conv_divisions, farms_fit, window_grid, window_spectra
+from htsr_cli.spectra.fit import fit_power_law
 from htsr_cli.settings import FarmsSettings
-from htsr_cli.solver import Eigensolver
+from htsr_cli.spectra.solver import Eigensolver
 
 CPU = Eigensolver.create("cpu")
 FARMS_FIELDS = ("alpha_farms", "xmin_farms", "ks_distance_farms", "farms_windows", "farms_num_evals")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from htsr_cli import fit
-from htsr_cli.fit import fit_ks, fit_median, fit_peak, fit_power_law, hill_alphas, ks_distances, peak_eigenvalue
+from htsr_cli.spectra import fit
+from htsr_cli.spectra.fit import fit_ks, fit_median, fit_peak, fit_power_law, hill_alphas, ks_distances, peak_eigenvalue
 
 
 def t(values):
@@ -106,7 +106,7 @@ def test_fit_fails_as_none_never_minus_one(method):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_planted_pareto_spectrum_is_recovered(a, seed):
     """W = Q1 diag(sqrt(x)) Q2^T with Pareto x: the solver + ks fit recover the exponent."""
-    from htsr_cli.solver import Eigensolver
+    from htsr_cli.spectra.solver import Eigensolver
 
     n = 2000
     g = torch.Generator().manual_seed(seed)
@@ -138,7 +138,7 @@ def test_refined_grid_finds_a_short_tail_an_index_grid_steps_over(monkeypatch):
     Sizes are scaled down (400 candidates on 6,000 eigenvalues) to keep the exact
     scan fast; the ratio of grid spacing to tail size is that of a real FARMS pool.
     """
-    from htsr_cli.solver import Eigensolver
+    from htsr_cli.spectra.solver import Eigensolver
 
     g = torch.Generator().manual_seed(0)
     windows = torch.randn(10, 600, 600, generator=g, dtype=torch.float64) ** 3  # a pool of 6,000

@@ -11,13 +11,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from htsr_cli.analysis import analyze
+from htsr_cli.engine.pipeline import analyze
 from htsr_cli.errors import HtsrError
 from htsr_cli.gate.config import GateConfig, config_from_table, find_pyproject, parse_max_flagged, resolve_config
 from htsr_cli.gate.formats import escape_data, escape_property, gate_github, gate_json, gate_markdown
 from htsr_cli.gate.junit import gate_junit
 from htsr_cli.gate.rules import ERROR, WARNING, evaluate
-from htsr_cli.report import LayerResult, Report, quality_of, summarize
+from htsr_cli.results.report import LayerResult, Report, quality_of, summarize
 
 from conftest import FIXTURES
 

@@ -26,15 +26,15 @@ from htsr_cli.errors import HtsrError
 from htsr_cli.gate import GateConfig, evaluate
 from htsr_cli.gate.formats import gate_github, gate_markdown, gate_text
 from htsr_cli.gate.junit import gate_junit
-from htsr_cli.outputs import Column, markdown_code, printable, to_csv, to_markdown, to_rich_table
-from htsr_cli.report import Report, load_report
+from htsr_cli.render.outputs import Column, markdown_code, printable, to_csv, to_markdown, to_rich_table
+from htsr_cli.results.report import Report, load_report
 from htsr_cli.settings import AnalyzeSettings, FarmsSettings
 
 
 @pytest.fixture(scope="module")
 def document(tmp_path_factory) -> dict:
     """A real htsr.report/1 document of the trained tiny CNN."""
-    from htsr_cli.analysis import analyze
+    from htsr_cli.engine.pipeline import analyze
 
     return json.loads(analyze(FIXTURES / "tiny-cnn-trained.pth", device="cpu").dumps())
 

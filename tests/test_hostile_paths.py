@@ -20,7 +20,7 @@ import pytest
 from conftest import FIXTURES, assert_user_error, run_htsr
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import check_output_paths, read_document, write_atomic
-from htsr_cli.sources import HubId, locate, parse_hub_id
+from htsr_cli.checkpoints.sources import HubId, locate, parse_hub_id
 
 CNN = FIXTURES / "tiny-cnn-trained.pth"
 LLAMA = FIXTURES / "tiny-llama"

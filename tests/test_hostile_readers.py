@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import FIXTURES, assert_user_error, run_htsr
-from htsr_cli.analysis import analyze
+from htsr_cli.engine.pipeline import analyze
 from htsr_cli.checkpoints import open_checkpoint
 from htsr_cli.checkpoints.torchfile import _refused_code
 from htsr_cli.errors import HtsrError

@@ -12,10 +12,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from htsr_cli.analysis import LayerSpectra, analyze
-from htsr_cli.html_report import render_html
-from htsr_cli.outputs import format_cell
-from htsr_cli.report import Report
+from htsr_cli.engine.pipeline import analyze
+from htsr_cli.results.report import LayerSpectra
+from htsr_cli.render.html import render_html
+from htsr_cli.render.outputs import format_cell
+from htsr_cli.results.report import Report
 
 STATE = {
     "blocks.0.q.weight": torch.randn(40, 24, generator=torch.Generator().manual_seed(1)),
@@ -214,7 +215,7 @@ def parsed_markup(page: str) -> tuple[list[str], set[str]]:
 
 def hostile_report(tmp_path) -> Report:
     """A report whose every string field carries a script-injection payload, with spectra for its plots."""
-    from htsr_cli.report import LayerResult, summarize
+    from htsr_cli.results.report import LayerResult, summarize
 
     g = torch.Generator().manual_seed(5)
     layers, spectra = [], {}

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 import htsr_cli
 from htsr_cli.errors import HtsrError
-from htsr_cli.memory import format_bytes
+from htsr_cli.spectra.memory import format_bytes
 from htsr_cli.settings import AnalyzeSettings, parse_memory_size
 
 from test_cli_analyze import assert_user_error
@@ -136,7 +136,7 @@ def test_a_header_claiming_a_huge_matrix_is_skipped_not_allocated(tmp_path):
 
 
 def test_two_solves_run_at_once_only_when_both_fit_the_budget(monkeypatch):
-    from htsr_cli import analysis
+    from htsr_cli.engine import pipeline as analysis
 
     running, most = 0, 0
     lock = threading.Lock()

@@ -13,13 +13,13 @@ import torch
 from safetensors.torch import save_file
 
 import htsr_cli
-from htsr_cli import analysis
+from htsr_cli.engine import pipeline as analysis
 from htsr_cli.checkpoints import Checkpoint, TensorInfo
 from htsr_cli.checkpoints.sharded import ShardedCheckpoint
-from htsr_cli.fit import fit_power_law
-from htsr_cli.matrices import matrix_specs
+from htsr_cli.spectra.fit import fit_power_law
+from htsr_cli.spectra.matrices import matrix_specs
 from htsr_cli.settings import AnalyzeSettings
-from htsr_cli.solver import Eigensolver
+from htsr_cli.spectra.solver import Eigensolver
 
 EXPERTS, HIDDEN, INTERMEDIATE = 4, 64, 48
 

@@ -132,7 +132,7 @@ def test_action_steps_install_htsr_and_gate_with_the_action_inputs(source, fresh
     report = tmp_path / "baseline.json"
     config = tmp_path / "gate.toml"
     config.write_text("[tool.htsr.gate]\nmean_alpha_max = 4.5\nmax_alpha_drift = 0.5\n")
-    analyzed = subprocess.run([sys.executable, "-c", "from htsr_cli.cli.app import main; main()", "analyze",
+    analyzed = subprocess.run([sys.executable, "-c", "from htsr_cli.cli import main; main()", "analyze",
                                str(FIXTURES / "tiny-cnn-trained.pth"), "-f", "json", "-o", str(report), "-q"],
                               capture_output=True, text=True)
     assert analyzed.returncode == 0, analyzed.stderr
@@ -163,7 +163,7 @@ def test_pre_commit_hook_gates_each_file_and_exits_with_the_worst_code(tmp_path)
 
     good = tmp_path / "good-report.json"
     bad = tmp_path / "bad-report.json"
-    htsr = [sys.executable, "-c", "from htsr_cli.cli.app import main; main()"]
+    htsr = [sys.executable, "-c", "from htsr_cli.cli import main; main()"]
     subprocess.run([*htsr, "analyze", str(FIXTURES / "tiny-cnn-trained.pth"), "-f", "json", "-o", str(good), "-q"], check=True)
     (tmp_path / "pyproject.toml").write_text("[tool.htsr.gate]\nmean_alpha_max = 4.5\n")
     bin_dir = Path(sys.executable).parent

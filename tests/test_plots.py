@@ -16,10 +16,11 @@ from matplotlib.image import imread
 from safetensors.torch import save_file
 
 from conftest import REPO
-from htsr_cli.analysis import LayerSpectra, analyze
+from htsr_cli.engine.pipeline import analyze
+from htsr_cli.results.report import LayerSpectra
 from htsr_cli.errors import HtsrError
-from htsr_cli.fit import fit_power_law
-from htsr_cli.plots import (
+from htsr_cli.spectra.fit import fit_power_law
+from htsr_cli.render.plots import (
     QUALITY_COLORS,
     checkpoint_name,
     drawable,
@@ -33,8 +34,8 @@ from htsr_cli.plots import (
     write_plots,
     xmin_scan,
 )
-from htsr_cli.report import LayerResult, Report, summarize
-from htsr_cli.spectra_file import load_spectra, save_spectra
+from htsr_cli.results.report import LayerResult, Report, summarize
+from htsr_cli.results.spectra_file import load_spectra, save_spectra
 
 
 def tiny_state_dict() -> dict[str, torch.Tensor]:

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import htsr_cli
-from htsr_cli import fit as fit_module
-from htsr_cli.fit import FLOAT32_ALPHA_TOLERANCE, fit_power_law, float32_alpha_error
-from htsr_cli.matrices import as_slices
-from htsr_cli.solver import Eigensolver
+from htsr_cli.spectra import fit as fit_module
+from htsr_cli.spectra.fit import FLOAT32_ALPHA_TOLERANCE, fit_power_law, float32_alpha_error
+from htsr_cli.spectra.matrices import as_slices
+from htsr_cli.spectra.solver import Eigensolver
 
 from conftest import FIXTURES
 

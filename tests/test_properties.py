@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from conftest import FIXTURES
 from htsr_cli.cli.app import app
-from htsr_cli.report import Report
+from htsr_cli.results.report import Report
 
 CNN = FIXTURES / "tiny-cnn-trained.pth"
 DTYPES = ["F64", "F32", "F16", "BF16", "I8", "U8", "I64", "BOOL", "F8_E4M3", "C64", "XX"]
@@ -113,7 +113,7 @@ json_values = st.recursive(
 
 
 def valid_document() -> dict:
-    from htsr_cli.analysis import analyze
+    from htsr_cli.engine.pipeline import analyze
 
     if not hasattr(valid_document, "cached"):
         valid_document.cached = json.loads(analyze(CNN, device="cpu").dumps())

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES, tiny_text
-from htsr_cli.perplexity import PerplexitySettings, evaluate_perplexity
+from htsr_cli.lm.perplexity import PerplexitySettings, evaluate_perplexity
 from htsr_cli.pruning import CalibrationSettings, PruneSettings, prune_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from conftest import FIXTURES
 from htsr_cli.errors import HtsrError
 from htsr_cli.pruning import CalibrationSettings, PruneSettings, prune_checkpoint
-from htsr_cli.pruning.allocation import exact_counts, owl_sparsities, prunable, scope_entries
+from htsr_cli.pruning.sparsities import exact_counts, owl_sparsities, prunable, scope_entries
 from htsr_cli.pruning.calibration import calibration_windows, run_blocks
 from htsr_cli.pruning.layout import staged_output
 from htsr_cli.pruning.masks import magnitude_mask, outlier_ratio, row_balanced_mask, wanda_scores
@@ -244,7 +244,7 @@ def _hooked_dense_norms(model_dir: Path, windows: torch.Tensor, block_path: str,
 
 @pytest.mark.parametrize("kind,block_path", [("llama", "layers"), ("gpt2", "h"), ("bert", "encoder.layer")])
 def test_calibration_input_norms_equal_hooks_on_the_whole_model(kind, block_path, tiny_lms, calibration_text):
-    from htsr_cli.language_models import load_tokenizer
+    from htsr_cli.lm.language_models import load_tokenizer
 
     directory = tiny_lms[kind]
     settings = CalibrationSettings(calibration_text, samples=4, seq_len=24)
@@ -282,7 +282,7 @@ def test_wanda_prunes_each_output_row_by_its_hooked_scores_block_after_pruned_bl
     assert abs(record["summary"]["achieved"] - 0.5) < 1e-4
     pruned = transformers.AutoModel.from_pretrained(out)
     dense = transformers.AutoModel.from_pretrained(directory)
-    from htsr_cli.language_models import load_tokenizer
+    from htsr_cli.lm.language_models import load_tokenizer
 
     windows = calibration_windows(load_tokenizer(directory, "llama", "test"), settings.calibration)
     for index in range(3):
@@ -327,7 +327,7 @@ def test_wanda_on_gpt2_compares_weights_within_each_output_column_of_conv1d(tmp_
 
 
 def test_owl_outlier_ratios_come_from_the_dense_activations(tmp_path, tiny_lms, calibration_text):
-    from htsr_cli.language_models import load_tokenizer
+    from htsr_cli.lm.language_models import load_tokenizer
 
     directory = tiny_lms["llama"]
     calibration = CalibrationSettings(calibration_text, samples=4, seq_len=24)

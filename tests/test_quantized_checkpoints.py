@@ -26,9 +26,9 @@ from safetensors.torch import load_file, save_file
 
 from conftest import FIXTURES, REPO
 from fixtures.quantized import mxfp4_parts, write_compressed, write_gguf, write_quantized
-from htsr_cli.analysis import analyze
+from htsr_cli.engine.pipeline import analyze
 from htsr_cli.checkpoints import open_checkpoint
-from htsr_cli.compare import compare_reports
+from htsr_cli.results.compare import compare_reports
 
 pytestmark = pytest.mark.minilm
 

@@ -13,11 +13,12 @@ import pytest
 import torch
 
 import htsr_cli
-from htsr_cli import analysis, scheduling
+from htsr_cli.engine import pipeline as analysis
+from htsr_cli.engine import scheduling
 from htsr_cli.checkpoints import open_checkpoint
-from htsr_cli.matrices import describe
+from htsr_cli.spectra.matrices import describe
 from htsr_cli.settings import AnalyzeSettings, FarmsSettings
-from htsr_cli.solver import Eigensolver
+from htsr_cli.spectra.solver import Eigensolver
 
 from conftest import FIXTURES, small_state_dict
 from test_precision import near_tie

@@ -51,16 +51,16 @@ PAUSE_AT = {
     "start-up (importing rich)": pause_on_import("rich.console"),
     "importing torch": pause_on_import("torch"),
     "solving a layer": """
-import htsr_cli.analysis
-real_fit = htsr_cli.analysis.guarded_fit
+import htsr_cli.engine.pipeline
+real_fit = htsr_cli.engine.pipeline.guarded_fit
 def paused_fit(*args, **kwargs):
     pause()
     return real_fit(*args, **kwargs)
-htsr_cli.analysis.guarded_fit = paused_fit
+htsr_cli.engine.pipeline.guarded_fit = paused_fit
 """,
     "inside a library that swallows the interrupt": """
-import htsr_cli.analysis
-real_fit = htsr_cli.analysis.guarded_fit
+import htsr_cli.engine.pipeline
+real_fit = htsr_cli.engine.pipeline.guarded_fit
 calls = []
 def swallowing_fit(*args, **kwargs):
     if not calls:
@@ -70,7 +70,7 @@ def swallowing_fit(*args, **kwargs):
         except BaseException:  # as some libraries do in imports and finalizers
             pass
     return real_fit(*args, **kwargs)
-htsr_cli.analysis.guarded_fit = swallowing_fit
+htsr_cli.engine.pipeline.guarded_fit = swallowing_fit
 """,
     "renaming the written file": """
 import os

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from htsr_cli.errors import HtsrError
-from htsr_cli.matrices import as_slices, describe
+from htsr_cli.spectra.matrices import as_slices, describe
 from htsr_cli.names import block_of, module_name
-from htsr_cli.solver import Eigensolver, resolve_device
+from htsr_cli.spectra.solver import Eigensolver, resolve_device
 
 SOLVER = Eigensolver.create("cpu", "float64")  # the reference path: algorithms.md's 1e-10 bar
 
@@ -56,7 +56,7 @@ def test_conv_slices_are_the_kernel_positions():
 
 
 def test_gram_is_chunked_without_changing_values(monkeypatch):
-    import htsr_cli.solver as solver_module
+    import htsr_cli.spectra.solver as solver_module
 
     weight = torch.randn(16, 8, 3, 3, dtype=torch.float64)
     whole = SOLVER.pooled_eigenvalues(as_slices(weight))
@@ -124,7 +124,7 @@ def test_names_and_blocks():
 
 def test_gram_accumulated_over_upcast_blocks_is_exact(monkeypatch):
     """A tall bf16 matrix is upcast block by block (never whole); the spectrum is unchanged."""
-    import htsr_cli.solver as solver_module
+    import htsr_cli.spectra.solver as solver_module
 
     weight = torch.randn(1000, 64).to(torch.bfloat16)
     monkeypatch.setattr(solver_module, "UPCAST_BLOCK_BYTES", 64 * 8 * 37)  # 37-row blocks
@@ -135,7 +135,7 @@ def test_gram_accumulated_over_upcast_blocks_is_exact(monkeypatch):
 
 
 def test_non_finite_check_is_blockwise(monkeypatch):
-    import htsr_cli.solver as solver_module
+    import htsr_cli.spectra.solver as solver_module
 
     monkeypatch.setattr(solver_module, "UPCAST_BLOCK_BYTES", 8 * 10)  # 10-element blocks
     weight = torch.randn(30, 7)

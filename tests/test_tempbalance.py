@@ -9,7 +9,7 @@ from fixtures.layouts import TinyCNN
 
 from htsr_cli.allocations import LrSettings, TempBalance, lr_schedule
 from htsr_cli.allocations.learning_rates import modules_of
-from htsr_cli.analysis import analyze
+from htsr_cli.engine.pipeline import analyze
 from htsr_cli.errors import HtsrError
 
 

@@ -15,10 +15,10 @@ import htsr_cli
 from conftest import FIXTURES
 from htsr_cli.cli import _output
 from htsr_cli.errors import HtsrError
-from htsr_cli.outputs import Column
-from htsr_cli.report import LayerResult, Report, summarize
-from htsr_cli.report_views import DROP_ORDER, TABLE_COLUMNS, parse_columns, report_table
-from htsr_cli.terminal import ELLIPSIS, fit_columns, shorten_middle, table_width
+from htsr_cli.render.outputs import Column
+from htsr_cli.results.report import LayerResult, Report, summarize
+from htsr_cli.render.tables import DROP_ORDER, TABLE_COLUMNS, parse_columns, report_table
+from htsr_cli.render.terminal import ELLIPSIS, fit_columns, shorten_middle, table_width
 
 MOE = "model.layers.3.block_sparse_moe.experts.7.mlp.down_proj"
 
@@ -68,7 +68,7 @@ def long_report(farms: bool = False) -> Report:
             layers.append(LayerResult(
                 name=name, tensor=f"{name}.weight", kind="linear", shape=[4096, 14336], block=f"model.layers.{block}",
                 params=4096 * 14336, status="ok", num_evals=4096, alpha=alpha, xmin=12.3456, ks_distance=0.0412,
-                lambda_max=1234.567, alpha_weighted=22.345, stable_rank=45.67, quality=htsr_cli.report.quality_of(alpha),
+                lambda_max=1234.567, alpha_weighted=22.345, stable_rank=45.67, quality=htsr_cli.results.report.quality_of(alpha),
                 alpha_farms=alpha + 0.5 if farms else None,
             ))
     layers.append(LayerResult(name="lm_head", tensor="lm_head.weight", kind="linear", shape=[2, 4096], block=None,

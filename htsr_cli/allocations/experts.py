@@ -13,7 +13,7 @@ from typing import Any
 
 from htsr_cli.allocations.scores import block_means, check_metric, score_of
 from htsr_cli.errors import HtsrError, InvalidSetting
-from htsr_cli.report import Report
+from htsr_cli.results.report import Report
 
 SCHEMA = "htsr.experts/1"
 EXPERTS_PER_BLOCK = 5  # default total = 5 x number of blocks

@@ -15,7 +15,7 @@ from typing import Any
 from htsr_cli.allocations.scores import block_means, check_metric, missing_score_note, score_of
 from htsr_cli.errors import InvalidSetting
 from htsr_cli.names import block_of
-from htsr_cli.report import LayerResult, Report
+from htsr_cli.results.report import LayerResult, Report
 from htsr_cli.settings import require_int
 
 SCHEMA = "htsr.lr_schedule/1"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from htsr_cli.errors import InvalidSetting
-from htsr_cli.report import OK, LayerResult
+from htsr_cli.results.report import OK, LayerResult
 
 METRICS = ("alpha", "alpha_farms")
 

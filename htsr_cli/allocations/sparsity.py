@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from htsr_cli.allocations.scores import block_means, check_metric, missing_score_note, score_of
 from htsr_cli.errors import HtsrError, InvalidSetting
-from htsr_cli.report import LayerResult, Report
+from htsr_cli.results.report import LayerResult, Report
 
 if TYPE_CHECKING:  # matrices imports torch; the allocate command must start without it
-    from htsr_cli.matrices import MatrixSpec
+    from htsr_cli.spectra.matrices import MatrixSpec
 
 SCHEMA = "htsr.sparsity/1"
 GRANULARITIES = ("block", "matrix")

@@ -9,7 +9,7 @@
 Each weight-matrix module (conv, linear) gets its own parameter group holding its
 weight and bias; a BatchNorm module joins the group of the conv it follows by
 name; every other parameter sits in one "default" group at the plain LR.
-`step` re-analyses the weights with `htsr_cli.analysis.analyze` (the same solver
+`step` re-analyses the weights with `htsr_cli.engine.pipeline.analyze` (the same solver
 and fit as the CLI) and sets each group's LR to factor * lr.
 """
 
@@ -21,8 +21,8 @@ import torch
 import yaml
 
 from htsr_cli.allocations.learning_rates import SCHEMA, LrSettings, bn_partner, layer_factors
-from htsr_cli.analysis import analyze
-from htsr_cli.documents import LIST, NAME, OBJECT, TEXT, check_fields, number, parse_json
+from htsr_cli.engine.pipeline import analyze
+from htsr_cli.results.documents import LIST, NAME, OBJECT, TEXT, check_fields, number, parse_json
 from htsr_cli.errors import HtsrError, brief
 from htsr_cli.io import read_document
 from htsr_cli.settings import AnalyzeSettings

@@ -12,70 +12,21 @@ at a time, so a model never has to fit in memory.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from pathlib import Path
+import importlib
+from typing import Any
 
-import torch
+# Resolved on first use: `sources` (checking a checkpoint argument) is imported by
+# commands that must start without torch, and importing it imports this package.
+_EXPORTS = {
+    "Checkpoint": "htsr_cli.checkpoints.base",
+    "TensorInfo": "htsr_cli.checkpoints.base",
+    "open_checkpoint": "htsr_cli.checkpoints.opening",
+}
 
-from htsr_cli.checkpoints.base import Checkpoint, TensorInfo
-from htsr_cli.checkpoints.hf_directory import open_directory
-from htsr_cli.checkpoints.hub import resolve_repo
-from htsr_cli.checkpoints.parametrized import with_effective_weights
-from htsr_cli.checkpoints.quantized import with_quantized_weights
-from htsr_cli.checkpoints.quantized.gguf_file import is_gguf_file
-from htsr_cli.checkpoints.sharded import ShardedCheckpoint
-from htsr_cli.checkpoints.statedict import StateDictCheckpoint
-from htsr_cli.checkpoints.torchfile import is_torch_file
-from htsr_cli.checkpoints.transformers_model import TransformersModelCheckpoint, is_transformers_model
-from htsr_cli.errors import HtsrError
-from htsr_cli.sources import HubId, locate
-
-__all__ = ["Checkpoint", "TensorInfo", "open_checkpoint"]
-
-CheckpointSource = str | os.PathLike | torch.nn.Module | Mapping[str, torch.Tensor]
+__all__ = list(_EXPORTS)
 
 
-def open_checkpoint(source: CheckpointSource) -> Checkpoint:
-    """A reader for `source`; raises `HtsrError` (one line) when it cannot be read."""
-    if is_transformers_model(source):  # keyed as its save_pretrained directory would be
-        return TransformersModelCheckpoint(source)
-    return with_effective_weights(_open_source(source))
-
-
-def _open_source(source: CheckpointSource) -> Checkpoint:
-    if isinstance(source, (torch.nn.Module, Mapping)):
-        return StateDictCheckpoint.from_object(source)
-    if not isinstance(source, (str, os.PathLike)):
-        raise HtsrError(
-            f"cannot read a checkpoint from a {type(source).__name__}: pass a path, a hub id "
-            "(org/name), an nn.Module or a state dict"
-        )
-    text = os.fsdecode(source)
-    where = locate(text)
-    if isinstance(where, HubId):
-        directory = resolve_repo(where)
-        return with_quantized_weights(open_directory(directory, text), directory)
-    if where.is_dir():
-        return with_quantized_weights(open_directory(where, text), where)
-    return _open_file(where, text)
-
-
-def _open_file(path: Path, source: str) -> Checkpoint:
-    if is_gguf_file(path):
-        from htsr_cli.checkpoints.quantized.gguf_file import GgufCheckpoint  # imports the gguf package
-
-        return GgufCheckpoint(path, source)
-    return with_quantized_weights(_open_weight_file(path, source), path.parent)
-
-
-def _open_weight_file(path: Path, source: str) -> Checkpoint:
-    if path.suffix.lower() == ".safetensors":
-        # Saved by a Hugging Face model? Its config beside the file gives the module order.
-        return ShardedCheckpoint(source, [path], config_dir=path.parent, sorted_storage=True)
-    if is_torch_file(path):
-        return ShardedCheckpoint(source, [path], sorted_storage=False)
-    raise HtsrError(
-        f"{source}: unknown checkpoint format '{path.suffix}' (expected .safetensors, .pt, .pth, "
-        ".bin, .ckpt, .gguf, or a Hugging Face directory)"
-    )
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'htsr_cli.checkpoints' has no attribute {name!r}")

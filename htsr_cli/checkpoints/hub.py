@@ -13,7 +13,7 @@ from pathlib import Path
 
 from htsr_cli.checkpoints.hf_directory import SAFETENSORS_INDEX, TORCH_INDEX, has_weights
 from htsr_cli.errors import HtsrError
-from htsr_cli.sources import HubId
+from htsr_cli.checkpoints.sources import HubId
 
 _TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
 

@@ -24,7 +24,7 @@ from htsr_cli.cli._options import as_flag
 from htsr_cli.cli._signals import Terminated, announce, raise_if_stopped, stopping_signal
 from htsr_cli.errors import HtsrError, InvalidSetting
 from htsr_cli.io import os_reason
-from htsr_cli.outputs import printable
+from htsr_cli.render.outputs import printable
 
 USAGE_ERROR = 2
 STDOUT = "<stdout>"

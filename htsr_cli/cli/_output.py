@@ -17,7 +17,7 @@ from htsr_cli.cli._errors import STDOUT, stdout_error
 from htsr_cli.cli._signals import raise_if_stopped
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import write_atomic
-from htsr_cli.outputs import printable
+from htsr_cli.render.outputs import printable
 
 class _Console(Console):
     """rich's Console, but a broken pipe is reported like any stdout error (rich would exit 1,

@@ -23,14 +23,14 @@ from htsr_cli.cli._errors import report_error
 from htsr_cli.errors import HtsrError
 
 if TYPE_CHECKING:
-    from htsr_cli.distributed import Cluster
+    from htsr_cli.engine.distributed import Cluster
 
 
 def run_command(command: Callable[[], int]) -> int:
     """Run `command` (the whole CLI, returning its exit code) on this process's rank."""
     if os.environ.get("WORLD_SIZE", "1") in ("", "1"):  # not under torchrun: no torch import here
         return command()
-    from htsr_cli import distributed  # lazy torch, see app.py
+    from htsr_cli.engine import distributed# lazy torch, see app.py
 
     try:
         launch = distributed.Launch.from_env()
@@ -52,8 +52,8 @@ def run_command(command: Callable[[], int]) -> int:
 
 def _serve(cluster: Cluster) -> int:
     """A rank other than 0: join rank 0's analyses until it sends its exit code."""
-    from htsr_cli.analysis import analyze
-    from htsr_cli.distributed import RankFailed, settings_from_json
+    from htsr_cli.engine.pipeline import analyze
+    from htsr_cli.engine.distributed import RankFailed, settings_from_json
 
     # torchrun gives every rank the same terminal: a stray print here would land in
     # the middle of rank 0's table or JSON. Errors and tracebacks stay on stderr.

@@ -5,9 +5,9 @@ from __future__ import annotations
 from htsr_cli.cli._options import CheckpointOrReportArg, Metric
 from htsr_cli.cli._output import layer_progress, note
 from htsr_cli.errors import HtsrError
-from htsr_cli.report import Report, is_report_file, load_report
+from htsr_cli.results.report import Report, is_report_file, load_report
 from htsr_cli.settings import AnalyzeSettings
-from htsr_cli.sources import check_source
+from htsr_cli.checkpoints.sources import check_source
 
 # CheckpointOrReportArg and Metric now live in _options with the other shared
 # options; they stay importable from here for the commands that import them so.
@@ -35,7 +35,7 @@ def reports_from(
         if is_saved:
             reports.append(load_report(source))
         else:
-            from htsr_cli.analysis import analyze as run_analysis  # lazy torch, see app.py
+            from htsr_cli.engine.pipeline import analyze as run_analysis  # lazy torch, see app.py
 
             with layer_progress(quiet) as progress:
                 reports.append(run_analysis(source, settings, progress=progress))

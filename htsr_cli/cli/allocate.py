@@ -42,10 +42,11 @@ from htsr_cli.cli._output import emit_renderable, emit_text, stderr_console, tab
 from htsr_cli.cli._reports import check_metric_available, note_method_xmin, reports_from
 from htsr_cli.cli.analyze import settings_from_options
 from htsr_cli.io import check_output_paths
-from htsr_cli.outputs import Column, dumps_json, format_cell, to_csv, to_rich_table
-from htsr_cli.report import Report
+from htsr_cli.results.documents import dumps_json
+from htsr_cli.render.outputs import Column, format_cell, to_csv, to_rich_table
+from htsr_cli.results.report import Report
 from htsr_cli.settings import AnalyzeSettings
-from htsr_cli.terminal import fit_columns
+from htsr_cli.render.terminal import fit_columns
 
 app = typer.Typer(
     cls=HtsrGroup,

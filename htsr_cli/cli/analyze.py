@@ -42,9 +42,9 @@ from htsr_cli.cli._output import (
 )
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import check_output_paths
-from htsr_cli.report_views import parse_columns, report_csv, report_markdown, report_table
+from htsr_cli.render.tables import parse_columns, report_csv, report_markdown, report_table
 from htsr_cli.settings import AnalyzeSettings, FarmsSettings
-from htsr_cli.sources import check_source
+from htsr_cli.checkpoints.sources import check_source
 
 
 class ReportFormat(str, Enum):
@@ -117,8 +117,8 @@ def analyze(
     )
     check_source(checkpoint)
     check_output_paths({"-o": output, "--save-spectra": spectra_file, "--plots": plots}, [checkpoint])
-    from htsr_cli.analysis import analyze as run_analysis  # lazy torch, see app.py
-    from htsr_cli.spectra_file import save_spectra
+    from htsr_cli.engine.pipeline import analyze as run_analysis  # lazy torch, see app.py
+    from htsr_cli.results.spectra_file import save_spectra
 
     with layer_progress(quiet) as progress:
         report = run_analysis(
@@ -142,7 +142,7 @@ def analyze(
         save_spectra(spectra_file, report.spectra)
         wrote(spectra_file, quiet)
     if plots is not None:
-        from htsr_cli.plots import missing_glyphs, write_plots  # matplotlib loads only when drawing
+        from htsr_cli.render.plots import missing_glyphs, write_plots  # matplotlib loads only when drawing
 
         with layer_progress(quiet, "drawing") as progress, missing_glyphs() as glyphs:
             written = write_plots(report, plots, plot_format.value, dpi, progress=progress)

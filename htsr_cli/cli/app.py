@@ -13,7 +13,7 @@ import typer
 from htsr_cli import __version__
 from htsr_cli.cli import analyze, report
 from htsr_cli.cli import compare, gate
-from htsr_cli.cli import allocate, lr_schedule, main
+from htsr_cli.cli import allocate, lr_schedule
 from htsr_cli.cli import evaluate, prune
 from htsr_cli.cli._errors import USAGE_ERROR, FunnelGroup
 from htsr_cli.cli._options import FlagsWithoutType, HtsrCommand
@@ -75,4 +75,4 @@ app.add_typer(lr_schedule.app, name="lr-schedule")
 app.command("prune", cls=HtsrCommand)(prune.prune)
 app.add_typer(evaluate.app, name="eval")
 
-__all__ = ["app", "main"]  # main: the console script (htsr_cli.cli.main), also reachable here
+__all__ = ["app"]

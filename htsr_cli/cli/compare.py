@@ -32,12 +32,13 @@ from htsr_cli.cli._options import (
 from htsr_cli.cli._output import emit_renderable, emit_text, table_width
 from htsr_cli.cli._reports import check_metric_available, reports_from
 from htsr_cli.cli.analyze import settings_from_options
-from htsr_cli.compare import Comparison, LayerDelta, compare_reports
+from htsr_cli.results.compare import Comparison, LayerDelta, compare_reports
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import check_output_paths
-from htsr_cli.outputs import Column, dumps_json, format_cell, markdown_text, printable, to_csv, to_markdown, to_rich_table
-from htsr_cli.report import Report, is_report_file
-from htsr_cli.terminal import fit_columns
+from htsr_cli.results.documents import dumps_json
+from htsr_cli.render.outputs import Column, format_cell, markdown_text, printable, to_csv, to_markdown, to_rich_table
+from htsr_cli.results.report import Report, is_report_file
+from htsr_cli.render.terminal import fit_columns
 
 
 class CompareFormat(str, Enum):
@@ -148,7 +149,7 @@ def compare(
     report_a, report_b = reports_from([a, b], settings, quiet)
     comparison = compare_reports(report_a, report_b, metric.value, weights=weights)
     if weights:
-        from htsr_cli.weight_errors import weight_errors  # lazy torch, see app.py
+        from htsr_cli.engine.weight_differences import weight_errors  # lazy torch, see app.py
 
         comparison = comparison.with_weight_errors(weight_errors(a, b, _weight_pairs(comparison, report_a, report_b), device.value))
     columns = _columns(comparison)

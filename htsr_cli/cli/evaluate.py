@@ -14,7 +14,8 @@ import typer
 
 from htsr_cli.cli._options import Device, HtsrCommand, HtsrGroup, OutputOpt, QuietOpt
 from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress
-from htsr_cli.outputs import Column, dumps_json, to_rich_table
+from htsr_cli.results.documents import dumps_json
+from htsr_cli.render.outputs import Column, to_rich_table
 
 app = typer.Typer(cls=HtsrGroup, name="eval", help="Measure a model: perplexity on a text file.", no_args_is_help=True)
 
@@ -62,7 +63,7 @@ def perplexity(
       htsr eval perplexity ./llama-7b-pruned --text wiki.test.txt --seq-len 2048 --max-tokens 100000 -f json -o ppl.json
     """
     from htsr_cli.io import check_output_paths
-    from htsr_cli.perplexity import PerplexitySettings, evaluate_perplexity
+    from htsr_cli.lm.perplexity import PerplexitySettings, evaluate_perplexity
 
     settings = PerplexitySettings(seq_len=seq_len, max_tokens=max_tokens, device=device.value)
     check_output_paths({"-o": output}, [text, model])

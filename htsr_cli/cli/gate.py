@@ -39,9 +39,9 @@ from htsr_cli.gate.formats import gate_github, gate_json, gate_markdown, gate_te
 from htsr_cli.gate.junit import gate_junit
 from htsr_cli.gate.rules import check_baseline_use, evaluate
 from htsr_cli.io import check_output_paths, write_atomic
-from htsr_cli.outputs import dumps_json
-from htsr_cli.report import is_report_file
-from htsr_cli.sources import check_source
+from htsr_cli.results.documents import dumps_json
+from htsr_cli.results.report import is_report_file
+from htsr_cli.checkpoints.sources import check_source
 
 
 class GateFormat(str, Enum):

@@ -37,9 +37,10 @@ from htsr_cli.cli._output import emit_renderable, emit_text, note, table_width
 from htsr_cli.cli.allocate import analysis_report
 from htsr_cli.cli.analyze import settings_from_options
 from htsr_cli.io import check_output_paths
-from htsr_cli.outputs import Column, dumps_json, format_cell, to_csv, to_rich_table
-from htsr_cli.report import is_report_file
-from htsr_cli.terminal import fit_columns
+from htsr_cli.results.documents import dumps_json
+from htsr_cli.render.outputs import Column, format_cell, to_csv, to_rich_table
+from htsr_cli.results.report import is_report_file
+from htsr_cli.render.terminal import fit_columns
 
 app = typer.Typer(
     cls=HtsrGroup,

@@ -27,7 +27,7 @@ from htsr_cli.cli._options import (
     XminOpt,
 )
 from htsr_cli.cli._output import emit_renderable, layer_progress
-from htsr_cli.outputs import Column, to_rich_table
+from htsr_cli.render.outputs import Column, to_rich_table
 
 
 PruneMetricOpt = Annotated[

@@ -30,14 +30,14 @@ from htsr_cli.cli._output import layer_progress, note, note_missing_glyphs, wrot
 from htsr_cli.cli.analyze import settings_from_options
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import check_output_paths, write_atomic
-from htsr_cli.report import Report, is_report_file, load_report, spectra_path_for
+from htsr_cli.results.report import Report, is_report_file, load_report, spectra_path_for
 from htsr_cli.settings import AnalyzeSettings
-from htsr_cli.sources import check_source
+from htsr_cli.checkpoints.sources import check_source
 
 
 def _saved_report(path: str, spectra: Path | None, quiet: bool) -> Report:
     """A saved report with the spectra its plots need (--spectra, or the file beside it when there is one)."""
-    from htsr_cli.spectra_file import attach_spectra  # lazy torch, see app.py
+    from htsr_cli.results.spectra_file import attach_spectra  # lazy torch, see app.py
 
     report = load_report(path)
     if spectra is None:
@@ -109,12 +109,12 @@ def report(
             raise HtsrError(f"--spectra {spectra}: applies to a saved REPORT.json; {source} is analyzed afresh")
         check_source(source)
         check_output_paths({"-o": output}, [source])
-        from htsr_cli.analysis import analyze as run_analysis  # lazy torch, see app.py
+        from htsr_cli.engine.pipeline import analyze as run_analysis  # lazy torch, see app.py
 
         with layer_progress(quiet) as progress:
             result = run_analysis(source, settings, progress=progress, keep_spectra=True)
-    from htsr_cli.html_report import render_html  # matplotlib loads only for commands that draw
-    from htsr_cli.plots import missing_glyphs
+    from htsr_cli.render.html import render_html  # matplotlib loads only for commands that draw
+    from htsr_cli.render.plots import missing_glyphs
 
     with layer_progress(quiet, "drawing") as progress, missing_glyphs() as glyphs:
         page = render_html(result, progress=progress)

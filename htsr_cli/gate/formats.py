@@ -9,7 +9,7 @@ from rich.text import Text
 
 from htsr_cli import __version__
 from htsr_cli.gate.rules import ERROR, GateResult, RuleOutcome, Violation, plural
-from htsr_cli.outputs import Column, markdown_code, printable, to_markdown
+from htsr_cli.render.outputs import Column, markdown_code, printable, to_markdown
 
 SCHEMA = "htsr.gate/1"
 FORMATS = ("text", "json", "github", "markdown")

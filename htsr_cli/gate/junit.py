@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 
 from htsr_cli.gate.formats import summary_line
 from htsr_cli.gate.rules import ERROR, GateResult, RuleOutcome, Violation
-from htsr_cli.outputs import printable
+from htsr_cli.render.outputs import printable
 
 SUITE = "htsr gate"
 

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from htsr_cli.compare import COMPARED, NO_VALUE_A, NO_VALUE_B, ONLY_A, ONLY_B, compare_reports, require_metric
+from htsr_cli.results.compare import COMPARED, NO_VALUE_A, NO_VALUE_B, ONLY_A, ONLY_B, compare_reports, require_metric
 from htsr_cli.errors import HtsrError
 from htsr_cli.gate.config import GateConfig
-from htsr_cli.report import OK, Report
+from htsr_cli.results.report import OK, Report
 
 ERROR = "error"
 WARNING = "warning"

@@ -27,7 +27,7 @@ import torch
 
 from htsr_cli.checkpoints import Checkpoint
 from htsr_cli.errors import HtsrError
-from htsr_cli.language_models import (
+from htsr_cli.lm.language_models import (
     check_seq_len,
     load_config,
     load_tokenizer,

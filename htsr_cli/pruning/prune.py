@@ -24,9 +24,9 @@ from htsr_cli.checkpoints.safetensors_file import SafetensorsFile
 from htsr_cli.checkpoints.sharded import ShardedCheckpoint
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import write_atomic
-from htsr_cli.language_models import model_directory, read_text
-from htsr_cli.outputs import dumps_json
-from htsr_cli.pruning.allocation import (
+from htsr_cli.lm.language_models import model_directory, read_text
+from htsr_cli.results.documents import dumps_json
+from htsr_cli.pruning.sparsities import (
     alphapruning_allocation,
     exact_counts,
     owl_allocation,
@@ -40,7 +40,7 @@ from htsr_cli.pruning.calibration import HookedLinear, run_blocks
 from htsr_cli.pruning.layout import RECORD, Pruner, copy_other_files, output_checks, rewrite_weights, staged_output
 from htsr_cli.pruning.masks import magnitude_mask, outlier_ratio, row_balanced_mask, wanda_scores
 from htsr_cli.pruning.settings import PruneSettings
-from htsr_cli.solver import resolve_device
+from htsr_cli.spectra.solver import resolve_device
 
 SCHEMA = "htsr.prune/1"
 ProgressCallback = Callable[[int, int, str], None]
@@ -107,7 +107,7 @@ def _allocate(source: str, checkpoint: Checkpoint, settings: PruneSettings, prog
         return plan_file_allocation(settings.plan_file, checkpoint.tensors(), settings.target)
     assert settings.target is not None
     if settings.allocation == "alphapruning":
-        from htsr_cli.analysis import analyze
+        from htsr_cli.engine.pipeline import analyze
 
         report = analyze(source, settings.analysis, progress=progress)
         return alphapruning_allocation(report, settings), settings.target

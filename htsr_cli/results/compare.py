@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from htsr_cli.errors import HtsrError
-from htsr_cli.report import Report
+from htsr_cli.results.report import Report
 
 SCHEMA = "htsr.compare/1"
 METRICS = ("alpha", "alpha_farms")

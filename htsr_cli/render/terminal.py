@@ -19,7 +19,7 @@ from typing import Any
 
 from rich.cells import cell_len
 
-from htsr_cli.outputs import Column, format_cell
+from htsr_cli.render.outputs import Column, format_cell
 
 ELLIPSIS = "…"
 NAME_WANTED = 40  # secondary columns go before the name column is cut below this

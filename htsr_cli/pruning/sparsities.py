@@ -33,9 +33,9 @@ from htsr_cli.allocations.sparsity import (
 )
 from htsr_cli.checkpoints import TensorInfo
 from htsr_cli.errors import HtsrError
-from htsr_cli.matrices import describe
+from htsr_cli.spectra.matrices import describe
 from htsr_cli.pruning.settings import PruneSettings
-from htsr_cli.report import Report
+from htsr_cli.results.report import Report
 
 
 def entry(name: str, tensor: str, kind: str, block: str | None, params: int, note: str | None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import torch
 from htsr_cli.checkpoints import Checkpoint, open_checkpoint
 from htsr_cli.checkpoints.quantized.gguf_file import GgufCheckpoint
 from htsr_cli.checkpoints.quantized.packing import chunks
-from htsr_cli.solver import Eigensolver
+from htsr_cli.spectra.solver import Eigensolver
 
 
 def relative_error(reference: torch.Tensor, changed: torch.Tensor) -> float:

@@ -33,12 +33,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import NullFormatter, NullLocator
 
-from htsr_cli.analysis import LayerSpectra
+from htsr_cli.results.report import LayerSpectra
 from htsr_cli.errors import HtsrError
-from htsr_cli.fit import KS_MIN_EIGENVALUE, candidate_grid, hill_alphas, ks_distances
+from htsr_cli.spectra.fit import KS_MIN_EIGENVALUE, candidate_grid, hill_alphas, ks_distances
 from htsr_cli.io import write_atomic
-from htsr_cli.report import QUALITY_CLASSES, LayerResult, Report, quality_of
-from htsr_cli.terminal import shorten_middle
+from htsr_cli.results.report import QUALITY_CLASSES, LayerResult, Report, quality_of
+from htsr_cli.render.terminal import shorten_middle
 
 FORMATS = ("png", "svg", "pdf")
 DEFAULT_DPI = 150
@@ -501,16 +501,6 @@ def overview_figure(report: Report) -> Figure:
 # ---------------------------------------------------------------- files
 
 
-def layer_spectra(report: Report, layer: LayerResult) -> LayerSpectra:
-    spectra = report.spectra.get(layer.name)
-    if spectra is None:
-        raise HtsrError(
-            f"no spectrum kept for layer {layer.name!r}: analyze with keep_spectra=True "
-            "(or attach a --save-spectra file with htsr_cli.spectra_file.attach_spectra)"
-        )
-    return spectra
-
-
 Progress = Callable[[int, int, str], None]
 
 
@@ -539,7 +529,7 @@ def write_plots(
     for done, layer in enumerate(analysed):
         if progress is not None:
             progress(done, len(analysed), layer.name)
-        spectra = layer_spectra(report, layer)
+        spectra = report.spectra_of(layer)
         esd_path = directory / files[layer.name]
         write_atomic(esd_path, figure_bytes(esd_figure(layer, spectra, report.checkpoint), fmt, dpi))
         fit_path = directory / FIT_DIRECTORY / files[layer.name]

@@ -25,18 +25,29 @@ from os import PathLike
 
 import torch
 
-from htsr_cli import __version__, distributed
+from htsr_cli import __version__
+from htsr_cli.engine import distributed
 from htsr_cli.checkpoints import Checkpoint, open_checkpoint
 from htsr_cli.errors import HtsrError, InvalidSetting
-from htsr_cli.farms import FarmsResult, farms_fit
-from htsr_cli.fit import fit_failure_reason, guarded_fit
-from htsr_cli.matrices import MatrixSpec, as_slices, matrix_specs, merge_runs
-from htsr_cli.memory import available_bytes, format_bytes
-from htsr_cli.metrics import spectral_metrics
-from htsr_cli.report import FAILED, FIT_FAILED, SKIPPED, LayerResult, Report, quality_of, summarize
-from htsr_cli.scheduling import Batch, batch_order, prefetched, run_batches, worker_pool
+from htsr_cli.spectra.farms import FarmsResult, farms_fit
+from htsr_cli.spectra.fit import fit_failure_reason, guarded_fit
+from htsr_cli.spectra.matrices import MatrixSpec, as_slices, matrix_specs, merge_runs
+from htsr_cli.spectra.memory import available_bytes, format_bytes
+from htsr_cli.spectra.metrics import spectral_metrics
+from htsr_cli.results.report import (
+    FAILED,
+    FIT_FAILED,
+    SKIPPED,
+    LayerResult,
+    LayerSpectra,
+    Report,
+    StageTimes,
+    quality_of,
+    summarize,
+)
+from htsr_cli.engine.scheduling import Batch, batch_order, prefetched, run_batches, worker_pool
 from htsr_cli.settings import AnalyzeSettings, FarmsSettings
-from htsr_cli.solver import GRAM_BUDGET_BYTES, Eigensolver
+from htsr_cli.spectra.solver import GRAM_BUDGET_BYTES, Eigensolver
 
 CONV_KINDS = ("conv1d", "conv2d")
 FIT_THREADS = 8  # CPU threads fitting beside a GPU's solves, at most
@@ -44,45 +55,6 @@ FIT_BACKLOG = 4  # per fit thread: fits waiting before the GPU solves wait for t
 
 Source = str | PathLike | torch.nn.Module | Mapping[str, torch.Tensor]
 ProgressCallback = Callable[[int, int, str], None]
-
-
-@dataclass
-class StageTimes:
-    """Seconds spent per pipeline stage (`--profile`), and how many matrices and batches were solved.
-
-    read and transfer run on the loader thread, concurrently with solve and fit
-    on the solve threads (two at once on a multi-core CPU, fits on a thread pool
-    beside a GPU), so the stages add up to more than the wall time.
-    """
-
-    read: float = 0.0
-    transfer: float = 0.0
-    solve: float = 0.0
-    fit: float = 0.0
-    farms: float = 0.0
-    wall: float = 0.0
-    matrices: int = 0
-    batches: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, stage: str, amount: float) -> None:
-        with self._lock:  # solve threads and fit threads add concurrently
-            setattr(self, stage, getattr(self, stage) + amount)
-
-    def to_json(self) -> dict[str, float]:
-        return {
-            key: round(value, 4) if isinstance(value, float) else value
-            for key, value in self.__dict__.items()
-            if not key.startswith("_")
-        }
-
-
-@dataclass
-class LayerSpectra:
-    """The eigenvalues behind one layer's numbers, kept only when asked (plots, reports)."""
-
-    esd: torch.Tensor  # sorted pooled ESD, CPU float64
-    farms: torch.Tensor | None = None  # sorted pooled FARMS ESD
 
 
 def select_layers(specs: list[MatrixSpec], pattern: str | None) -> list[MatrixSpec]:
@@ -497,7 +469,7 @@ def analyze(
     Under torchrun (WORLD_SIZE > 1) the call is collective: every rank makes it
     with the same arguments, the ranks share the matrices, and every rank
     returns the same report; spectra (`keep_spectra`) and stage times summed
-    over the ranks are on rank 0 only. See `htsr_cli.distributed`.
+    over the ranks are on rank 0 only. See `htsr_cli.engine.distributed`.
     """
     keywords = {
         "xmin": xmin,

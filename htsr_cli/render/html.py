@@ -24,16 +24,16 @@ from collections.abc import Callable
 from html import escape
 from typing import Any
 
-from htsr_cli.outputs import Column, format_cell
-from htsr_cli.plots import (
+from htsr_cli.render.outputs import Column, format_cell
+from htsr_cli.render.plots import (
     figure_bytes,
     fit_diagnostics_figure,
     overview_figure,
     overview_layers,
     overview_points,
 )
-from htsr_cli.report import FARMS_FIELDS, LayerResult, Report
-from htsr_cli.report_views import TABLE_COLUMNS, quality_class, summary_rows
+from htsr_cli.results.report import FARMS_FIELDS, LayerResult, Report
+from htsr_cli.render.tables import TABLE_COLUMNS, quality_class, summary_rows
 
 HTML_DPI = 80  # small layer PNGs: a 7B model embeds a couple of hundred of them
 SVG = "http://www.w3.org/2000/svg"

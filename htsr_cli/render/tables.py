@@ -12,9 +12,9 @@ from rich.console import Group
 from rich.text import Text
 
 from htsr_cli.errors import HtsrError
-from htsr_cli.outputs import Column, format_cell, markdown_code, to_csv, to_markdown, to_rich_table
-from htsr_cli.report import FARMS_FIELDS, LayerResult, Report
-from htsr_cli.terminal import fit_columns, hidden_note
+from htsr_cli.render.outputs import Column, format_cell, markdown_code, to_csv, to_markdown, to_rich_table
+from htsr_cli.results.report import FARMS_FIELDS, LayerResult, Report
+from htsr_cli.render.terminal import fit_columns, hidden_note
 
 REPORT_FORMATS = ("table", "json", "csv", "markdown")
 

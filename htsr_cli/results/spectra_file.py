@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from htsr_cli.analysis import LayerSpectra
+from htsr_cli.results.report import LayerSpectra
 from htsr_cli.checkpoints.safetensors_file import SafetensorsFile, check_safetensors_header
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import require_regular_file, write_atomic
-from htsr_cli.report import Report
+from htsr_cli.results.report import Report
 
 SCHEMA = "htsr.spectra/1"
 ESD_PREFIX = "esd/"

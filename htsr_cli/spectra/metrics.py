@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from htsr_cli.fit import PowerLawFit
+from htsr_cli.spectra.fit import PowerLawFit
 
 
 def spectral_metrics(x: torch.Tensor, fit: PowerLawFit | None) -> dict[str, float | int | None]:

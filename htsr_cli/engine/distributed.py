@@ -44,8 +44,8 @@ import torch
 import torch.distributed as dist
 
 from htsr_cli.errors import HtsrError
-from htsr_cli.farms import CONV_KINDS, conv_divisions, window_grid
-from htsr_cli.matrices import MatrixSpec
+from htsr_cli.spectra.farms import CONV_KINDS, conv_divisions, window_grid
+from htsr_cli.spectra.matrices import MatrixSpec
 from htsr_cli.settings import AnalyzeSettings, FarmsSettings
 
 TIMEOUT_ENV = "HTSR_DIST_TIMEOUT"

@@ -1,4 +1,4 @@
-"""How results leave: one set of rows rendered as a rich table, CSV, markdown or JSON.
+"""How results leave: one set of rows rendered as a rich table, CSV or markdown (JSON: results.documents).
 
 Every command describes its output once as `Column`s over row dicts; the same
 numbers then appear in every format.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import re
 import unicodedata
@@ -143,18 +142,3 @@ def to_rich_table(
             cells.append(Text(text, style=(style(row, column.key) if style else None) or ""))
         table.add_row(*cells)
     return table
-
-
-def dumps_json(data: Any) -> str:
-    return json.dumps(_finite_or_null(data), indent=2) + "\n"
-
-
-def _finite_or_null(value: Any) -> Any:
-    """JSON has no NaN/Inf: write them as null so strict parsers accept the file."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite_or_null(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_null(item) for item in value]
-    return value

@@ -17,7 +17,7 @@ import torch
 
 from htsr_cli.checkpoints.hub import resolve_repo
 from htsr_cli.errors import HtsrError
-from htsr_cli.sources import HubId, locate
+from htsr_cli.checkpoints.sources import HubId, locate
 
 
 def model_directory(source: str, purpose: str) -> Path:

@@ -27,7 +27,7 @@ import torch
 
 from htsr_cli import __version__
 from htsr_cli.errors import HtsrError
-from htsr_cli.language_models import (
+from htsr_cli.lm.language_models import (
     check_seq_len,
     load_config,
     load_tokenizer,
@@ -37,7 +37,7 @@ from htsr_cli.language_models import (
     run_dtype,
     token_ids,
 )
-from htsr_cli.solver import resolve_device
+from htsr_cli.spectra.solver import resolve_device
 
 SCHEMA = "htsr.perplexity/1"
 PURPOSE = "perplexity"

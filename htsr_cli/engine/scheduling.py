@@ -28,7 +28,7 @@ from typing import TypeVar
 
 import torch
 
-from htsr_cli.matrices import MatrixSpec
+from htsr_cli.spectra.matrices import MatrixSpec
 
 MAX_BATCH_SLICES = 256  # matrices per batched solve, whatever their size
 PREFETCH = 2  # items the loader thread may run ahead

@@ -99,3 +99,18 @@ def check_fields(
     for key, kind in kinds.items():
         if key in data and not kind.test(data[key]):
             raise HtsrError(f"{where}: '{key}' must be {kind.expected}, got {_shown.repr(data[key])}")
+
+
+def dumps_json(data: Any) -> str:
+    return json.dumps(_finite_or_null(data), indent=2) + "\n"
+
+
+def _finite_or_null(value: Any) -> Any:
+    """JSON has no NaN/Inf: write them as null so strict parsers accept the file."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import os
 import statistics
+import threading
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-from htsr_cli.documents import COUNT, IDENTIFIER, LIST, NAME, OBJECT, SHAPE, TEXT, check_fields, number, one_of, parse_json
+from htsr_cli.results.documents import COUNT, IDENTIFIER, LIST, NAME, OBJECT, SHAPE, TEXT, check_fields, number, one_of, parse_json
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import read_document
-from htsr_cli.outputs import dumps_json
+from htsr_cli.results.documents import dumps_json
 from htsr_cli.settings import XMIN_METHODS
+
+if TYPE_CHECKING:  # a report is read and gated without importing torch
+    import torch
 
 SCHEMA = "htsr.report/1"
 
@@ -47,6 +52,45 @@ METRIC_FIELDS = (
     "quality",
 )
 FARMS_FIELDS = ("alpha_farms", "xmin_farms", "ks_distance_farms", "farms_windows", "farms_num_evals")
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per pipeline stage (`--profile`), and how many matrices and batches were solved.
+
+    read and transfer run on the loader thread, concurrently with solve and fit
+    on the solve threads (two at once on a multi-core CPU, fits on a thread pool
+    beside a GPU), so the stages add up to more than the wall time.
+    """
+
+    read: float = 0.0
+    transfer: float = 0.0
+    solve: float = 0.0
+    fit: float = 0.0
+    farms: float = 0.0
+    wall: float = 0.0
+    matrices: int = 0
+    batches: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, stage: str, amount: float) -> None:
+        with self._lock:  # solve threads and fit threads add concurrently
+            setattr(self, stage, getattr(self, stage) + amount)
+
+    def to_json(self) -> dict[str, float]:
+        return {
+            key: round(value, 4) if isinstance(value, float) else value
+            for key, value in self.__dict__.items()
+            if not key.startswith("_")
+        }
+
+
+@dataclass
+class LayerSpectra:
+    """The eigenvalues behind one layer's numbers, kept only when asked (plots, reports)."""
+
+    esd: torch.Tensor  # sorted pooled ESD, CPU float64
+    farms: torch.Tensor | None = None  # sorted pooled FARMS ESD
 
 
 def quality_of(alpha: float | None) -> str:
@@ -158,6 +202,19 @@ def summarize(layers: list[LayerResult], seconds: float, with_farms: bool) -> di
     return summary
 
 
+def _render() -> ModuleType:
+    """htsr_cli.render, imported when a report is drawn or shown in a notebook.
+
+    The one deliberate upward import in htsr_cli: rendering sits above results
+    (it takes reports), yet a Report offers `plot_*` and `_repr_html_` itself
+    for notebooks. Importing at call time keeps the module graph acyclic and
+    `import htsr_cli.results` free of matplotlib.
+    """
+    from htsr_cli import render
+
+    return render
+
+
 @dataclass(repr=False)
 class Report:
     """A whole analysis: what was analysed, how, and the per-layer results.
@@ -176,9 +233,9 @@ class Report:
     # {"format": "gguf", "architecture": "llama", "file_type": "MOSTLY_Q4_K_M", ...}; None for plain weights.
     checkpoint_format: dict[str, Any] | None = None
     # name -> LayerSpectra, filled only by analyze(..., keep_spectra=True); never serialised.
-    spectra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    spectra: dict[str, LayerSpectra] = field(default_factory=dict, repr=False, compare=False)
     # Seconds per pipeline stage, filled only by analyze(..., profile=True).
-    timings: Any = field(default=None, repr=False, compare=False)
+    timings: StageTimes | None = field(default=None, repr=False, compare=False)
 
     @property
     def has_farms(self) -> bool:
@@ -199,9 +256,7 @@ class Report:
         )
 
     def _repr_html_(self) -> str:
-        from htsr_cli.report_views import report_html
-
-        return report_html(self)
+        return _render().report_html(self)
 
     def to_pandas(self) -> Any:
         """One row per layer (a pandas DataFrame), like WeightWatcher's `details`.
@@ -235,11 +290,19 @@ class Report:
                             if self.layers else "this report has no layers")
         return found
 
+    def spectra_of(self, layer: LayerResult) -> LayerSpectra:
+        """The eigenvalues kept for `layer`; an error saying how to keep them when there are none."""
+        spectra = self.spectra.get(layer.name)
+        if spectra is None:
+            raise HtsrError(
+                f"no spectrum kept for layer {layer.name!r}: analyze with keep_spectra=True "
+                "(or attach a --save-spectra file with htsr_cli.attach_spectra)"
+            )
+        return spectra
+
     def plot_overview(self) -> Any:
         """alpha per layer in model order, coloured and shaped by quality: a matplotlib Figure."""
-        from htsr_cli.plots import overview_figure
-
-        return overview_figure(self)
+        return _render().overview_figure(self)
 
     def plot_esd(self, layer: str | LayerResult) -> Any:
         """One layer's eigenvalue spectrum on log-log axes with its fit: a matplotlib Figure.
@@ -247,19 +310,15 @@ class Report:
         Needs the spectra: `analyze(..., keep_spectra=True)`, or a saved report with
         `htsr_cli.attach_spectra(report, "run.spectra.safetensors")`.
         """
-        from htsr_cli.plots import esd_figure, layer_spectra
-
         found = self._find(layer)
-        return esd_figure(found, layer_spectra(self, found), self.checkpoint)
+        return _render().esd_figure(found, self.spectra_of(found), self.checkpoint)
 
     def plot_fit_diagnostics(self, layer: str | LayerResult) -> Any:
         """Can this layer's fit be trusted? D and alpha against the xmin candidate, beside the
         log-log and linear ESD: a matplotlib Figure (needs the spectra, as `plot_esd`)."""
-        from htsr_cli.plots import fit_diagnostics_figure, layer_spectra
-
         found = self._find(layer)
         method = self.settings.get("xmin", "ks")
-        return fit_diagnostics_figure(found, layer_spectra(self, found), method, self.checkpoint)
+        return _render().fit_diagnostics_figure(found, self.spectra_of(found), method, self.checkpoint)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,1 @@
+"""Language models as models, not weights: loading one with transformers and measuring perplexity."""
