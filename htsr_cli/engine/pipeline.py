@@ -47,7 +47,7 @@ from htsr_cli.results.report import (
 )
 from htsr_cli.engine.scheduling import Batch, batch_order, prefetched, run_batches, worker_pool
 from htsr_cli.settings import AnalyzeSettings, FarmsSettings
-from htsr_cli.spectra.solver import GRAM_BUDGET_BYTES, Eigensolver
+from htsr_cli.spectra.solver import GRAM_BUDGET_BYTES, Eigensolver, SolverPrecision, dtype_name
 
 CONV_KINDS = ("conv1d", "conv2d")
 FIT_THREADS = 8  # CPU threads fitting beside a GPU's solves, at most
@@ -264,7 +264,7 @@ def _solve_batch(
     if fits is not None:
         values = values.cpu()  # one copy for the whole batch: the fits run on the CPU
     clock.lap("solve")
-    guarded = settings.solver_precision == "float32"
+    guarded = solver.precision.guarded
     outcomes: list[tuple[int, _Outcome | Future]] = []
     start = 0
     for k, (index, spec, stack) in enumerate(zip(batch.indices, batch.specs, batch.stacks)):
@@ -285,7 +285,7 @@ def _solve_batch(
         redo = partial(_float64_values, solver, grams[bounds[k] : bounds[k + 1]], layer_values.device) if guarded else None
         fit = partial(_fit_layer, spec, layer_values, redo, scale, farms, settings, keep_spectra, times)
         outcomes.append((index, fits.submit(fit) if fits is not None else fit()))
-    return outcomes, str(grams.dtype).removeprefix("torch.")
+    return outcomes, dtype_name(grams.dtype)
 
 
 def _float64_values(solver: Eigensolver, grams: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -507,7 +507,7 @@ def _analyze(
     started = time.perf_counter()
     if run is not None:
         run.cluster.use_device(settings.device)
-    solver = Eigensolver.create(settings.device, settings.solver_precision)
+    solver = Eigensolver.create(settings.device, SolverPrecision.for_settings(settings))
     if run is not None:
         run.ensure_group(solver.device)
     times = StageTimes() if profile else None
