@@ -41,8 +41,10 @@ from htsr_cli.results.report import (
     LayerResult,
     LayerSpectra,
     Report,
+    RunRecord,
     StageTimes,
     quality_of,
+    report_settings,
     summarize,
 )
 from htsr_cli.engine.scheduling import Batch, batch_order, prefetched, run_batches, worker_pool
@@ -121,7 +123,6 @@ class _Outcome:
     result: LayerResult
     spectra: LayerSpectra | None = None
     candidates: set[str] = field(default_factory=set)
-    gram_precision: str | None = None
 
 
 def plan_layers(checkpoint: Checkpoint, settings: AnalyzeSettings) -> list[MatrixSpec]:
@@ -546,15 +547,19 @@ def _assemble(
     started: float,
     times: StageTimes | None,
 ) -> Report:
-    """The report: the solved layers in module order, the summary, the settings used."""
+    """The report: the solved layers in module order, the summary, the settings asked for and what the run used."""
     rank = {key: index for index, key in enumerate(module_keys)}
     layers = sorted(solved.layers, key=lambda layer: rank[layer.tensor])
     seconds = time.perf_counter() - started
+    record = RunRecord(
+        device=solver.device.type,
+        xmin_candidates="grid" if "grid" in solved.candidates else "exact",
+        gram_precisions=frozenset(solved.gram_precisions or {solver.precision.nominal_gram_precision}),
+        eigensolver_precision=solver.precision.eigensolver_precision,
+    )
     report = Report(
         checkpoint=source_name,
-        settings=settings.to_json(
-            solver.device.type, "grid" if "grid" in solved.candidates else "exact", solved.gram_precisions
-        ),
+        settings=report_settings(settings, record),
         layers=layers,
         summary=summarize(layers, seconds, with_farms=settings.farms is not None),
         htsr_version=__version__,
