@@ -56,7 +56,7 @@ from htsr_cli.spectra.fit import (  # noqa: E402
 from htsr_cli.io import write_atomic  # noqa: E402
 from htsr_cli.render.outputs import markdown_text  # noqa: E402
 from htsr_cli.results.documents import dumps_json  # noqa: E402
-from htsr_cli.spectra.solver import Eigensolver  # noqa: E402
+from htsr_cli.spectra.solver import Eigensolver, SolverPrecision  # noqa: E402
 
 SECTION = "bench-float32-noise"
 LLAMA_DIRECTORY = HERE / "work" / "llama-h2048-i5632-L4-v32000-bf16"
@@ -67,7 +67,7 @@ EPS32 = torch.finfo(torch.float32).eps
 
 def compare_solvers(weight: torch.Tensor, xmin: str = "ks") -> dict:
     """One matrix: the float32 and float64 eigensolvers on its float32 Gram, and what the guard makes of it."""
-    solver = Eigensolver(torch.device("cpu"), "float32", 1)
+    solver = Eigensolver(torch.device("cpu"), SolverPrecision("float32"), 1)
     grams = solver.gram(weight[None] if weight.dim() == 2 else weight)
     side = grams.shape[-1]
     single = torch.sort(solver.eigenvalues(grams).flatten()).values

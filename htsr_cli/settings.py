@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 from htsr_cli.errors import HtsrError, InvalidSetting
@@ -12,8 +12,8 @@ from htsr_cli.errors import HtsrError, InvalidSetting
 XminMethod = Literal["ks", "median", "peak"]
 XMIN_METHODS: tuple[str, ...] = ("ks", "median", "peak")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-# mixed: float32 Gram from narrow weights, float64 eigensolver (the default);
-# float64: everything in float64; float32: float32 Gram and eigensolver, guarded per layer.
+# The names of the precision modes (`--precision`); what each computes in is
+# decided by spectra.solver.SolverPrecision alone.
 PRECISIONS: tuple[str, ...] = ("mixed", "float64", "float32")
 
 # Decimal units as disk and RAM vendors write them; binary ones as `free -h`, Docker and Slurm do.
@@ -121,44 +121,3 @@ class AnalyzeSettings:
             raise InvalidSetting("min_evals", self.min_evals, "must be at least 2")
         if self.max_memory is not None:
             object.__setattr__(self, "max_memory", parse_memory_size(self.max_memory))
-
-    @property
-    def eigensolver_precision(self) -> str:
-        return "float32" if self.solver_precision == "float32" else "float64"
-
-    @property
-    def solver_precision(self) -> str:
-        """The precision the solver runs in: `precision`, except with xmin=peak, which always solves in float64.
-
-        `peak` bins log10(eigenvalue) from the smallest eigenvalue to the largest,
-        and a float32 Gram or eigensolver leaves the smallest ones off by about
-        eps32 x lambda_max (several percent on trained layers): the bin edges
-        move, the fullest bin changes and xmin jumps (MiniLM's pooler: alpha
-        4.88 in mixed against 8.26 in float64). No per-layer guard bounds that,
-        so peak-based results (AlphaPruning, AlphaLoRA, `htsr prune`) stay on
-        the float64 reference path.
-        """
-        return "float64" if self.xmin == "peak" else self.precision
-
-    def to_json(self, device_used: str, xmin_candidates: str, gram_precisions: set[str] | None = None) -> dict:
-        """The `settings` object of the htsr.report/1 JSON.
-
-        `gram_precisions` are the Gram dtypes the solved layers used ("float32",
-        "float64"); in mixed mode float64 weights keep a float64 Gram, so a run
-        can use both, written "float32+float64".
-        """
-        if not gram_precisions:
-            gram_precisions = {"float64" if self.solver_precision == "float64" else "float32"}
-        return {
-            "xmin": self.xmin,
-            "xmin_candidates": xmin_candidates,
-            "farms": asdict(self.farms) if self.farms else None,
-            "device": device_used,
-            "precision": self.precision,
-            "gram_precision": "+".join(sorted(gram_precisions)),
-            "eigensolver_precision": self.eigensolver_precision,
-            "conv_scale": self.conv_scale,
-            "min_evals": self.min_evals,
-            "layers": self.layers,
-            "max_memory": self.max_memory,
-        }

@@ -41,13 +41,15 @@ from htsr_cli.results.report import (
     LayerResult,
     LayerSpectra,
     Report,
+    RunRecord,
     StageTimes,
     quality_of,
+    report_settings,
     summarize,
 )
 from htsr_cli.engine.scheduling import Batch, batch_order, prefetched, run_batches, worker_pool
 from htsr_cli.settings import AnalyzeSettings, FarmsSettings
-from htsr_cli.spectra.solver import GRAM_BUDGET_BYTES, Eigensolver
+from htsr_cli.spectra.solver import GRAM_BUDGET_BYTES, Eigensolver, SolverPrecision, dtype_name
 
 CONV_KINDS = ("conv1d", "conv2d")
 FIT_THREADS = 8  # CPU threads fitting beside a GPU's solves, at most
@@ -121,7 +123,6 @@ class _Outcome:
     result: LayerResult
     spectra: LayerSpectra | None = None
     candidates: set[str] = field(default_factory=set)
-    gram_precision: str | None = None
 
 
 def plan_layers(checkpoint: Checkpoint, settings: AnalyzeSettings) -> list[MatrixSpec]:
@@ -264,7 +265,7 @@ def _solve_batch(
     if fits is not None:
         values = values.cpu()  # one copy for the whole batch: the fits run on the CPU
     clock.lap("solve")
-    guarded = settings.solver_precision == "float32"
+    guarded = solver.precision.guarded
     outcomes: list[tuple[int, _Outcome | Future]] = []
     start = 0
     for k, (index, spec, stack) in enumerate(zip(batch.indices, batch.specs, batch.stacks)):
@@ -285,7 +286,7 @@ def _solve_batch(
         redo = partial(_float64_values, solver, grams[bounds[k] : bounds[k + 1]], layer_values.device) if guarded else None
         fit = partial(_fit_layer, spec, layer_values, redo, scale, farms, settings, keep_spectra, times)
         outcomes.append((index, fits.submit(fit) if fits is not None else fit()))
-    return outcomes, str(grams.dtype).removeprefix("torch.")
+    return outcomes, dtype_name(grams.dtype)
 
 
 def _float64_values(solver: Eigensolver, grams: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -507,7 +508,7 @@ def _analyze(
     started = time.perf_counter()
     if run is not None:
         run.cluster.use_device(settings.device)
-    solver = Eigensolver.create(settings.device, settings.solver_precision)
+    solver = Eigensolver.create(settings.device, SolverPrecision.for_settings(settings))
     if run is not None:
         run.ensure_group(solver.device)
     times = StageTimes() if profile else None
@@ -546,15 +547,19 @@ def _assemble(
     started: float,
     times: StageTimes | None,
 ) -> Report:
-    """The report: the solved layers in module order, the summary, the settings used."""
+    """The report: the solved layers in module order, the summary, the settings asked for and what the run used."""
     rank = {key: index for index, key in enumerate(module_keys)}
     layers = sorted(solved.layers, key=lambda layer: rank[layer.tensor])
     seconds = time.perf_counter() - started
+    record = RunRecord(
+        device=solver.device.type,
+        xmin_candidates="grid" if "grid" in solved.candidates else "exact",
+        gram_precisions=frozenset(solved.gram_precisions or {solver.precision.nominal_gram_precision}),
+        eigensolver_precision=solver.precision.eigensolver_precision,
+    )
     report = Report(
         checkpoint=source_name,
-        settings=settings.to_json(
-            solver.device.type, "grid" if "grid" in solved.candidates else "exact", solved.gram_precisions
-        ),
+        settings=report_settings(settings, record),
         layers=layers,
         summary=summarize(layers, seconds, with_farms=settings.farms is not None),
         htsr_version=__version__,

@@ -27,6 +27,7 @@ from htsr_cli.io import write_atomic
 from htsr_cli.lm.language_models import model_directory, read_text
 from htsr_cli.results.documents import dumps_json
 from htsr_cli.pruning.sparsities import (
+    PruneEntry,
     alphapruning_allocation,
     exact_counts,
     owl_allocation,
@@ -101,7 +102,7 @@ def _root_directory(source: str, checkpoint: ShardedCheckpoint) -> Path | None:
     return path if path.is_dir() else checkpoint.paths[0].parent  # a hub id: its cached snapshot
 
 
-def _allocate(source: str, checkpoint: Checkpoint, settings: PruneSettings, progress) -> tuple[list[dict], float]:
+def _allocate(source: str, checkpoint: Checkpoint, settings: PruneSettings, progress) -> tuple[list[PruneEntry], float]:
     """The entries with their target ratios (OWL's come later, from calibration), and the global target."""
     if settings.plan_file is not None:
         return plan_file_allocation(settings.plan_file, checkpoint.tensors(), settings.target)
@@ -117,7 +118,9 @@ def _allocate(source: str, checkpoint: Checkpoint, settings: PruneSettings, prog
     return entries, settings.target
 
 
-def _outlier_ratios(directory, source, checkpoint, entries, settings: PruneSettings, device, progress) -> dict[str, float]:
+def _outlier_ratios(
+    directory, source, checkpoint, entries: list[PruneEntry], settings: PruneSettings, device, progress
+) -> dict[str, float]:
     """OWL: each block's outlier ratio of Wanda scores, on the dense model's activations."""
     ratios: dict[str, float] = {}
 
@@ -184,7 +187,9 @@ def _labelled(progress: ProgressCallback | None, stage: str) -> ProgressCallback
     return lambda done, total, label: progress(done, total, f"{stage} {label}".strip())
 
 
-def _record(source, output, settings: PruneSettings, device, entries, target, counts, zeros) -> dict[str, Any]:
+def _record(
+    source, output, settings: PruneSettings, device, entries: list[PruneEntry], target, counts, zeros
+) -> dict[str, Any]:
     allocation = str(settings.plan_file) if settings.plan_file is not None else settings.allocation
     for item in entries:
         pruned = item["tensor"] in counts

@@ -10,9 +10,9 @@ section 7): the linear and conv matrices inside numbered blocks.
   around the target (`owl_sparsities`).
 - a saved `htsr.sparsity/1` file, checked against the checkpoint.
 
-An entry is a dict (it goes straight into `htsr-prune.json`): name, tensor,
-kind, block, params, the score the allocation used, `sparsity` (the target
-ratio, None when the matrix is not pruned) and a `note` saying why not.
+An entry is a `PruneEntry` dict (it goes straight into `htsr-prune.json`):
+name, tensor, kind, block, params, the scores the allocation used,
+`target_ratio` (None when the matrix is not pruned) and a `note` saying why not.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from htsr_cli.allocations.sparsity import (
     PRUNABLE_KINDS,
@@ -38,18 +38,46 @@ from htsr_cli.pruning.settings import PruneSettings
 from htsr_cli.results.report import Report
 
 
-def entry(name: str, tensor: str, kind: str, block: str | None, params: int, note: str | None) -> dict[str, Any]:
+class _PruneEntryRequired(TypedDict):
+    name: str
+    tensor: str
+    kind: str
+    block: str | None
+    params: int
+    score: float | None  # AlphaPruning's score of the matrix (its metric, scaled)
+    outlier_ratio: float | None  # OWL: the block's outlier ratio
+    target_ratio: float | None  # the sparsity allocated; None when the matrix is not pruned
+    note: str | None  # why the matrix is not pruned; None when it is
+
+
+class PruneEntry(_PruneEntryRequired, total=False):
+    """One weight matrix of `htsr-prune.json`'s `layers`, in module order.
+
+    An entry holds the allocation's metric under its own name: `alpha`, or
+    `alpha_farms` with AlphaPruning's metric alpha_farms. The last four keys
+    are added when the pruned checkpoint has been written.
+    """
+
+    alpha: float | None
+    alpha_farms: float | None
+    method: str | None  # "magnitude" or "wanda"; None when not pruned
+    allocation: str | None  # the allocation's name or the plan file's path; None when not pruned
+    pruned: int | None  # weights zeroed as planned
+    achieved_ratio: float | None
+
+
+def entry(name: str, tensor: str, kind: str, block: str | None, params: int, note: str | None) -> PruneEntry:
     return {
         "name": name, "tensor": tensor, "kind": kind, "block": block, "params": params,
         "alpha": None, "score": None, "outlier_ratio": None, "target_ratio": None, "note": note,
     }
 
 
-def prunable(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def prunable(entries: Sequence[PruneEntry]) -> list[PruneEntry]:
     return [item for item in entries if item["note"] is None]
 
 
-def scope_entries(infos: Sequence[TensorInfo]) -> list[dict[str, Any]]:
+def scope_entries(infos: Sequence[TensorInfo]) -> list[PruneEntry]:
     """One entry per weight matrix of the checkpoint (module order); those outside the scope get a note."""
     specs = [
         spec for info in infos if (spec := describe(info.key, info.shape, info.dtype, 0, info.storage_label))
@@ -64,19 +92,19 @@ def scope_entries(infos: Sequence[TensorInfo]) -> list[dict[str, Any]]:
     return entries
 
 
-def require_prunable(entries: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
+def require_prunable(entries: list[PruneEntry], source: str) -> list[PruneEntry]:
     if not prunable(entries):
         raise HtsrError(f"{source}: no prunable weight matrix (linear or conv, inside numbered blocks)")
     return entries
 
 
-def uniform_allocation(entries: list[dict[str, Any]], target: float) -> list[dict[str, Any]]:
+def uniform_allocation(entries: list[PruneEntry], target: float) -> list[PruneEntry]:
     for item in prunable(entries):
         item["target_ratio"] = target
     return entries
 
 
-def alphapruning_allocation(report: Report, settings: PruneSettings) -> list[dict[str, Any]]:
+def alphapruning_allocation(report: Report, settings: PruneSettings) -> list[PruneEntry]:
     """AlphaPruning's ratios from the analysis, exactly as `htsr allocate sparsity` computes them."""
     metric = settings.metric
     sparsity = SparsitySettings(settings.target, settings.epsilon, settings.granularity, settings.clip, metric)
@@ -84,7 +112,8 @@ def alphapruning_allocation(report: Report, settings: PruneSettings) -> list[dic
     entries = []
     for layer in plan["layers"]:
         item = entry(layer["name"], layer["tensor"], layer["kind"], layer["block"], layer["params"], layer["note"])
-        item = {metric if key == "alpha" else key: value for key, value in item.items()}  # alpha or alpha_farms
+        # The metric's value under its own name, where `alpha` stands: alpha or alpha_farms.
+        item = cast(PruneEntry, {metric if key == "alpha" else key: value for key, value in item.items()})
         item[metric] = layer[metric]
         item["score"] = layer["score"]
         item["target_ratio"] = layer["sparsity"]
@@ -121,7 +150,9 @@ def owl_sparsities(ratios: Sequence[float], params: Sequence[int], target: float
     return sparsities
 
 
-def owl_allocation(entries: list[dict[str, Any]], block_ratios: dict[str, float], settings: PruneSettings):
+def owl_allocation(
+    entries: list[PruneEntry], block_ratios: dict[str, float], settings: PruneSettings
+) -> list[PruneEntry]:
     """Set every prunable matrix to its block's OWL sparsity, given each block's outlier ratio."""
     assert settings.target is not None
     blocks = list(block_ratios)
@@ -138,7 +169,9 @@ def owl_allocation(entries: list[dict[str, Any]], block_ratios: dict[str, float]
     return entries
 
 
-def plan_file_allocation(path: Path, infos: Sequence[TensorInfo], target: float | None):
+def plan_file_allocation(
+    path: Path, infos: Sequence[TensorInfo], target: float | None
+) -> tuple[list[PruneEntry], float]:
     """The entries of a saved `htsr.sparsity/1` file, checked against the checkpoint; and its target.
 
     The target is the file's parameter-weighted mean sparsity; a `--target` given
@@ -200,7 +233,7 @@ def plan_file_allocation(path: Path, infos: Sequence[TensorInfo], target: float 
     return entries, mean
 
 
-def _check_planned(path: Path, item: dict[str, Any], layer: dict[str, Any], info: TensorInfo) -> None:
+def _check_planned(path: Path, item: PruneEntry, layer: dict[str, Any], info: TensorInfo) -> None:
     if item["kind"] not in PRUNABLE_KINDS or (item["note"] or "").startswith("quantized"):
         raise HtsrError(f"--allocation {path}: {item['tensor']!r} is a {item['kind']} {info.storage_label} tensor, which htsr does not prune")
     params = layer.get("params")

@@ -13,13 +13,13 @@ import threading
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from htsr_cli.results.documents import COUNT, IDENTIFIER, LIST, NAME, OBJECT, SHAPE, TEXT, check_fields, number, one_of, parse_json
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import read_document
 from htsr_cli.results.documents import dumps_json
-from htsr_cli.settings import XMIN_METHODS
+from htsr_cli.settings import XMIN_METHODS, AnalyzeSettings
 
 if TYPE_CHECKING:  # a report is read and gated without importing torch
     import torch
@@ -52,6 +52,96 @@ METRIC_FIELDS = (
     "quality",
 )
 FARMS_FIELDS = ("alpha_farms", "xmin_farms", "ks_distance_farms", "farms_windows", "farms_num_evals")
+
+
+class FarmsSettingsJson(TypedDict):
+    """`settings.farms` of a report: `FarmsSettings` as written."""
+
+    window: int
+    q: float
+    steps: int
+
+
+class _ReportSettingsRequired(TypedDict):
+    xmin: str
+    device: str  # the device the solves ran on: "cpu" or "cuda"
+    precision: str  # the requested mode (`--precision`)
+
+
+class ReportSettings(_ReportSettingsRequired, total=False):
+    """`Report.settings`: what was asked (`AnalyzeSettings`) and what the run used (`RunRecord`).
+
+    Every report htsr writes has every key (`report_settings`); reports saved
+    by older versions may lack the optional ones, which `check_report` allows.
+    """
+
+    xmin_candidates: str  # "exact", or "grid" when some fit chose xmin on the candidate grid
+    farms: FarmsSettingsJson | None
+    gram_precision: str  # the Gram dtypes the solved layers used, "+"-joined: "float32", "float32+float64"
+    eigensolver_precision: str
+    conv_scale: float
+    min_evals: int
+    layers: str | None
+    max_memory: int | None
+
+
+class _ReportSummaryRequired(TypedDict):
+    layers: int
+    analyzed: int
+    skipped: int
+    failed: int
+    mean_alpha: float | None
+    median_alpha: float | None
+    weighted_alpha: float | None
+    quality_counts: dict[str, int]  # quality class -> analysed layers in it
+    seconds: float
+
+
+class ReportSummary(_ReportSummaryRequired, total=False):
+    """`Report.summary` (algorithms.md section 4); the FARMS keys only when analysed with FARMS."""
+
+    mean_alpha_weighted: float | None  # always written; absent from reports of older versions
+    mean_alpha_farms: float | None
+    median_alpha_farms: float | None
+    weighted_alpha_farms: float | None
+    quality_counts_farms: dict[str, int]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What an analysis run used, beside the `AnalyzeSettings` that asked for it.
+
+    The settings say what was requested (device "auto", precision "mixed");
+    this says what happened (the solves ran on "cuda"; some layers kept a
+    float64 Gram). `report_settings` writes both as the report's `settings`.
+    """
+
+    device: str  # the device type the solves ran on: "cpu" or "cuda"
+    xmin_candidates: str  # "exact", or "grid" when any fit chose xmin on the candidate grid
+    gram_precisions: frozenset[str]  # the dtypes the Grams were formed in: "float32", "float64"
+    eigensolver_precision: str  # the eigensolver's dtype: "float32" or "float64"
+
+
+def report_settings(settings: AnalyzeSettings, record: RunRecord) -> ReportSettings:
+    """The `settings` object of the htsr.report/1 JSON, from the request and the run's record.
+
+    A run whose solved layers used both Gram dtypes (mixed mode keeps float64
+    weights in a float64 Gram) writes "float32+float64".
+    """
+    farms = settings.farms
+    return {
+        "xmin": settings.xmin,
+        "xmin_candidates": record.xmin_candidates,
+        "farms": {"window": farms.window, "q": farms.q, "steps": farms.steps} if farms else None,
+        "device": record.device,
+        "precision": settings.precision,
+        "gram_precision": "+".join(sorted(record.gram_precisions)),
+        "eigensolver_precision": record.eigensolver_precision,
+        "conv_scale": settings.conv_scale,
+        "min_evals": settings.min_evals,
+        "layers": settings.layers,
+        "max_memory": None if settings.max_memory is None else int(settings.max_memory),  # bytes once parsed
+    }
 
 
 @dataclass
@@ -159,7 +249,7 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def summarize(layers: list[LayerResult], seconds: float, with_farms: bool) -> dict[str, Any]:
+def summarize(layers: list[LayerResult], seconds: float, with_farms: bool) -> ReportSummary:
     """The model summary (algorithms.md section 4)."""
     fitted = [layer for layer in layers if layer.alpha is not None]
     alphas = [layer.alpha for layer in fitted]
@@ -168,7 +258,7 @@ def summarize(layers: list[LayerResult], seconds: float, with_farms: bool) -> di
     for layer in layers:
         if layer.analysed:
             counts[layer.quality or "unknown"] += 1
-    summary: dict[str, Any] = {
+    summary: ReportSummary = {
         "layers": len(layers),
         "analyzed": sum(1 for layer in layers if layer.status == OK),
         "skipped": sum(1 for layer in layers if layer.status == SKIPPED),
@@ -225,9 +315,9 @@ class Report:
     """
 
     checkpoint: str
-    settings: dict[str, Any]
+    settings: ReportSettings
     layers: list[LayerResult]
-    summary: dict[str, Any]
+    summary: ReportSummary
     htsr_version: str = field(default="")
     # What the file format says about the checkpoint as a whole (Checkpoint.format_info):
     # {"format": "gguf", "architecture": "llama", "file_type": "MOSTLY_Q4_K_M", ...}; None for plain weights.

@@ -208,7 +208,7 @@ def _linear_fit(matrix: torch.Tensor, settings: FarmsSettings, solver: Eigensolv
         return torch.sort(window_spectra(matrix, grid, solver, float64=float64).flatten()).values
 
     side = min(grid.height, grid.width)
-    pooled, fit, redone = guarded_fit(pooled_windows, xmin, side, solver.precision == "float32")
+    pooled, fit, redone = guarded_fit(pooled_windows, xmin, side, solver.precision.guarded)
     return _result([fit], grid.count, pooled, [redone])
 
 
@@ -230,7 +230,7 @@ def _conv_fit(
             ),
             xmin,
             side,
-            solver.precision == "float32",
+            solver.precision.guarded,
         )
         for d in range(blocks.count)
     ]

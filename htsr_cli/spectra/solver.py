@@ -1,5 +1,8 @@
 """Eigenvalues of W^T W: the only module that knows about devices and precision.
 
+`SolverPrecision` decides, once per analysis, the dtypes of Grams and
+eigensolves and whether fits are guarded; other modules ask it.
+
 The spectrum of a rows x cols slice is computed from the Gram matrix of its
 short side (W^T W when rows >= cols, else W W^T) with a batched symmetric
 eigensolver. There is no 1/N normalisation.
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from htsr_cli.errors import InvalidSetting
+from htsr_cli.settings import PRECISIONS, AnalyzeSettings
 
 # Bytes of Gram matrices per batched eigvalsh call; bounds memory for large stacks.
 GRAM_BUDGET_BYTES = 256 << 20
@@ -83,22 +87,39 @@ def _is_float8(dtype: torch.dtype) -> bool:
 
 
 @dataclass(frozen=True)
-class Eigensolver:
-    device: torch.device
-    precision: str = "mixed"  # mixed | float64 | float32 (settings.PRECISIONS)
-    # CPU threads of every eigvalsh call. Fixed (half the cores) so that a matrix
-    # gets the same bits whether it is solved alone or beside another one.
-    eigensolver_threads: int = 1
+class SolverPrecision:
+    """The arithmetic of every solve, decided once: which dtype a Gram and an eigensolve use.
+
+    `mode` is the precision the solves run in (one of `settings.PRECISIONS`),
+    which is the requested `--precision` except where `for_settings` overrides it.
+    Other modules ask this object; none compares precision names.
+    """
+
+    mode: str = "mixed"
+
+    def __post_init__(self) -> None:
+        if self.mode not in PRECISIONS:
+            raise InvalidSetting("precision", self.mode, f"must be one of {', '.join(PRECISIONS)}")
 
     @classmethod
-    def create(cls, device: str = "auto", precision: str = "mixed") -> "Eigensolver":
-        return cls(resolve_device(device), precision, max(1, torch.get_num_threads() // 2))
+    def for_settings(cls, settings: AnalyzeSettings) -> "SolverPrecision":
+        """`settings.precision`, except with xmin=peak, which always solves in float64.
 
-    def gram_dtype(self, stored: torch.dtype) -> torch.dtype:
-        """The precision the Gram of weights stored as `stored` is formed in."""
-        if self.precision == "float64" or (self.precision == "mixed" and stored == torch.float64):
+        `peak` bins log10(eigenvalue) from the smallest eigenvalue to the largest,
+        and a float32 Gram or eigensolver leaves the smallest ones off by about
+        eps32 x lambda_max (several percent on trained layers): the bin edges
+        move, the fullest bin changes and xmin jumps (MiniLM's pooler: alpha
+        4.88 in mixed against 8.26 in float64). No per-layer guard bounds that,
+        so peak-based results (AlphaPruning, AlphaLoRA, `htsr prune`) stay on
+        the float64 reference path.
+        """
+        return cls("float64" if settings.xmin == "peak" else settings.precision)
+
+    def gram_dtype(self, stored: torch.dtype, device: torch.device) -> torch.dtype:
+        """The precision the Gram of weights stored as `stored` is formed in on `device`."""
+        if self.mode == "float64" or (self.mode == "mixed" and stored == torch.float64):
             return torch.float64
-        if self.device.type == "cuda" and stored == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+        if device.type == "cuda" and stored == torch.float32 and torch.get_float32_matmul_precision() != "highest":
             # TF32 matmuls (enabled by the user) round each product to 10 mantissa
             # bits; a float64 Gram keeps float32 weights as accurate as this mode promises.
             return torch.float64
@@ -106,7 +127,51 @@ class Eigensolver:
 
     @property
     def eigensolver_dtype(self) -> torch.dtype:
-        return torch.float32 if self.precision == "float32" else torch.float64
+        return torch.float32 if self.mode == "float32" else torch.float64
+
+    @property
+    def guarded(self) -> bool:
+        """Whether every fit is checked by `fit.guarded_fit` and redone in float64 when float32 is not accurate enough."""
+        return self.eigensolver_dtype == torch.float32
+
+    @property
+    def eigensolver_precision(self) -> str:
+        """The eigensolver's dtype as the report names it: "float32" or "float64"."""
+        return dtype_name(self.eigensolver_dtype)
+
+    @property
+    def nominal_gram_precision(self) -> str:
+        """The Gram dtype the report names when no layer was solved (so none says which it used)."""
+        return "float64" if self.mode == "float64" else "float32"
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """A dtype as reports name it: torch.float32 -> "float32"."""
+    return str(dtype).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
+class Eigensolver:
+    device: torch.device
+    precision: SolverPrecision = SolverPrecision()
+    # CPU threads of every eigvalsh call. Fixed (half the cores) so that a matrix
+    # gets the same bits whether it is solved alone or beside another one.
+    eigensolver_threads: int = 1
+
+    @classmethod
+    def create(cls, device: str = "auto", precision: SolverPrecision | str = "mixed") -> "Eigensolver":
+        """A solver on `device` ("auto", "cpu", "cuda"), in `precision` (a `SolverPrecision` or a mode's name)."""
+        if isinstance(precision, str):
+            precision = SolverPrecision(precision)
+        return cls(resolve_device(device), precision, max(1, torch.get_num_threads() // 2))
+
+    def gram_dtype(self, stored: torch.dtype) -> torch.dtype:
+        """The precision the Gram of weights stored as `stored` is formed in on this solver's device."""
+        return self.precision.gram_dtype(stored, self.device)
+
+    @property
+    def eigensolver_dtype(self) -> torch.dtype:
+        return self.precision.eigensolver_dtype
 
     def transfer(self, tensor: torch.Tensor) -> torch.Tensor:
         """Move a stored tensor to the solver's device, keeping its stored dtype.
