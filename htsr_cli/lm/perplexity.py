@@ -18,7 +18,6 @@ forward pass per token (batched), far more than a causal pass.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,14 +36,13 @@ from htsr_cli.lm.language_models import (
     run_dtype,
     token_ids,
 )
+from htsr_cli.settings import ProgressCallback
 from htsr_cli.spectra.solver import resolve_device
 
 SCHEMA = "htsr.perplexity/1"
 PURPOSE = "perplexity"
 CAUSAL, MASKED = "causal", "masked"
 _MASKED_BATCH = 32  # masked copies of a window per forward pass
-
-ProgressCallback = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)

@@ -38,13 +38,12 @@ from htsr_cli.lm.language_models import (
 )
 from htsr_cli.names import block_of, module_name
 from htsr_cli.pruning.settings import CalibrationSettings
+from htsr_cli.settings import ProgressCallback
 
 PURPOSE = "calibration (--method wanda, --allocation owl)"
 # A token is rarely more than a few characters; reading this many per token
 # needed keeps a huge corpus from being tokenized whole.
 _CHARS_PER_TOKEN_BOUND = 64
-
-ProgressCallback = Callable[[int, int, str], None]
 
 
 @dataclass
