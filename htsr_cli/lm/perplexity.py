@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from htsr_cli import __version__
-from htsr_cli.errors import HtsrError
+from htsr_cli.errors import HtsrError, brief
 from htsr_cli.lm.language_models import (
     check_seq_len,
     load_config,
@@ -144,7 +144,7 @@ def _load_model(directory: Path, source: str, objective: str, dtype: torch.dtype
                 directory, dtype=dtype, local_files_only=True, trust_remote_code=False, output_loading_info=True
             )
     except Exception as error:
-        raise HtsrError(f"{source}: transformers cannot load it as a {objective} LM ({type(error).__name__}: {' '.join(str(error).split())[:160]})") from error
+        raise HtsrError(f"{source}: transformers cannot load it as a {objective} LM ({brief(error)})") from error
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         # A random head would make any number meaningless (all-MiniLM-L6-v2 ships its encoder only).
