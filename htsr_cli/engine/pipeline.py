@@ -44,7 +44,7 @@ from htsr_cli.results.report import (
     quality_of,
     summarize,
 )
-from htsr_cli.engine.scheduling import Batch, batch_order, prefetched, run_batches, worker_pool
+from htsr_cli.engine.scheduling import Batch, batch_order, estimated_flops, prefetched, run_batches, worker_pool
 from htsr_cli.settings import AnalyzeSettings, FarmsSettings, ProgressCallback
 from htsr_cli.spectra.solver import GRAM_BUDGET_BYTES, Eigensolver
 
@@ -579,7 +579,7 @@ def _solve_share(
     Shares are cut by estimated flops, so a rank reads (and opens the shards of)
     only its own tensors. Other ranks return None.
     """
-    share = run.share([distributed.estimated_flops(spec, settings.farms) for spec in specs])
+    share = run.share([estimated_flops(spec, settings.farms) for spec in specs])
     mine = solve_layers(
         checkpoint,
         [specs[index] for index in share],
