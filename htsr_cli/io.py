@@ -244,7 +244,7 @@ def write_atomic(path: PathLike, data: str | bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())  # a full disk shows here, before the old file is replaced
         # mkstemp creates 0600; give the file the permissions open() would have.
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except OSError as error:
         Path(tmp).unlink(missing_ok=True)
@@ -274,7 +274,8 @@ def remove_live_temp_files() -> None:
         _live_temp_files.discard(tmp)
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's file-mode creation mask (it can only be read by setting it and back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 from htsr_cli.errors import HtsrError, InvalidSetting
 
-XminMethod = Literal["ks", "median", "peak"]
+ProgressCallback = Callable[[int, int, str], None]
+"""The callback every long-running library call accepts (`analyze`, `prune_checkpoint`,
+`evaluate_perplexity`, writing plots or HTML): `progress(done, total, label)`, where
+`label` names the item about to be worked on ("" once all `total` are done)."""
+
 XMIN_METHODS: tuple[str, ...] = ("ks", "median", "peak")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 # The names of the precision modes (`--precision`); what each computes in is

@@ -28,9 +28,11 @@ from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from conftest import FIXTURES, REPO
 from htsr_cli.engine import distributed
+from htsr_cli.engine.distributed import collective
 from htsr_cli.engine.pipeline import analyze
 from htsr_cli.checkpoints import open_checkpoint, sharded
-from htsr_cli.engine.distributed import Launch, RankFailed, estimated_flops, partition, settings_from_json
+from htsr_cli.engine.distributed import Launch, RankFailed, settings_from_json
+from htsr_cli.engine.scheduling import estimated_flops, partition
 from htsr_cli.errors import HtsrError
 from htsr_cli.spectra.matrices import describe
 from htsr_cli.settings import AnalyzeSettings, FarmsSettings
@@ -98,7 +100,7 @@ def test_settings_survive_the_job_message():
 
 def test_chunks_cut_the_concatenation_at_fixed_sizes():
     tensors = [torch.arange(3.0), torch.arange(5, dtype=torch.float32) + 10, torch.empty(0), torch.ones(4)]
-    chunks = list(distributed._chunks(tensors, 4))
+    chunks = list(collective._chunks(tensors, 4))
     assert [chunk.numel() for chunk in chunks] == [4, 4, 4]
     assert all(chunk.dtype == torch.float64 for chunk in chunks)
     assert torch.equal(torch.cat(chunks), torch.cat([tensor.double() for tensor in tensors]))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from htsr_cli.checkpoints.hf_directory import SAFETENSORS_INDEX, TORCH_INDEX, has_weights
 from htsr_cli.errors import HtsrError
+from htsr_cli.io import os_reason
 from htsr_cli.checkpoints.sources import HubId
 
 _TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
@@ -110,7 +111,7 @@ def _download(hub: HubId, cache_dir: str) -> Path:
         ) from error
     except OSError as error:  # a full disk, an unwritable cache
         raise HtsrError(
-            f"{label}: download into {cache_dir} failed ({error.strerror or error})"
+            f"{label}: download into {cache_dir} failed ({os_reason(error)})"
         ) from error
     raise HtsrError(
         f"{label}: no weights found on the hub "

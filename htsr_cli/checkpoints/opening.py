@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from htsr_cli.checkpoints.base import Checkpoint, TensorInfo
+from htsr_cli.checkpoints.base import Checkpoint
 from htsr_cli.checkpoints.hf_directory import open_directory
 from htsr_cli.checkpoints.hub import resolve_repo
 from htsr_cli.checkpoints.parametrized import with_effective_weights

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
@@ -31,7 +30,7 @@ from htsr_cli.checkpoints import Checkpoint, open_checkpoint
 from htsr_cli.errors import HtsrError, InvalidSetting
 from htsr_cli.spectra.farms import FarmsResult, farms_fit
 from htsr_cli.spectra.fit import fit_failure_reason, guarded_fit
-from htsr_cli.spectra.matrices import MatrixSpec, as_slices, matrix_specs, merge_runs
+from htsr_cli.spectra.matrices import CONV_KINDS, MatrixSpec, as_slices, matrix_specs, merge_runs
 from htsr_cli.spectra.memory import available_bytes, format_bytes
 from htsr_cli.spectra.metrics import spectral_metrics
 from htsr_cli.results.report import (
@@ -47,16 +46,14 @@ from htsr_cli.results.report import (
     report_settings,
     summarize,
 )
-from htsr_cli.engine.scheduling import Batch, batch_order, prefetched, run_batches, worker_pool
-from htsr_cli.settings import AnalyzeSettings, FarmsSettings
+from htsr_cli.engine.scheduling import Batch, batch_order, estimated_flops, prefetched, run_batches, worker_pool
+from htsr_cli.settings import AnalyzeSettings, FarmsSettings, ProgressCallback
 from htsr_cli.spectra.solver import GRAM_BUDGET_BYTES, Eigensolver, SolverPrecision, dtype_name
 
-CONV_KINDS = ("conv1d", "conv2d")
 FIT_THREADS = 8  # CPU threads fitting beside a GPU's solves, at most
 FIT_BACKLOG = 4  # per fit thread: fits waiting before the GPU solves wait for them
 
 Source = str | PathLike | torch.nn.Module | Mapping[str, torch.Tensor]
-ProgressCallback = Callable[[int, int, str], None]
 
 
 def select_layers(specs: list[MatrixSpec], pattern: str | None) -> list[MatrixSpec]:
@@ -587,7 +584,7 @@ def _solve_share(
     Shares are cut by estimated flops, so a rank reads (and opens the shards of)
     only its own tensors. Other ranks return None.
     """
-    share = run.share([distributed.estimated_flops(spec, settings.farms) for spec in specs])
+    share = run.share([estimated_flops(spec, settings.farms) for spec in specs])
     mine = solve_layers(
         checkpoint,
         [specs[index] for index in share],

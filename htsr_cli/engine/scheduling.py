@@ -11,6 +11,9 @@
 - `run_batches`: at most `slots` batches in flight; the next batch starts as soon
   as any running one finishes (not first-in-first-out), and only while the
   memory of the batches in flight stays within the budget.
+- `estimated_flops` and `partition`: what solving a matrix costs, from its
+  shape alone, and the shares of the ranks under torchrun cut by that cost
+  (longest first, so the ranks finish together; see engine/distributed/).
 
 A matrix's numbers never depend on its batch or on what runs beside it (see
 solver.py), so none of this changes a result.
@@ -18,6 +21,8 @@ solver.py), so none of this changes a result.
 
 from __future__ import annotations
 
+import heapq
+import math
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -28,7 +33,9 @@ from typing import TypeVar
 
 import torch
 
-from htsr_cli.spectra.matrices import MatrixSpec
+from htsr_cli.settings import FarmsSettings
+from htsr_cli.spectra.farms import conv_divisions, window_grid
+from htsr_cli.spectra.matrices import CONV_KINDS, MatrixSpec
 
 MAX_BATCH_SLICES = 256  # matrices per batched solve, whatever their size
 PREFETCH = 2  # items the loader thread may run ahead
@@ -204,3 +211,44 @@ def run_batches(
             for future in in_flight:
                 future.cancel()
             raise
+
+
+# --- the cost model: what a matrix costs, and each rank's share under torchrun ----------
+
+
+def _solve_flops(batch: int, rows: int, cols: int) -> float:
+    """Gram (2 long short^2) plus the eigensolver's reduction to tridiagonal form (4/3 short^3), per matrix."""
+    short, long = min(rows, cols), max(rows, cols)
+    return batch * (2.0 * long * short * short + 4.0 / 3.0 * short**3)
+
+
+def estimated_flops(spec: MatrixSpec, farms: FarmsSettings | None = None) -> float:
+    """What solving one spec costs, from its shape alone: its slices, and its FARMS windows when asked."""
+    if spec.skip_reason is not None:
+        return 0.0  # never read
+    rows, cols = spec.shape[0], spec.shape[1]
+    batch = math.prod(spec.shape[2:])
+    flops = _solve_flops(batch, rows, cols)
+    if farms is None:
+        return flops
+    if spec.kind in CONV_KINDS:
+        blocks = conv_divisions(rows, cols, farms.q)
+        return flops + _solve_flops(batch * blocks.count, blocks.height, blocks.width)
+    grid = window_grid(rows, cols, farms)
+    return flops + _solve_flops(grid.count, grid.height, grid.width)
+
+
+def partition(costs: list[float], ranks: int) -> list[list[int]]:
+    """Indices of `costs` per rank, longest-processing-time first.
+
+    The costliest remaining item goes to the least-loaded rank (the lowest rank
+    on ties), so every rank computes the same partition. Each rank's indices
+    ascend: a rank reads its tensors in storage order, each shard once.
+    """
+    loads = [(0.0, rank) for rank in range(ranks)]
+    shares: list[list[int]] = [[] for _ in range(ranks)]
+    for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        load, rank = heapq.heappop(loads)
+        shares[rank].append(index)
+        heapq.heappush(loads, (load + costs[index], rank))
+    return [sorted(share) for share in shares]

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from htsr_cli.checkpoints.hub import resolve_repo
-from htsr_cli.errors import HtsrError
+from htsr_cli.errors import HtsrError, brief
+from htsr_cli.io import os_reason
 from htsr_cli.checkpoints.sources import HubId, locate
 
 
@@ -60,7 +61,7 @@ def load_config(directory: Path, source: str, purpose: str) -> Any:
             return transformers.AutoConfig.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
     except Exception as error:  # no config.json, an unknown model_type, remote code: one line for each
         raise HtsrError(
-            f"{source}: {purpose} needs a config.json that transformers can instantiate ({_brief(error)})"
+            f"{source}: {purpose} needs a config.json that transformers can instantiate ({brief(error)})"
         ) from error
 
 
@@ -71,7 +72,7 @@ def load_tokenizer(directory: Path, source: str, purpose: str) -> Any:
         with quiet_transformers():
             return transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
     except Exception as error:
-        raise HtsrError(f"{source}: {purpose} needs the model's tokenizer files beside it ({_brief(error)})") from error
+        raise HtsrError(f"{source}: {purpose} needs the model's tokenizer files beside it ({brief(error)})") from error
 
 
 def run_dtype(device: torch.device, stored: torch.dtype | str | None) -> torch.dtype:
@@ -110,7 +111,7 @@ def read_text(path: Path, option: str, limit: int | None = None) -> str:
     except UnicodeDecodeError as error:
         raise HtsrError(f"{option} {path}: not UTF-8 text (byte {error.start})") from None
     except OSError as error:
-        raise HtsrError(f"{option} {path}: cannot read ({error.strerror or error})") from None
+        raise HtsrError(f"{option} {path}: cannot read ({os_reason(error)})") from None
     if not text.strip():
         raise HtsrError(f"{option} {path}: the file is empty")
     return text
@@ -120,8 +121,3 @@ def token_ids(tokenizer: Any, text: str, special_tokens: bool) -> list[int]:
     """The whole text as one token sequence (the tokenizer's own BOS/EOS only with `special_tokens`)."""
     with quiet_transformers():
         return list(tokenizer(text, add_special_tokens=special_tokens)["input_ids"])
-
-
-def _brief(error: BaseException) -> str:
-    text = " ".join(str(error).split())[:200]
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__

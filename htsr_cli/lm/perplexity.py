@@ -18,7 +18,6 @@ forward pass per token (batched), far more than a causal pass.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 
 from htsr_cli import __version__
-from htsr_cli.errors import HtsrError
+from htsr_cli.errors import HtsrError, brief
 from htsr_cli.lm.language_models import (
     check_seq_len,
     load_config,
@@ -37,14 +36,13 @@ from htsr_cli.lm.language_models import (
     run_dtype,
     token_ids,
 )
+from htsr_cli.settings import ProgressCallback
 from htsr_cli.spectra.solver import resolve_device
 
 SCHEMA = "htsr.perplexity/1"
 PURPOSE = "perplexity"
 CAUSAL, MASKED = "causal", "masked"
 _MASKED_BATCH = 32  # masked copies of a window per forward pass
-
-ProgressCallback = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -146,7 +144,7 @@ def _load_model(directory: Path, source: str, objective: str, dtype: torch.dtype
                 directory, dtype=dtype, local_files_only=True, trust_remote_code=False, output_loading_info=True
             )
     except Exception as error:
-        raise HtsrError(f"{source}: transformers cannot load it as a {objective} LM ({type(error).__name__}: {' '.join(str(error).split())[:160]})") from error
+        raise HtsrError(f"{source}: transformers cannot load it as a {objective} LM ({brief(error)})") from error
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         # A random head would make any number meaningless (all-MiniLM-L6-v2 ships its encoder only).

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from htsr_cli.checkpoints import Checkpoint
-from htsr_cli.errors import HtsrError
+from htsr_cli.errors import HtsrError, brief
 from htsr_cli.lm.language_models import (
     check_seq_len,
     load_config,
@@ -38,13 +38,12 @@ from htsr_cli.lm.language_models import (
 )
 from htsr_cli.names import block_of, module_name
 from htsr_cli.pruning.settings import CalibrationSettings
+from htsr_cli.settings import ProgressCallback
 
 PURPOSE = "calibration (--method wanda, --allocation owl)"
 # A token is rarely more than a few characters; reading this many per token
 # needed keeps a huge corpus from being tokenized whole.
 _CHARS_PER_TOKEN_BOUND = 64
-
-ProgressCallback = Callable[[int, int, str], None]
 
 
 @dataclass
@@ -215,8 +214,7 @@ def _one_block_model(transformers: Any, config: Any, dtype: torch.dtype, source:
             return transformers.AutoModel.from_config(small, dtype=dtype, trust_remote_code=False)
     except Exception as error:
         raise HtsrError(
-            f"{source}: calibration needs a model transformers can instantiate "
-            f"({type(error).__name__}: {' '.join(str(error).split())[:160]})"
+            f"{source}: calibration needs a model transformers can instantiate ({brief(error)})"
         ) from error
 
 

@@ -36,7 +36,7 @@ from htsr_cli.checkpoints.safetensors_file import SafetensorsFile
 from htsr_cli.checkpoints.statedict import unwrap_state_dict
 from htsr_cli.checkpoints.torchfile import is_torch_file, load_torch_object
 from htsr_cli.errors import HtsrError
-from htsr_cli.io import check_output_paths
+from htsr_cli.io import check_output_paths, current_umask
 
 RECORD = "htsr-prune.json"
 # Model files of other frameworks and exports: copying them would ship dense weights beside the pruned ones.
@@ -78,7 +78,7 @@ def staged_output(output: Path) -> Iterator[Path]:
         previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         yield staging
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private
         _replace_directory(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -104,12 +104,6 @@ def _replace_directory(staging: Path, output: Path) -> None:
         os.rename(old / "previous", output)
         raise
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def copy_other_files(root: Path, weight_files: list[Path], staging: Path) -> tuple[list[str], list[dict[str, str]]]:

@@ -41,10 +41,10 @@ from htsr_cli.pruning.calibration import HookedLinear, run_blocks
 from htsr_cli.pruning.layout import RECORD, Pruner, copy_other_files, output_checks, rewrite_weights, staged_output
 from htsr_cli.pruning.masks import magnitude_mask, outlier_ratio, row_balanced_mask, wanda_scores
 from htsr_cli.pruning.settings import PruneSettings
+from htsr_cli.settings import ProgressCallback
 from htsr_cli.spectra.solver import resolve_device
 
 SCHEMA = "htsr.prune/1"
-ProgressCallback = Callable[[int, int, str], None]
 
 
 def prune_checkpoint(

@@ -20,7 +20,6 @@ import base64
 import math
 import re
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Callable
 from html import escape
 from typing import Any
 
@@ -34,6 +33,7 @@ from htsr_cli.render.plots import (
 )
 from htsr_cli.results.report import FARMS_FIELDS, LayerResult, Report
 from htsr_cli.render.tables import TABLE_COLUMNS, quality_class, summary_rows
+from htsr_cli.settings import ProgressCallback
 
 HTML_DPI = 80  # small layer PNGs: a 7B model embeds a couple of hundred of them
 SVG = "http://www.w3.org/2000/svg"
@@ -106,8 +106,6 @@ SCRIPT = """
   document.body.setAttribute("data-ready", "1");
 })();
 """
-
-Progress = Callable[[int, int, str], None]
 
 
 def _png_uri(png: bytes) -> str:
@@ -207,7 +205,7 @@ def _plot_for(report: Report, layer: LayerResult, dpi: int) -> bytes | None:
     return figure_bytes(fit_diagnostics_figure(layer, spectra, method, report.checkpoint), "png", dpi)
 
 
-def render_html(report: Report, dpi: int = HTML_DPI, progress: Progress | None = None) -> str:
+def render_html(report: Report, dpi: int = HTML_DPI, progress: ProgressCallback | None = None) -> str:
     """The whole report page. Layers whose spectra are in `report.spectra` get a fit-diagnostics
     plot (`dpi` sets its resolution); without spectra the page says how to save them.
     `progress(done, total, layer)` is called as each layer is drawn."""

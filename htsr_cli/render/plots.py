@@ -21,7 +21,7 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +39,7 @@ from htsr_cli.spectra.fit import KS_MIN_EIGENVALUE, candidate_grid, hill_alphas,
 from htsr_cli.io import write_atomic
 from htsr_cli.results.report import QUALITY_CLASSES, LayerResult, Report, quality_of
 from htsr_cli.render.terminal import shorten_middle
+from htsr_cli.settings import ProgressCallback
 
 FORMATS = ("png", "svg", "pdf")
 DEFAULT_DPI = 150
@@ -501,12 +502,9 @@ def overview_figure(report: Report) -> Figure:
 # ---------------------------------------------------------------- files
 
 
-Progress = Callable[[int, int, str], None]
-
-
 def write_plots(
     report: Report, directory: str | Path, fmt: str = "png", dpi: int = DEFAULT_DPI,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> list[Path]:
     """Write overview.<fmt> first, then one ESD per analyzed layer into `directory` and
     one fit-diagnostics figure per layer into `directory/fit/` (created if missing).

@@ -16,8 +16,6 @@ from htsr_cli.render.outputs import Column, format_cell, markdown_code, to_csv, 
 from htsr_cli.results.report import FARMS_FIELDS, LayerResult, Report
 from htsr_cli.render.terminal import fit_columns, hidden_note
 
-REPORT_FORMATS = ("table", "json", "csv", "markdown")
-
 QUALITY_STYLES = {"ok": "green", "under-trained": "yellow", "over-trained": "red", "unknown": "dim"}
 QUALITY_CSS = {"ok": "#2ca02c", "under-trained": "#e07000", "over-trained": "#d62728", "unknown": "#888"}
 

@@ -81,7 +81,6 @@ IDENTIFIER = Kind(
 TEXT = Kind(lambda value: isinstance(value, str), "a string")
 NAME = Kind(lambda value: isinstance(value, str) and value != "", "a non-empty string")
 COUNT = Kind(lambda value: _is_int(value) and value >= 0, "a whole number >= 0")
-BOOLEAN = Kind(lambda value: isinstance(value, bool), "true or false")
 SHAPE = Kind(lambda value: isinstance(value, list) and all(COUNT.test(size) for size in value), "a list of sizes")
 OBJECT = Kind(lambda value: isinstance(value, dict), "an object")
 LIST = Kind(lambda value: isinstance(value, list), "a list")

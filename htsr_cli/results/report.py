@@ -35,22 +35,6 @@ FIT_FAILED = "fit-failed"
 # Quality classes (algorithms.md section 4).
 QUALITY_CLASSES = ("ok", "under-trained", "over-trained", "unknown")
 
-METRIC_FIELDS = (
-    "num_evals",
-    "alpha",
-    "xmin",
-    "ks_distance",
-    "sigma",
-    "tail_size",
-    "lambda_max",
-    "log_spectral_norm",
-    "log_norm",
-    "stable_rank",
-    "alpha_weighted",
-    "log_alpha_norm",
-    "entropy",
-    "quality",
-)
 FARMS_FIELDS = ("alpha_farms", "xmin_farms", "ks_distance_farms", "farms_windows", "farms_num_evals")
 
 

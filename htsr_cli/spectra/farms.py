@@ -29,11 +29,11 @@ from dataclasses import dataclass
 import torch
 
 from htsr_cli.spectra.fit import PowerLawFit, guarded_fit
+from htsr_cli.spectra.matrices import CONV_KINDS
 from htsr_cli.settings import FarmsSettings
 from htsr_cli.spectra.solver import GRAM_BUDGET_BYTES, Eigensolver
 
 MIN_POOLED_EVALS = 5  # a layer whose FARMS pool is smaller is skipped
-CONV_KINDS = ("conv1d", "conv2d")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,9 @@ _FLOAT_DTYPES = {torch.float64, torch.float32, torch.float16, torch.bfloat16} | 
 }
 # GPT-2 and T5 names, and GGUF's (token_embd, position_embd, token_types).
 _EMBEDDING_PARTS = ("wte", "wpe", "shared", "token_embd", "position_embd", "token_types")
+# Kinds whose matrices are kernel-position slices of one conv: their pooled ESD is
+# rescaled by conv_scale, and FARMS divides them instead of sliding windows.
+CONV_KINDS = ("conv1d", "conv2d")
 EXPERTS_MODULE = "experts"
 FUSED_GATE_UP = "gate_up"
 # Models whose fused gate_up alternates gate and up columns along its last axis

@@ -25,7 +25,8 @@ import torch
 
 from htsr_cli.checkpoints.base import Checkpoint, TensorInfo
 from htsr_cli.checkpoints.order import natural_order
-from htsr_cli.errors import HtsrError
+from htsr_cli.errors import HtsrError, brief
+from htsr_cli.io import os_reason
 
 GGUF_MAGIC = b"GGUF"
 INTEGER_TYPES = ("I8", "I16", "I32", "I64")
@@ -87,7 +88,7 @@ class GgufCheckpoint(Checkpoint):
         try:
             self._reader = gguf.GGUFReader(path)
         except OSError as error:
-            raise HtsrError(f"{source}: cannot read ({error.strerror or error})") from error
+            raise HtsrError(f"{source}: cannot read ({os_reason(error)})") from error
         except Exception as error:  # the reader reports damage as ValueError, IndexError, KeyError, ...
             unknown = _UNKNOWN_TYPE.search(str(error))
             if unknown is not None:
@@ -95,8 +96,7 @@ class GgufCheckpoint(Checkpoint):
                     f"{source}: a tensor has GGML type {unknown[1]}, which gguf {gguf_version()} does not know "
                     "(a damaged file, or one newer than the installed gguf package)"
                 ) from None
-            detail = " ".join(str(error).split())[:200]
-            raise HtsrError(f"{source}: is truncated or not a valid GGUF file ({type(error).__name__}: {detail})") from None
+            raise HtsrError(f"{source}: is truncated or not a valid GGUF file ({brief(error)})") from None
         self._tensors = {tensor.name: tensor for tensor in self._reader.tensors}
         self._infos = [self._info(tensor) for tensor in self._reader.tensors]
         if not self._infos:
