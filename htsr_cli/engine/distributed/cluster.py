@@ -104,7 +104,7 @@ class Cluster:
     def next_job(self) -> dict[str, Any]:
         """What rank 0 asks for next: an analysis, or {"exit_code": N} when its command is over."""
         key = f"job/{self.analyses}"
-        watch = Liveness(self)
+        watch = Liveness(self.store, self.timeout)
         try:
             while not self.store.check([key]):
                 watch.check([0])

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -31,8 +31,23 @@ from htsr_cli.engine.scheduling import partition
 from htsr_cli.errors import HtsrError
 from htsr_cli.settings import ProgressCallback
 
-if TYPE_CHECKING:
-    from htsr_cli.engine.distributed.cluster import Cluster
+
+class Members(Protocol):
+    """What a run needs of its cluster.
+
+    cluster.Cluster creates the runs; naming it here through a Protocol
+    rather than an import keeps the two modules out of an import cycle.
+    """
+
+    rank: int
+    size: int
+    timeout: float
+    store: dist.Store
+    group: dist.ProcessGroup | None
+    grouped: bool
+
+    def ensure_group(self, device: torch.device) -> None: ...
+
 
 # How often a rank adds its finished layers to the shared count and looks for
 # another rank's error: a store round trip per layer would cost more than a
@@ -46,7 +61,7 @@ CHUNK_ELEMENTS = 1 << 23
 class Run:
     """One collective analysis: the share of each rank, barriers, the shared error, the gathers."""
 
-    def __init__(self, cluster: Cluster, prefix: str) -> None:
+    def __init__(self, cluster: Members, prefix: str) -> None:
         self.cluster = cluster
         self.rank, self.size = cluster.rank, cluster.size
         self.is_root = self.rank == 0
@@ -124,7 +139,7 @@ class Run:
         """
         self.store.set(f"{step}/{self.rank}", "1")
         arrived = self.store.add(step, 1)
-        watch = Liveness(self.cluster)
+        watch = Liveness(self.cluster.store, self.cluster.timeout)
         while True:
             self.raise_posted()
             if report is not None:

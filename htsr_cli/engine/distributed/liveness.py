@@ -12,14 +12,10 @@ import math
 import threading
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import torch.distributed as dist
 
 from htsr_cli.errors import HtsrError
-
-if TYPE_CHECKING:
-    from htsr_cli.engine.distributed.cluster import Cluster
 
 HEARTBEAT_S = 1.0
 # A rank that has not sent its first heartbeat may still be importing torch on a
@@ -52,8 +48,8 @@ def send_heartbeats(store: dist.Store, rank: int, stopped: threading.Event) -> N
 class Liveness:
     """Notices a rank whose heartbeat stopped (killed, hung, its node gone) for longer than the timeout."""
 
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
+    def __init__(self, store: dist.Store, timeout: float) -> None:
+        self.store, self.timeout = store, timeout
         self.seen: dict[int, tuple[int, float]] = {}  # rank -> (heartbeat count, when it last changed)
         self.checked = -math.inf
 
@@ -64,8 +60,8 @@ class Liveness:
             return
         self.checked = now
         for rank in ranks:
-            count = self.cluster.store.add(f"beat/{rank}", 0)
-            limit = self.cluster.timeout if count else max(self.cluster.timeout, STARTUP_GRACE_S)
+            count = self.store.add(f"beat/{rank}", 0)
+            limit = self.timeout if count else max(self.timeout, STARTUP_GRACE_S)
             if rank not in self.seen or self.seen[rank][0] != count:
                 self.seen[rank] = (count, now)
             elif now - self.seen[rank][1] > limit:
