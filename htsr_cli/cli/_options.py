@@ -5,6 +5,7 @@ command's help the same way."""
 
 from __future__ import annotations
 
+import shlex
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -84,13 +85,26 @@ DpiOpt = Annotated[int, typer.Option("--dpi", help="Resolution of raster plots (
 DEFAULT_DPI = 150  # plots.DEFAULT_DPI, here too so the CLI starts without matplotlib (a test keeps them equal)
 
 # Settings whose command-line flag is not just the parameter name with dashes.
-FLAGS = {"window": "--farms-window", "q": "--farms-q", "steps": "--farms-steps"}
+FLAGS = {
+    "window": "--farms-window", "q": "--farms-q", "steps": "--farms-steps",  # FarmsSettings
+    "m": "--owl-m", "lam": "--owl-lambda",  # OwlSettings
+}
 
 
 def as_flag(error: InvalidSetting) -> str:
-    """An invalid setting as the command line names it: `--min-evals 1: must be at least 2`."""
+    """An invalid setting as the command line names it: `--min-evals 1: must be at least 2`.
+
+    A value that was not given (None) is left out (`--target is required ...`); one
+    that is empty or has spaces is quoted as a shell would need it (`--max-memory '8 GB of RAM'`).
+    """
     flag = FLAGS.get(error.parameter, "--" + error.parameter.replace("_", "-"))
-    return f"{flag} {error.value}: {error.problem}"
+    if error.value is None:
+        return f"{flag} {error.problem}"
+    value = str(error.value)
+    if not value or any(character.isspace() for character in value):
+        value = shlex.quote(value)
+    return f"{flag} {value}: {error.problem}"
+
 
 # AlphaPruning's allocation (`htsr allocate sparsity`, `htsr prune`).
 EpsilonOpt = Annotated[float, typer.Option("--epsilon", help="Spread of the sparsities around the target, in [0, 1).")]

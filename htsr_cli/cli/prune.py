@@ -132,7 +132,6 @@ def prune(
         ),
         owl=OwlSettings(owl_m, owl_lambda),
         calibration=CalibrationSettings(calibration, samples, seq_len) if calibration is not None else None,
-        device=device.value,
         overwrite=overwrite,
     )
     with layer_progress(quiet, "pruning", unit="") as progress:
