@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from htsr_cli.errors import HtsrError, InvalidSetting
+from htsr_cli.errors import InvalidSetting
 
 ProgressCallback = Callable[[int, int, str], None]
 """The callback every long-running library call accepts (`analyze`, `prune_checkpoint`,
@@ -32,25 +32,23 @@ MIN_MEMORY_BUDGET = 2**20
 
 
 def parse_memory_size(text: str | int) -> int:
-    """Bytes from `8GB`, `512MiB`, `16G`, `1.5e9`; an HtsrError (one line) for anything else.
+    """Bytes from `8GB`, `512MiB`, `16G`, `1.5e9`; an InvalidSetting of `max_memory` (one line) for anything else.
 
     KB/MB/GB/TB are powers of 1000; K/M/G/T and KiB/MiB/GiB/TiB powers of 1024.
     """
     if isinstance(text, bool) or not isinstance(text, (int, str)):
-        raise HtsrError(f"--max-memory must be a size such as 8GB, got {text!r}")
+        raise InvalidSetting("max_memory", text, "must be a size such as 8GB")
     if isinstance(text, int):
         number, unit = float(text), ""
     else:
         match = _SIZE.match(text)
         if match is None or match[2].lower() not in _SIZE_UNITS:
-            raise HtsrError(
-                f"--max-memory {text!r}: not a size (examples: 8GB, 512MiB, 16G, 2000000000)"
-            )
+            raise InvalidSetting("max_memory", text, "not a size (examples: 8GB, 512MiB, 16G, 2000000000)")
         number, unit = float(match[1]), match[2].lower()
     size = number * _SIZE_UNITS[unit]
     if not math.isfinite(size) or size < MIN_MEMORY_BUDGET:
         hint = f"; a bare number is bytes: did you mean {number:g}GB?" if unit == "" and size > 0 else ""
-        raise HtsrError(f"--max-memory {text!r}: must be at least 1MiB{hint}")
+        raise InvalidSetting("max_memory", text, f"must be at least 1MiB{hint}")
     return int(size)
 
 

@@ -210,7 +210,7 @@ def test_memory_sizes_parse_to_bytes(number, unit, lower, space):
     text = f"{number}{' ' if space else ''}{unit.lower() if lower else unit}"
     size = number * UNITS[unit]
     if size < 2**20:
-        with pytest.raises(HtsrError, match="--max-memory"):
+        with pytest.raises(HtsrError, match="max_memory="):
             parse_memory_size(text)
     else:
         assert parse_memory_size(text) == size
@@ -222,6 +222,6 @@ def test_any_text_parses_or_is_a_one_line_user_error(text):
     try:
         size = parse_memory_size(text)
     except HtsrError as error:
-        assert "\n" not in str(error) and str(error).startswith("--max-memory")
+        assert "\n" not in str(error) and str(error).startswith("max_memory=")
     else:
         assert isinstance(size, int) and 2**20 <= size and math.isfinite(size)

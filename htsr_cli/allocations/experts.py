@@ -14,6 +14,7 @@ from typing import Any
 from htsr_cli.allocations.scores import block_means, check_metric, score_of
 from htsr_cli.errors import HtsrError, InvalidSetting
 from htsr_cli.results.report import Report
+from htsr_cli.settings import require_int
 
 SCHEMA = "htsr.experts/1"
 EXPERTS_PER_BLOCK = 5  # default total = 5 x number of blocks
@@ -28,8 +29,10 @@ class ExpertSettings:
     metric: str = "alpha"  # or "alpha_farms"
 
     def __post_init__(self) -> None:
-        if self.total is not None and self.total < 1:
-            raise InvalidSetting("total", self.total, "must be at least 1")
+        if self.total is not None:
+            require_int(self.total, "total")
+            if self.total < 1:
+                raise InvalidSetting("total", self.total, "must be at least 1")
         if not -MAX_BETA <= self.beta <= MAX_BETA:  # also refuses NaN
             raise InvalidSetting(
                 "beta", self.beta,

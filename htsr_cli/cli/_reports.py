@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from htsr_cli.cli._options import CheckpointOrReportArg, Metric
 from htsr_cli.cli._output import layer_progress, note
 from htsr_cli.errors import HtsrError
 from htsr_cli.results.report import Report, is_report_file, load_report
 from htsr_cli.settings import AnalyzeSettings
 from htsr_cli.checkpoints.sources import check_source
-
-# CheckpointOrReportArg and Metric now live in _options with the other shared
-# options; they stay importable from here for the commands that import them so.
-__all__ = ["CheckpointOrReportArg", "Metric", "check_metric_available", "note_method_xmin", "reports_from"]
 
 
 def reports_from(
@@ -57,3 +52,18 @@ def check_metric_available(metric: str, farms: bool, sources: list[str]) -> None
     """alpha_farms comes only from an analysis with FARMS: refuse before a long run that cannot have it."""
     if metric == "alpha_farms" and not farms and not all(is_report_file(source) for source in sources):
         raise HtsrError("--metric alpha_farms needs FARMS alphas: add --farms to analyze the checkpoint with FARMS")
+
+
+def analysis_report(
+    source: str, metric: str, settings: AnalyzeSettings, method: str, defaults: AnalyzeSettings, quiet: bool
+) -> Report:
+    """The report an allocation reads: a saved one as it is, or the checkpoint analyzed now.
+
+    `defaults` are the method's analysis settings (its own xmin rule): a saved
+    report fitted otherwise gets a note, and options that differ from them are
+    refused for a saved report.
+    """
+    check_metric_available(metric, settings.farms is not None, [source])
+    [report] = reports_from([source], settings, quiet, defaults=defaults)
+    note_method_xmin(report, source, method, defaults.xmin, quiet)
+    return report

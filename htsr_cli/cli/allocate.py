@@ -11,40 +11,25 @@ import typer
 
 from htsr_cli.allocations.experts import DEFAULT_BETA, ExpertSettings, expert_plan
 from htsr_cli.allocations.sparsity import SparsitySettings, sparsity_plan
+from htsr_cli.cli._analysis_options import analysis_options
 from htsr_cli.cli._options import (
     CheckpointOrReportArg,
-    ConvScaleOpt,
-    Device,
-    DeviceOpt,
     EpsilonOpt,
-    FarmsOpt,
-    FarmsQOpt,
-    FarmsStepsOpt,
-    FarmsWindowOpt,
     Granularity,
     GranularityOpt,
     HtsrCommand,
     HtsrGroup,
-    LayersOpt,
     Metric,
     MetricOpt,
-    MinEvalsOpt,
-    MaxMemoryOpt,
     NoClipOpt,
     OutputOpt,
-    Precision,
-    PrecisionOpt,
     QuietOpt,
-    Xmin,
-    XminOpt,
 )
 from htsr_cli.cli._output import emit_renderable, emit_text, stderr_console, table_width
-from htsr_cli.cli._reports import check_metric_available, note_method_xmin, reports_from
-from htsr_cli.cli.analyze import settings_from_options
+from htsr_cli.cli._reports import analysis_report
 from htsr_cli.io import check_output_paths
 from htsr_cli.results.documents import dumps_json
 from htsr_cli.render.outputs import Column, format_cell, to_csv, to_rich_table
-from htsr_cli.results.report import Report
 from htsr_cli.settings import AnalyzeSettings
 from htsr_cli.render.terminal import fit_columns
 
@@ -70,17 +55,7 @@ TotalOpt = Annotated[
     Optional[int], typer.Option("--total", help="Experts over all blocks.", show_default="5 per block")
 ]
 BetaOpt = Annotated[float, typer.Option("--beta", help="Exponent on the block score; larger concentrates experts.")]
-METHOD_XMIN = "peak"  # AlphaPruning and AlphaLoRA fit with the peak rule
-
-
-def analysis_report(
-    source: str, metric: Metric, settings: AnalyzeSettings, method: str, method_xmin: str, quiet: bool
-) -> Report:
-    """The report an allocation reads: a saved one as it is, or the checkpoint analyzed now."""
-    check_metric_available(metric.value, settings.farms is not None, [source])
-    [report] = reports_from([source], settings, quiet, defaults=AnalyzeSettings(xmin=method_xmin))
-    note_method_xmin(report, source, method, method_xmin, quiet)
-    return report
+PEAK = AnalyzeSettings(xmin="peak")  # AlphaPruning and AlphaLoRA fit with the peak rule
 
 
 def emit_plan(
@@ -97,6 +72,7 @@ def emit_plan(
 
 
 @app.command("sparsity", cls=HtsrCommand)
+@analysis_options
 def sparsity(
     source: CheckpointOrReportArg,
     target: TargetOpt,
@@ -106,17 +82,7 @@ def sparsity(
     no_clip: NoClipOpt = False,
     output_format: FormatOpt = AllocationFormat.table,
     output: OutputOpt = None,
-    farms: FarmsOpt = False,
-    xmin: XminOpt = Xmin.peak,
-    layers: LayersOpt = None,
-    device: DeviceOpt = Device.auto,
-    min_evals: MinEvalsOpt = 10,
-    conv_scale: ConvScaleOpt = 1.0,
-    farms_window: FarmsWindowOpt = 2000,
-    farms_q: FarmsQOpt = 1.0,
-    farms_steps: FarmsStepsOpt = 10,
-    precision: PrecisionOpt = Precision.mixed,
-    max_memory: MaxMemoryOpt = None,
+    analysis: AnalyzeSettings = PEAK,
     quiet: QuietOpt = False,
 ) -> None:
     """Layer-wise pruning sparsity from alpha (AlphaPruning): heavier-tailed layers are pruned less.
@@ -131,12 +97,8 @@ def sparsity(
       htsr allocate sparsity ./llama-7b --target 0.7 --farms --metric alpha_farms
     """
     settings = SparsitySettings(target, epsilon, granularity.value, clip=not no_clip, metric=metric.value)
-    analysis = settings_from_options(
-        xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers,
-        max_memory,
-    )
     check_output_paths({"-o": output}, [source])
-    plan = sparsity_plan(analysis_report(source, metric, analysis, "AlphaPruning", METHOD_XMIN, quiet), settings)
+    plan = sparsity_plan(analysis_report(source, metric.value, analysis, "AlphaPruning", PEAK, quiet), settings)
     columns = [
         Column("name", "module", justify="left"),
         Column("block", "block", justify="left"),
@@ -167,6 +129,7 @@ def sparsity(
 
 
 @app.command("experts", cls=HtsrCommand)
+@analysis_options
 def experts(
     source: CheckpointOrReportArg,
     total: TotalOpt = None,
@@ -174,17 +137,7 @@ def experts(
     metric: MetricOpt = Metric.alpha,
     output_format: FormatOpt = AllocationFormat.table,
     output: OutputOpt = None,
-    farms: FarmsOpt = False,
-    xmin: XminOpt = Xmin.peak,
-    layers: LayersOpt = None,
-    device: DeviceOpt = Device.auto,
-    min_evals: MinEvalsOpt = 10,
-    conv_scale: ConvScaleOpt = 1.0,
-    farms_window: FarmsWindowOpt = 2000,
-    farms_q: FarmsQOpt = 1.0,
-    farms_steps: FarmsStepsOpt = 10,
-    precision: PrecisionOpt = Precision.mixed,
-    max_memory: MaxMemoryOpt = None,
+    analysis: AnalyzeSettings = PEAK,
     quiet: QuietOpt = False,
 ) -> None:
     """LoRA experts per block from its mean alpha (AlphaLoRA): less-trained blocks get more.
@@ -195,12 +148,8 @@ def experts(
       htsr allocate experts run.json --beta 3
     """
     settings = ExpertSettings(total, beta, metric=metric.value)
-    analysis = settings_from_options(
-        xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers,
-        max_memory,
-    )
     check_output_paths({"-o": output}, [source])
-    plan = expert_plan(analysis_report(source, metric, analysis, "AlphaLoRA", METHOD_XMIN, quiet), settings)
+    plan = expert_plan(analysis_report(source, metric.value, analysis, "AlphaLoRA", PEAK, quiet), settings)
     columns = [
         Column("name", "block", justify="left"),
         Column("matrices", "matrices"),

@@ -8,28 +8,15 @@ from typing import Annotated, Optional
 
 import typer
 
+from htsr_cli.cli._analysis_options import analysis_options
 from htsr_cli.cli._options import (
     CheckpointArg,
-    ConvScaleOpt,
-    Device,
-    DeviceOpt,
-    FarmsOpt,
-    FarmsQOpt,
-    FarmsStepsOpt,
-    FarmsWindowOpt,
-    LayersOpt,
-    MaxMemoryOpt,
-    MinEvalsOpt,
     DEFAULT_DPI,
     DpiOpt,
     OutputOpt,
     PlotFormat,
     PlotFormatOpt,
-    Precision,
-    PrecisionOpt,
     QuietOpt,
-    Xmin,
-    XminOpt,
 )
 from htsr_cli.cli._output import (
     emit_renderable,
@@ -43,7 +30,7 @@ from htsr_cli.cli._output import (
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import check_output_paths
 from htsr_cli.render.tables import parse_columns, report_csv, report_markdown, report_table
-from htsr_cli.settings import AnalyzeSettings, FarmsSettings
+from htsr_cli.settings import AnalyzeSettings
 from htsr_cli.checkpoints.sources import check_source
 
 
@@ -54,40 +41,13 @@ class ReportFormat(str, Enum):
     markdown = "markdown"
 
 
-def settings_from_options(
-    xmin: Xmin, farms: bool, farms_window: int, farms_q: float, farms_steps: int,
-    device: Device, precision: Precision, conv_scale: float, min_evals: int, layers: str | None,
-    max_memory: str | None = None,
-) -> AnalyzeSettings:
-    """One place that turns the shared analysis flags into typed settings."""
-    return AnalyzeSettings(
-        xmin=xmin.value,
-        farms=FarmsSettings(farms_window, farms_q, farms_steps) if farms else None,
-        device=device.value,
-        precision=precision.value,
-        conv_scale=conv_scale,
-        min_evals=min_evals,
-        layers=layers,
-        max_memory=max_memory,
-    )
-
-
+@analysis_options
 def analyze(
     checkpoint: CheckpointArg,
-    farms: FarmsOpt = False,
-    xmin: XminOpt = Xmin.ks,
-    layers: LayersOpt = None,
-    device: DeviceOpt = Device.auto,
     output_format: Annotated[ReportFormat, typer.Option("--format", "-f", help="Output format (json: htsr.report/1).")] = ReportFormat.table,
     output: OutputOpt = None,
     columns: Annotated[Optional[str], typer.Option("--columns", help="Comma-separated columns for table, csv and markdown, e.g. layer,alpha,D,entropy (any report field).", show_default="fit to the terminal")] = None,
-    min_evals: MinEvalsOpt = 10,
-    conv_scale: ConvScaleOpt = 1.0,
-    farms_window: FarmsWindowOpt = 2000,
-    farms_q: FarmsQOpt = 1.0,
-    farms_steps: FarmsStepsOpt = 10,
-    precision: PrecisionOpt = Precision.mixed,
-    max_memory: MaxMemoryOpt = None,
+    settings: AnalyzeSettings = AnalyzeSettings(),
     quiet: QuietOpt = False,
     plots: Annotated[Optional[Path], typer.Option("--plots", help="Write overview, one ESD and one fit-diagnostics plot per analyzed layer into this directory.", file_okay=False, show_default="no plots")] = None,
     plot_format: PlotFormatOpt = PlotFormat.png,
@@ -112,9 +72,6 @@ def analyze(
     chosen = parse_columns(columns) if columns is not None else None
     if chosen is not None and output_format is ReportFormat.json:
         raise HtsrError("--columns applies to the table, csv and markdown formats; json always has every field")
-    settings = settings_from_options(
-        xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers, max_memory
-    )
     check_source(checkpoint)
     check_output_paths({"-o": output, "--save-spectra": spectra_file, "--plots": plots}, [checkpoint])
     from htsr_cli.engine.pipeline import analyze as run_analysis  # lazy torch, see app.py

@@ -10,28 +10,14 @@ import typer
 from rich.console import Group
 from rich.text import Text
 
+from htsr_cli.cli._analysis_options import analysis_options
 from htsr_cli.cli._options import (
-    ConvScaleOpt,
-    Device,
-    DeviceOpt,
-    FarmsOpt,
-    FarmsQOpt,
-    FarmsStepsOpt,
-    FarmsWindowOpt,
-    LayersOpt,
-    MaxMemoryOpt,
     Metric,
-    MinEvalsOpt,
     OutputOpt,
-    Precision,
-    PrecisionOpt,
     QuietOpt,
-    Xmin,
-    XminOpt,
 )
 from htsr_cli.cli._output import emit_renderable, emit_text, table_width
 from htsr_cli.cli._reports import check_metric_available, reports_from
-from htsr_cli.cli.analyze import settings_from_options
 from htsr_cli.results.compare import Comparison, LayerDelta, compare_reports
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import check_output_paths
@@ -39,6 +25,7 @@ from htsr_cli.results.documents import dumps_json
 from htsr_cli.render.outputs import Column, format_cell, markdown_text, printable, to_csv, to_markdown, to_rich_table
 from htsr_cli.results.report import Report, is_report_file
 from htsr_cli.render.terminal import fit_columns
+from htsr_cli.settings import AnalyzeSettings
 
 
 class CompareFormat(str, Enum):
@@ -105,23 +92,14 @@ def _notes(comparison: Comparison) -> list[str]:
     return [printable(note) for note in notes]
 
 
+@analysis_options
 def compare(
     a: Annotated[str, typer.Argument(metavar="A", help="The reference: a checkpoint or a saved report JSON.", show_default=False)],
     b: Annotated[str, typer.Argument(metavar="B", help="The one to compare with A: a checkpoint or a saved report JSON.", show_default=False)],
     metric: Annotated[Metric, typer.Option("--metric", help="Which alpha to compare (alpha_farms needs --farms or FARMS reports).")] = Metric.alpha,
     output_format: Annotated[CompareFormat, typer.Option("--format", "-f", help="Output format.")] = CompareFormat.table,
     output: OutputOpt = None,
-    farms: FarmsOpt = False,
-    xmin: XminOpt = Xmin.ks,
-    layers: LayersOpt = None,
-    device: DeviceOpt = Device.auto,
-    min_evals: MinEvalsOpt = 10,
-    conv_scale: ConvScaleOpt = 1.0,
-    farms_window: FarmsWindowOpt = 2000,
-    farms_q: FarmsQOpt = 1.0,
-    farms_steps: FarmsStepsOpt = 10,
-    precision: PrecisionOpt = Precision.mixed,
-    max_memory: MaxMemoryOpt = None,
+    settings: AnalyzeSettings = AnalyzeSettings(),
     quiet: QuietOpt = False,
     weights: Annotated[bool, typer.Option("--weights", help="Also compare the weights: ||W_B - W_A||_F / ||W_A||_F and the relative change of lambda_max per layer (A and B must be checkpoints; read one matrix at a time).")] = False,
 ) -> None:
@@ -137,11 +115,7 @@ def compare(
       htsr compare ./Llama-3-8B ./Llama-3-8B-Q4_K_M.gguf --weights
     """
     check_output_paths({"-o": output}, [a, b])
-    settings = settings_from_options(
-        xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers,
-        max_memory,
-    )
-    check_metric_available(metric.value, farms, [a, b])
+    check_metric_available(metric.value, settings.farms is not None, [a, b])
     if weights:
         saved = [source for source in (a, b) if is_report_file(source)]
         if saved:
@@ -151,7 +125,7 @@ def compare(
     if weights:
         from htsr_cli.engine.weight_differences import weight_errors  # lazy torch, see app.py
 
-        comparison = comparison.with_weight_errors(weight_errors(a, b, _weight_pairs(comparison, report_a, report_b), device.value))
+        comparison = comparison.with_weight_errors(weight_errors(a, b, _weight_pairs(comparison, report_a, report_b), settings.device))
     columns = _columns(comparison)
     rows = [_row(layer, comparison.metric) for layer in comparison.layers]
     if output_format is CompareFormat.table:

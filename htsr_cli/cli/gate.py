@@ -10,29 +10,15 @@ from typing import Annotated, Optional
 
 import typer
 
+from htsr_cli.cli._analysis_options import analysis_options
 from htsr_cli.cli._options import (
     CheckpointOrReportArg,
-    ConvScaleOpt,
-    Device,
-    DeviceOpt,
-    FarmsOpt,
-    FarmsQOpt,
-    FarmsStepsOpt,
-    FarmsWindowOpt,
-    LayersOpt,
-    MaxMemoryOpt,
     Metric,
-    MinEvalsOpt,
     OutputOpt,
-    Precision,
-    PrecisionOpt,
     QuietOpt,
-    Xmin,
-    XminOpt,
 )
 from htsr_cli.cli._output import emit_renderable, emit_text, wrote
 from htsr_cli.cli._reports import check_metric_available, reports_from
-from htsr_cli.cli.analyze import settings_from_options
 from htsr_cli.errors import HtsrError
 from htsr_cli.gate.config import find_pyproject, parse_max_flagged, resolve_config
 from htsr_cli.gate.formats import gate_github, gate_json, gate_markdown, gate_text
@@ -41,6 +27,7 @@ from htsr_cli.gate.rules import check_baseline_use, evaluate
 from htsr_cli.io import check_output_paths, write_atomic
 from htsr_cli.results.documents import dumps_json
 from htsr_cli.results.report import is_report_file
+from htsr_cli.settings import AnalyzeSettings
 from htsr_cli.checkpoints.sources import check_source
 
 
@@ -63,6 +50,7 @@ def append_step_summary(markdown: str) -> None:
         raise HtsrError(f"GITHUB_STEP_SUMMARY {path}: cannot append the summary ({error.strerror})") from None
 
 
+@analysis_options
 def gate(
     source: CheckpointOrReportArg,
     config: Annotated[Optional[Path], typer.Option("--config", help="A TOML file with a tool.htsr.gate table (e.g. a pyproject.toml).", dir_okay=False, show_default="nearest pyproject.toml")] = None,
@@ -78,17 +66,7 @@ def gate(
     max_alpha_drift: Annotated[Optional[float], typer.Option("--max-alpha-drift", help="Largest allowed |alpha - baseline alpha| per layer; needs --baseline (config: max_alpha_drift).")] = None,
     require_layers: Annotated[Optional[bool], typer.Option("--require-layers/--no-require-layers", help="Fail on any skipped or failed layer (config: require_layers).", show_default=False)] = None,
     allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Pass when no layer has an alpha to check; by default that fails (config: allow_empty).")] = False,
-    farms: FarmsOpt = False,
-    xmin: XminOpt = Xmin.ks,
-    layers: LayersOpt = None,
-    device: DeviceOpt = Device.auto,
-    min_evals: MinEvalsOpt = 10,
-    conv_scale: ConvScaleOpt = 1.0,
-    farms_window: FarmsWindowOpt = 2000,
-    farms_q: FarmsQOpt = 1.0,
-    farms_steps: FarmsStepsOpt = 10,
-    precision: PrecisionOpt = Precision.mixed,
-    max_memory: MaxMemoryOpt = None,
+    settings: AnalyzeSettings = AnalyzeSettings(),
     quiet: QuietOpt = False,
 ) -> None:
     r"""Check HT-SR rules on a checkpoint or a saved report and exit 1 if any is violated.
@@ -131,11 +109,7 @@ def gate(
         [*sources, config if config is not None else find_pyproject(Path.cwd())],
     )
     check_baseline_use(rules, baseline is not None)  # before a possibly long analysis
-    check_metric_available(rules.metric, farms, [source])
-    settings = settings_from_options(
-        xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers,
-        max_memory,
-    )
+    check_metric_available(rules.metric, settings.farms is not None, [source])
     report, *reference = reports_from(sources, settings, quiet)
     result = evaluate(report, rules, reference[0] if reference else None)
     if junit is not None:

@@ -9,38 +9,26 @@ from typing import Annotated, Any, Optional
 import typer
 import yaml
 
-from htsr_cli.allocations.learning_rates import LrSettings, lr_schedule, modules_of
+from htsr_cli.allocations.learning_rates import MAPS, SCHEDULES, UNITS, LrSettings, lr_schedule, modules_of
+from htsr_cli.cli._analysis_options import analysis_options
 from htsr_cli.cli._options import (
     CheckpointOrReportArg,
-    ConvScaleOpt,
-    Device,
-    DeviceOpt,
-    FarmsOpt,
-    FarmsQOpt,
-    FarmsStepsOpt,
-    FarmsWindowOpt,
     HtsrCommand,
     HtsrGroup,
-    LayersOpt,
     Metric,
     MetricOpt,
-    MinEvalsOpt,
-    MaxMemoryOpt,
     OutputOpt,
-    Precision,
-    PrecisionOpt,
     QuietOpt,
-    Xmin,
-    XminOpt,
+    choice,
 )
 from htsr_cli.cli._output import emit_renderable, emit_text, note, table_width
-from htsr_cli.cli.allocate import analysis_report
-from htsr_cli.cli.analyze import settings_from_options
+from htsr_cli.cli._reports import analysis_report
 from htsr_cli.io import check_output_paths
 from htsr_cli.results.documents import dumps_json
 from htsr_cli.render.outputs import Column, format_cell, to_csv, to_rich_table
 from htsr_cli.results.report import is_report_file
 from htsr_cli.render.terminal import fit_columns
+from htsr_cli.settings import AnalyzeSettings
 
 app = typer.Typer(
     cls=HtsrGroup,
@@ -50,23 +38,9 @@ app = typer.Typer(
 )
 
 
-class Map(str, Enum):
-    linear = "linear"
-    sqrt = "sqrt"
-    log2 = "log2"
-    step = "step"
-    sigmoid = "sigmoid"
-
-
-class Unit(str, Enum):
-    layer = "layer"
-    block = "block"
-
-
-class Schedule(str, Enum):
-    cosine = "cosine"
-    linear = "linear"
-    constant = "constant"
+Map = choice("Map", MAPS)
+Unit = choice("Unit", UNITS)
+Schedule = choice("Schedule", SCHEDULES)
 
 
 class ScheduleFormat(str, Enum):
@@ -90,7 +64,7 @@ FormatOpt = Annotated[
     typer.Option("--format", "-f", help="Output format; yaml and json load into TempBalance.from_schedule.",
                  show_default="table on a terminal, else json"),
 ]
-METHOD_XMIN = "median"  # TempBalance fits with the median rule
+MEDIAN = AnalyzeSettings(xmin="median")  # TempBalance fits with the median rule
 TEXT_DIGITS = 12  # significant digits in CSV: full float noise (0.07500000000000001) helps no reader
 
 
@@ -99,6 +73,7 @@ def _rounded(value: Any) -> Any:
 
 
 @app.command("export", cls=HtsrCommand)
+@analysis_options
 def export(
     source: CheckpointOrReportArg,
     base_lr: BaseLrOpt,
@@ -111,17 +86,7 @@ def export(
     schedule: ScheduleOpt = Schedule.cosine,
     output_format: FormatOpt = None,
     output: OutputOpt = None,
-    farms: FarmsOpt = False,
-    xmin: XminOpt = Xmin.median,
-    layers: LayersOpt = None,
-    device: DeviceOpt = Device.auto,
-    min_evals: MinEvalsOpt = 10,
-    conv_scale: ConvScaleOpt = 1.0,
-    farms_window: FarmsWindowOpt = 2000,
-    farms_q: FarmsQOpt = 1.0,
-    farms_steps: FarmsStepsOpt = 10,
-    precision: PrecisionOpt = Precision.mixed,
-    max_memory: MaxMemoryOpt = None,
+    analysis: AnalyzeSettings = MEDIAN,
     quiet: QuietOpt = False,
 ) -> None:
     """Export per-module LR factors and LRs computed once from a checkpoint's (or a saved report's) alphas.
@@ -143,11 +108,7 @@ def export(
         metric=metric.value, epochs=epochs, schedule=schedule.value,
     )
     check_output_paths({"-o": output}, [source])
-    analysis = settings_from_options(
-        xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers,
-        max_memory,
-    )
-    report = analysis_report(source, metric, analysis, "TempBalance", METHOD_XMIN, quiet)
+    report = analysis_report(source, metric.value, analysis, "TempBalance", MEDIAN, quiet)
     if is_report_file(source):
         modules: list[str] = []
         note(f"{source} is a report: the schedule lists weight matrices only (no BatchNorm modules)", quiet)

@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from htsr_cli.cli._analysis_options import XminOpt
 from htsr_cli.cli._options import (
     CheckpointArg,
     Device,
@@ -24,7 +25,6 @@ from htsr_cli.cli._options import (
     NoClipOpt,
     QuietOpt,
     Xmin,
-    XminOpt,
 )
 from htsr_cli.cli._output import emit_renderable, layer_progress
 from htsr_cli.render.outputs import Column, to_rich_table
@@ -132,7 +132,6 @@ def prune(
         ),
         owl=OwlSettings(owl_m, owl_lambda),
         calibration=CalibrationSettings(calibration, samples, seq_len) if calibration is not None else None,
-        device=device.value,
         overwrite=overwrite,
     )
     with layer_progress(quiet, "pruning", unit="") as progress:

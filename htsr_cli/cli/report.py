@@ -8,26 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from htsr_cli.cli._analysis_options import analysis_options
 from htsr_cli.cli._options import (
     CheckpointOrReportArg,
-    ConvScaleOpt,
-    Device,
-    DeviceOpt,
-    FarmsOpt,
-    FarmsQOpt,
-    FarmsStepsOpt,
-    FarmsWindowOpt,
-    LayersOpt,
-    MaxMemoryOpt,
-    MinEvalsOpt,
-    Precision,
-    PrecisionOpt,
     QuietOpt,
-    Xmin,
-    XminOpt,
 )
 from htsr_cli.cli._output import layer_progress, note, note_missing_glyphs, wrote
-from htsr_cli.cli.analyze import settings_from_options
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import check_output_paths, write_atomic
 from htsr_cli.results.report import Report, is_report_file, load_report, spectra_path_for
@@ -53,6 +39,7 @@ def _saved_report(path: str, spectra: Path | None, quiet: bool) -> Report:
     return report
 
 
+@analysis_options
 def report(
     source: CheckpointOrReportArg,
     output: Annotated[
@@ -67,17 +54,7 @@ def report(
             show_default="beside REPORT.json",
         ),
     ] = None,
-    farms: FarmsOpt = False,
-    xmin: XminOpt = Xmin.ks,
-    layers: LayersOpt = None,
-    device: DeviceOpt = Device.auto,
-    min_evals: MinEvalsOpt = 10,
-    conv_scale: ConvScaleOpt = 1.0,
-    farms_window: FarmsWindowOpt = 2000,
-    farms_q: FarmsQOpt = 1.0,
-    farms_steps: FarmsStepsOpt = 10,
-    precision: PrecisionOpt = Precision.mixed,
-    max_memory: MaxMemoryOpt = None,
+    settings: AnalyzeSettings = AnalyzeSettings(),
     quiet: QuietOpt = False,
 ) -> None:
     """Write an HTML report: summary, interactive alpha overview, sortable layer table and per-layer fit diagnostics.
@@ -95,10 +72,6 @@ def report(
       htsr report run.json -o report.html              # reads run.spectra.safetensors beside it
       htsr report run.json --spectra saved.safetensors -o report.html
     """
-    settings = settings_from_options(
-        xmin, farms, farms_window, farms_q, farms_steps, device, precision, conv_scale, min_evals, layers,
-        max_memory,
-    )
     if is_report_file(source):
         check_output_paths({"-o": output}, [source, spectra if spectra is not None else spectra_path_for(source)])
         if settings != AnalyzeSettings():

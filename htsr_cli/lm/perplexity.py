@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from htsr_cli import __version__
-from htsr_cli.errors import HtsrError, brief
+from htsr_cli.errors import HtsrError, InvalidSetting, brief
 from htsr_cli.lm.language_models import (
     check_seq_len,
     load_config,
@@ -36,7 +36,7 @@ from htsr_cli.lm.language_models import (
     run_dtype,
     token_ids,
 )
-from htsr_cli.settings import ProgressCallback
+from htsr_cli.settings import DEVICES, ProgressCallback, require_int
 from htsr_cli.spectra.solver import resolve_device
 
 SCHEMA = "htsr.perplexity/1"
@@ -52,10 +52,15 @@ class PerplexitySettings:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        require_int(self.seq_len, "seq_len")
         if self.seq_len < 3:
-            raise HtsrError(f"--seq-len must be at least 3 tokens, got {self.seq_len}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise HtsrError(f"--max-tokens must be positive, got {self.max_tokens}")
+            raise InvalidSetting("seq_len", self.seq_len, "must be at least 3 tokens")
+        if self.max_tokens is not None:
+            require_int(self.max_tokens, "max_tokens")
+            if self.max_tokens < 1:
+                raise InvalidSetting("max_tokens", self.max_tokens, "must be positive")
+        if self.device not in DEVICES:
+            raise InvalidSetting("device", self.device, f"must be one of {', '.join(DEVICES)}")
 
 
 def objective_of(config: Any) -> str:

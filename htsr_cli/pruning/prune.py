@@ -227,12 +227,12 @@ def _settings_json(settings: PruneSettings, device: torch.device, target: float)
         "method": settings.method,
         "device": device.type,
     }
-    if settings.allocation == "alphapruning":
+    if settings.sparsity is not None:
         result["alphapruning"] = {
-            "epsilon": settings.epsilon,
-            "granularity": settings.granularity,
-            "clip": settings.clip,
-            "metric": settings.metric,
+            "epsilon": settings.sparsity.epsilon,
+            "granularity": settings.sparsity.granularity,
+            "clip": settings.sparsity.clip,
+            "metric": settings.sparsity.metric,
             "xmin": settings.analysis.xmin,
         }
     if settings.allocation == "owl":

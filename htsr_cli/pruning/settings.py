@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from htsr_cli.errors import HtsrError
-from htsr_cli.settings import DEVICES, AnalyzeSettings
+from htsr_cli.allocations.sparsity import SparsitySettings
+from htsr_cli.errors import InvalidSetting
+from htsr_cli.settings import AnalyzeSettings, require_int
 
 ALLOCATIONS = ("alphapruning", "uniform", "owl")
 METHODS = ("magnitude", "wanda")
@@ -24,10 +25,12 @@ class CalibrationSettings:
     seq_len: int = 512
 
     def __post_init__(self) -> None:
+        require_int(self.samples, "samples")
+        require_int(self.seq_len, "seq_len")
         if self.samples < 1:
-            raise HtsrError(f"--samples must be at least 1, got {self.samples}")
+            raise InvalidSetting("samples", self.samples, "must be at least 1")
         if self.seq_len < 2:
-            raise HtsrError(f"--seq-len must be at least 2 tokens, got {self.seq_len}")
+            raise InvalidSetting("seq_len", self.seq_len, "must be at least 2 tokens")
 
 
 @dataclass(frozen=True)
@@ -39,47 +42,77 @@ class OwlSettings:
     lam: float = OWL_LAMBDA
 
     def __post_init__(self) -> None:
-        if not self.m > 0:
-            raise HtsrError(f"--owl-m must be positive, got {self.m}")
+        if not self.m > 0:  # also refuses NaN
+            raise InvalidSetting("m", self.m, "must be positive")
         if not 0 <= self.lam < 0.5:
-            raise HtsrError(f"--owl-lambda must be in [0, 0.5), got {self.lam}")
+            raise InvalidSetting("lam", self.lam, "must be in [0, 0.5)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class PruneSettings:
     """Everything that decides which weights `htsr prune` zeroes.
 
     `allocation` is one of ALLOCATIONS or the path of a saved `htsr.sparsity/1`
     file; with a file, `target` may be None (the file's weighted mean is the target).
-    `epsilon`, `granularity`, `clip` and `analysis` shape the AlphaPruning allocation
-    (as in `htsr allocate sparsity`); `owl` the OWL one.
+    `sparsity` is the AlphaPruning allocation, exactly as `htsr allocate sparsity`
+    takes it (None with any other allocation), fitted on `analysis`; `owl` shapes
+    the OWL allocation. `analysis.device` is where everything runs: the analysis,
+    the masks and the model (wanda, owl).
+
+    The constructor takes the AlphaPruning settings one by one
+    (`PruneSettings(target=0.7, epsilon=0.2, device="cuda")`) and builds the
+    `SparsitySettings` from them; `device`, when given, replaces `analysis.device`.
     """
 
     target: float | None
-    allocation: str = "alphapruning"
-    method: str = "magnitude"
-    epsilon: float = 0.3
-    granularity: str = "block"
-    clip: bool = True
-    analysis: AnalyzeSettings = field(default_factory=lambda: AnalyzeSettings(xmin="peak"))
-    owl: OwlSettings = field(default_factory=OwlSettings)
-    calibration: CalibrationSettings | None = None
-    device: str = "auto"
-    overwrite: bool = False
+    allocation: str
+    method: str
+    sparsity: SparsitySettings | None
+    analysis: AnalyzeSettings
+    owl: OwlSettings
+    calibration: CalibrationSettings | None
+    overwrite: bool
 
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise HtsrError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.device not in DEVICES:
-            raise HtsrError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.target is None:
+    def __init__(
+        self,
+        target: float | None,
+        allocation: str = "alphapruning",
+        method: str = "magnitude",
+        epsilon: float = 0.3,
+        granularity: str = "block",
+        clip: bool = True,
+        analysis: AnalyzeSettings = AnalyzeSettings(xmin="peak"),
+        owl: OwlSettings = OwlSettings(),
+        calibration: CalibrationSettings | None = None,
+        device: str | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        if method not in METHODS:
+            raise InvalidSetting("method", method, f"must be one of {', '.join(METHODS)}")
+        if device is not None:
+            analysis = replace(analysis, device=device)  # AnalyzeSettings checks the device
+        fields = {"target": target, "allocation": allocation, "method": method, "analysis": analysis, "owl": owl,
+                  "calibration": calibration, "overwrite": overwrite, "sparsity": None}
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+        if target is None:
             if self.plan_file is None:
-                raise HtsrError(f"--target is required with --allocation {self.allocation}")
-        elif not 0.0 < self.target < 1.0:
-            raise HtsrError(f"--target must be a sparsity strictly between 0 and 1, got {self.target}")
-        if self.calibration is None and self.needs_calibration:
-            needs = "--method wanda" if self.method == "wanda" else "--allocation owl"
-            raise HtsrError(f"{needs} needs --calibration TEXT_FILE (text to collect input activations on)")
+                raise InvalidSetting(
+                    "target", None, f"is required with the {allocation} allocation (only an allocation file may leave it out)"
+                )
+        elif not 0.0 < target < 1.0:  # also refuses NaN
+            raise InvalidSetting("target", target, "must be a sparsity strictly between 0 and 1")
+        if calibration is None and self.needs_calibration:
+            needs = "the wanda method" if method == "wanda" else "the owl allocation"
+            raise InvalidSetting("calibration", None, f"is required with {needs} (a text file to collect input activations on)")
+        if allocation == "alphapruning":
+            metric = "alpha_farms" if analysis.farms is not None else "alpha"
+            sparsity = SparsitySettings(target, epsilon, granularity, clip, metric)  # type: ignore[arg-type]
+            object.__setattr__(self, "sparsity", sparsity)
+
+    @property
+    def device(self) -> str:
+        return self.analysis.device
 
     @property
     def plan_file(self) -> Path | None:
@@ -89,7 +122,3 @@ class PruneSettings:
     @property
     def needs_calibration(self) -> bool:
         return self.method == "wanda" or self.allocation == "owl"
-
-    @property
-    def metric(self) -> str:
-        return "alpha_farms" if self.analysis.farms is not None else "alpha"

@@ -26,7 +26,6 @@ from typing import Any, TypedDict, cast
 from htsr_cli.allocations.sparsity import (
     PRUNABLE_KINDS,
     SCHEMA as SPARSITY_SCHEMA,
-    SparsitySettings,
     excluded_note,
     has_blocks,
     sparsity_plan,
@@ -106,9 +105,9 @@ def uniform_allocation(entries: list[PruneEntry], target: float) -> list[PruneEn
 
 def alphapruning_allocation(report: Report, settings: PruneSettings) -> list[PruneEntry]:
     """AlphaPruning's ratios from the analysis, exactly as `htsr allocate sparsity` computes them."""
-    metric = settings.metric
-    sparsity = SparsitySettings(settings.target, settings.epsilon, settings.granularity, settings.clip, metric)
-    plan = sparsity_plan(report, sparsity)
+    assert settings.sparsity is not None  # the alphapruning allocation always has one
+    metric = settings.sparsity.metric
+    plan = sparsity_plan(report, settings.sparsity)
     entries = []
     for layer in plan["layers"]:
         item = entry(layer["name"], layer["tensor"], layer["kind"], layer["block"], layer["params"], layer["note"])

@@ -1,0 +1,108 @@
+"""The analysis options of every command that analyses a checkpoint, declared once
+and turned into one `AnalyzeSettings` in one call.
+
+    @analysis_options
+    def sparsity(source: CheckpointOrReportArg, target: TargetOpt,
+                 settings: AnalyzeSettings = AnalyzeSettings(xmin="peak"), quiet: QuietOpt = False):
+        ...  # `settings` holds --farms, --xmin, --layers, ... --max-memory as given
+
+typer builds a command from its function's signature, so the decorator puts the
+eleven options where the command's `AnalyzeSettings` parameter stands (the one
+whose default is an `AnalyzeSettings`) and calls the command with the settings
+they describe. That default is the command's own (AlphaPruning fits with
+xmin=peak): the help shows it, and `settings != default` says whether any
+analysis option was given.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+
+from htsr_cli.cli._options import Device, Precision, Xmin
+from htsr_cli.settings import AnalyzeSettings, FarmsSettings
+
+FarmsOpt = Annotated[bool, typer.Option("--farms", help="Also compute alpha_farms (FARMS: fixed-aspect-ratio subsampling).")]
+XminOpt = Annotated[Xmin, typer.Option("--xmin", help="How the power-law tail start xmin is chosen (algorithms: ks = WeightWatcher, median = TempBalance, peak = AlphaPruning).")]
+LayersOpt = Annotated[Optional[str], typer.Option("--layers", help="Regex on module name or tensor key; only matching matrices are analyzed.", show_default="all")]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Where eigenvalues are computed (auto: CUDA when there is one).")]
+MinEvalsOpt = Annotated[int, typer.Option("--min-evals", help="Skip layers with fewer eigenvalues than this.")]
+ConvScaleOpt = Annotated[float, typer.Option("--conv-scale", help="Multiply conv eigenvalues (0.5 reproduces WeightWatcher's numbers).")]
+FarmsWindowOpt = Annotated[int, typer.Option("--farms-window", help="FARMS window size (clamped to each matrix's short side).")]
+FarmsQOpt = Annotated[float, typer.Option("--farms-q", help="FARMS window aspect ratio Q (cols / rows).")]
+FarmsStepsOpt = Annotated[int, typer.Option("--farms-steps", help="FARMS windows per dimension.")]
+PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="mixed: float32 Gram, float64 eigensolver (alpha within 1e-3 of float64); float64: all float64; float32: float32 eigensolver, redone in float64 per layer when not accurate enough.")]
+MaxMemoryOpt = Annotated[Optional[str], typer.Option("--max-memory", help="Memory one layer's solve may use (8GB, 512MiB, 16G); layers needing more are skipped.", show_default="the memory available")]
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def _option_defaults(defaults: AnalyzeSettings) -> dict[str, tuple[Any, Any]]:
+    """Each option's parameter name -> (annotation, default), in the order `--help` lists them."""
+    farms = defaults.farms or FarmsSettings()  # window, q and steps show their defaults without --farms too
+    return {
+        "farms": (FarmsOpt, defaults.farms is not None),
+        "xmin": (XminOpt, Xmin(defaults.xmin)),
+        "layers": (LayersOpt, defaults.layers),
+        "device": (DeviceOpt, Device(defaults.device)),
+        "min_evals": (MinEvalsOpt, defaults.min_evals),
+        "conv_scale": (ConvScaleOpt, defaults.conv_scale),
+        "farms_window": (FarmsWindowOpt, farms.window),
+        "farms_q": (FarmsQOpt, farms.q),
+        "farms_steps": (FarmsStepsOpt, farms.steps),
+        "precision": (PrecisionOpt, Precision(defaults.precision)),
+        "max_memory": (MaxMemoryOpt, defaults.max_memory),
+    }
+
+
+OPTION_NAMES = tuple(_option_defaults(AnalyzeSettings()))
+
+
+def settings_from_options(defaults: AnalyzeSettings, values: dict[str, Any]) -> AnalyzeSettings:
+    """The settings the options describe (checked by `AnalyzeSettings`: a bad value is an InvalidSetting)."""
+    farms = FarmsSettings(values["farms_window"], values["farms_q"], values["farms_steps"]) if values["farms"] else None
+    return replace(
+        defaults,
+        xmin=values["xmin"].value,
+        farms=farms,
+        device=values["device"].value,
+        precision=values["precision"].value,
+        conv_scale=values["conv_scale"],
+        min_evals=values["min_evals"],
+        layers=values["layers"],
+        max_memory=values["max_memory"],
+    )
+
+
+def analysis_options(command: Command) -> Command:
+    """Give a command the shared analysis options, in place of its one parameter whose default is an `AnalyzeSettings`."""
+    signature = inspect.signature(command, eval_str=True)  # typer needs the annotations themselves
+    targets = [parameter for parameter in signature.parameters.values() if isinstance(parameter.default, AnalyzeSettings)]
+    if len(targets) != 1:
+        raise TypeError(f"{command.__name__} needs one parameter whose default is an AnalyzeSettings, not {len(targets)}")
+    [target] = targets
+    defaults = target.default
+    parameters = []
+    for parameter in signature.parameters.values():
+        if parameter is target:
+            parameters += [
+                inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+                for name, (annotation, default) in _option_defaults(defaults).items()
+            ]
+        else:
+            # keyword-only: typer passes every value by name, and keyword-only options may sit anywhere
+            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+
+    @functools.wraps(command)
+    def run(**values: Any) -> Any:
+        options = {name: values.pop(name) for name in OPTION_NAMES}
+        return command(**values, **{target.name: settings_from_options(defaults, options)})
+
+    run.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    run.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    return run  # type: ignore[return-value]
