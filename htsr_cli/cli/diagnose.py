@@ -66,7 +66,7 @@ def diagnose(
     your own population.
 
     [bold]Examples:[/bold]
-      htsr diagnose --train-error 0.2 --mode-connectivity-peak -35 --hessian-t 6.4
+      htsr diagnose --train-error 40.5 --mode-connectivity-peak -34.9 --hessian-t 5.3
       htsr diagnose --features features.json -f json -o diagnosis.json
       htsr diagnose --fit my-population.csv -o my-tree.json
       htsr diagnose --features features.json --tree my-tree.json
@@ -89,6 +89,8 @@ def diagnose(
         return
     if data_min_width is not None:
         raise HtsrError("--data-min-width applies only with --fit")
+    # Features come from a file or flags here; computing them from two seeds' models (htsr_cli.landscape)
+    # will produce the same mapping and go through diagnose_features unchanged.
     features = _features(features_file, flags)
     check_output_paths({"--output": output}, [features_file, tree_file])
     tree = load_tree(tree_file) if tree_file is not None else None

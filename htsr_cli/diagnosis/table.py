@@ -13,7 +13,7 @@ import csv
 import io
 import math
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,8 +62,8 @@ class Population:
         return self.header.index(column)
 
 
-def read_population(path: PathLike, needed: Sequence[str] = ()) -> Population:
-    """The table at `path`: a header line, then at least one row with as many cells; `needed` columns present."""
+def read_population(path: PathLike) -> Population:
+    """The table at `path`: a header line, then at least one row with as many cells."""
     source = os.fsdecode(path)
     data = read_document(path)
     try:
@@ -85,7 +85,4 @@ def read_population(path: PathLike, needed: Sequence[str] = ()) -> Population:
             raise HtsrError(f"{source}: row {number} has {len(row)} cells, the header {len(header)}")
     if len(lines) == 1:
         raise HtsrError(f"{source}: the table has no rows")
-    population = Population(source, header, tuple(tuple(row) for row in lines[1:]))
-    for column in needed:
-        population._index(column)
-    return population
+    return Population(source, header, tuple(tuple(row) for row in lines[1:]))

@@ -79,14 +79,6 @@ def features_of(node: Node) -> list[str]:
     return seen
 
 
-def depth_of(node: Node) -> int:
-    return 0 if isinstance(node, Leaf) else 1 + max(depth_of(node.le), depth_of(node.gt))
-
-
-def leaves_of(node: Node) -> list[Leaf]:
-    return [node] if isinstance(node, Leaf) else leaves_of(node.le) + leaves_of(node.gt)
-
-
 def diagnose(root: Node, features: Mapping[str, float]) -> Answer:
     """Walk the tree with one model's feature values; every feature the path compares must be given."""
     path = []
