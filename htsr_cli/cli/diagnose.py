@@ -14,13 +14,18 @@ from rich.text import Text
 
 from htsr_cli.cli._output import emit_renderable, emit_text
 from htsr_cli.cli._options import OutputOpt, QuietOpt
-from htsr_cli.diagnosis.md_tree import Diagnosis, FitSettings, diagnose_features, fit_population, load_tree
+from htsr_cli.diagnosis.md_tree import MAX_DEPTH, Diagnosis, FitSettings, diagnose_features, fit_population, load_tree
 from htsr_cli.diagnosis.questions import CONNECTIVITY, HESSIAN_TRACE, TRAIN_ERROR
 from htsr_cli.diagnosis.table import read_population
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import check_output_paths, read_document
 from htsr_cli.render.outputs import Column, printable, to_csv, to_rich_table
 from htsr_cli.results.documents import check_fields, dumps_json, parse_json
+
+
+class FitMethod(str, Enum):
+    md_tree = "md-tree"
+    cart = "cart"
 
 
 class DiagnoseFormat(str, Enum):
@@ -49,6 +54,8 @@ def diagnose(
     hessian_t: Annotated[Optional[float], typer.Option("--hessian-t", help="Natural log of the Hessian trace on the training set.", show_default="none")] = None,
     tree_file: Annotated[Optional[Path], typer.Option("--tree", help="A tree written by `htsr diagnose --fit` instead of the shipped one.", dir_okay=False, show_default="shipped tree")] = None,
     fit: Annotated[Optional[Path], typer.Option("--fit", help="Fit the MD tree's thresholds on this CSV table (the Model Diagnosis Dataset's columns) and write the tree.", dir_okay=False, show_default="none")] = None,
+    method: Annotated[Optional[FitMethod], typer.Option("--method", help="With --fit: md-tree keeps the paper's tree shapes and fits their thresholds; cart grows a free CART tree (Gini) on the same features.", show_default="md-tree")] = None,
+    max_depth: Annotated[Optional[int], typer.Option("--max-depth", help="With --fit --method cart: the deepest the tree may grow.", min=1, max=MAX_DEPTH, show_default="4")] = None,
     data_min_width: Annotated[Optional[int], typer.Option("--data-min-width", help="With --fit: the data-vs-temperature question learns from models at least this wide (0: all).", min=0, show_default="32")] = None,
     output_format: Annotated[DiagnoseFormat, typer.Option("--format", "-f", help="table for people, json (htsr.diagnosis/1), csv (one row per comparison).")] = DiagnoseFormat.table,
     output: OutputOpt = None,
@@ -69,6 +76,7 @@ def diagnose(
       htsr diagnose --train-error 40.5 --mode-connectivity-peak -34.9 --hessian-t 5.3
       htsr diagnose --features features.json -f json -o diagnosis.json
       htsr diagnose --fit my-population.csv -o my-tree.json
+      htsr diagnose --fit my-population.csv --method cart --max-depth 4 -o my-cart.json
       htsr diagnose --features features.json --tree my-tree.json
     """
     flags = {"--train-error": train_error, "--mode-connectivity-peak": mode_connectivity_peak, "--hessian-t": hessian_t}
@@ -79,16 +87,21 @@ def diagnose(
         if output_format is not DiagnoseFormat.table:
             raise HtsrError("--fit writes the tree as JSON; --format applies to diagnoses")
         check_output_paths({"--output": output}, [fit])
-        settings = FitSettings() if data_min_width is None else FitSettings(data_min_width)
+        if max_depth is not None and method is not FitMethod.cart:
+            raise HtsrError("--max-depth applies only with --method cart")
+        chosen = {"method": method.value if method else None, "max_depth": max_depth, "data_min_width": data_min_width}
+        settings = FitSettings(**{name: value for name, value in chosen.items() if value is not None})
+        shape = f"CART (Gini, depth <= {settings.max_depth})" if settings.method == "cart" else "MD tree thresholds"
         protocol = (
-            "htsr diagnose --fit: every labelled row "
+            f"htsr diagnose --fit: {shape} on every labelled row "
             f"(data vs temperature: width >= {settings.data_min_width})"
         )
         tree = fit_population(read_population(fit), settings, protocol)
         emit_text(dumps_json(tree.to_json()), output, quiet)
         return
-    if data_min_width is not None:
-        raise HtsrError("--data-min-width applies only with --fit")
+    for flag, value in {"--method": method, "--max-depth": max_depth, "--data-min-width": data_min_width}.items():
+        if value is not None:
+            raise HtsrError(f"{flag} applies only with --fit")
     # Features come from a file or flags here; computing them from two seeds' models (htsr_cli.landscape)
     # will produce the same mapping and go through diagnose_features unchanged.
     features = _features(features_file, flags)

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from htsr_cli import __version__
-from htsr_cli.diagnosis.fit import fit_md_tree
+from htsr_cli.diagnosis.fit import fit_cart, fit_md_tree
 from htsr_cli.diagnosis.questions import NO_FAILURE, QUESTIONS, Question, shape_features
 from htsr_cli.diagnosis.table import Population
-from htsr_cli.diagnosis.tree import Answer, Leaf, Node, Split, diagnose, features_of, predict
+from htsr_cli.diagnosis.tree import Answer, Leaf, Node, Split, diagnose, features_of, predict, with_counts
 from htsr_cli.errors import HtsrError, InvalidSetting
 from htsr_cli.io import PathLike, read_document
 from htsr_cli.results.documents import COUNT, NAME, TEXT, Kind, check_fields, number, parse_json
@@ -32,7 +32,7 @@ from htsr_cli.results.documents import COUNT, NAME, TEXT, Kind, check_fields, nu
 TREE_SCHEMA = "htsr.md_tree/1"
 DIAGNOSIS_SCHEMA = "htsr.diagnosis/1"
 SHIPPED = Path(__file__).with_name("md_tree.json")
-MAX_DEPTH = 32  # deeper than any tree htsr fits; a saved tree nested deeper is not one
+MAX_DEPTH = 32  # the deepest tree htsr fits (--max-depth) or reads; a saved tree nested deeper is not one
 WIDTH = "width"
 SHARE = number(0.0, 1.0)
 FINITE = number()
@@ -42,16 +42,28 @@ COUNTS = Kind(
 )
 
 
+FIT_METHODS = ("md-tree", "cart")
+
+
 @dataclass(frozen=True)
 class FitSettings:
-    """How `fit_population` selects rows: the data-vs-temperature question uses models at least this wide.
+    """How `fit_population` fits each question's tree, and on which rows.
 
-    The paper uses 32 on its ResNet-18 grid (widths 2..128); 0 uses every row.
+    method: "md-tree" keeps the paper's shape and fits its thresholds; "cart" grows a free CART tree
+    (Gini) on the same features, at most `max_depth` deep (4: the paper's baseline trees).
+    data_min_width: the data-vs-temperature question learns from models at least this wide; the
+    paper uses 32 on its ResNet-18 grid (widths 2..128); 0 uses every row.
     """
 
+    method: str = "md-tree"
+    max_depth: int = 4
     data_min_width: int = 32
 
     def __post_init__(self) -> None:
+        if self.method not in FIT_METHODS:
+            raise InvalidSetting("method", self.method, f"must be one of {', '.join(FIT_METHODS)}")
+        if isinstance(self.max_depth, bool) or not isinstance(self.max_depth, int) or not 1 <= self.max_depth <= MAX_DEPTH:
+            raise InvalidSetting("max_depth", self.max_depth, f"must be a whole number in [1, {MAX_DEPTH}]")
         if isinstance(self.data_min_width, bool) or not isinstance(self.data_min_width, int) or self.data_min_width < 0:
             raise InvalidSetting("data_min_width", self.data_min_width, "must be a whole number >= 0")
 
@@ -152,7 +164,7 @@ def diagnose_features(features: Mapping[str, float], tree: MDTree | None = None)
 
 
 def fit_population(population: Population, settings: FitSettings, protocol: str) -> MDTree:
-    """The MD tree fitted on `population`: every question whose label column the table has."""
+    """A tree per question whose label column `population` has, fitted on its labelled rows."""
     asked = [question for question in QUESTIONS.values() if population.has(question.label_column)]
     if not asked:
         columns = ", ".join(question.label_column for question in QUESTIONS.values())
@@ -171,7 +183,11 @@ def fit_population(population: Population, settings: FitSettings, protocol: str)
                 + (f" at width >= {min_width}" if min_width else "")
             )
         columns = {name: values[keep] for name, values in columns.items()}
-        root = fit_md_tree(question, columns, labels[keep])
+        if settings.method == "cart":
+            grown = fit_cart(columns, shape_features(question.shape), labels[keep], settings.max_depth)
+            root = with_counts(grown, columns, labels[keep], list(question.classes))  # every class, even absent ones
+        else:
+            root = fit_md_tree(question, columns, labels[keep])
         accuracy = float(np.mean(predict(root, columns) == labels[keep]))
         fitted.append(FittedQuestion(question, root, int(keep.sum()), accuracy))
     provenance = Provenance(

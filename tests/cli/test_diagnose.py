@@ -12,6 +12,7 @@ import pytest
 
 from conftest import assert_user_error
 from htsr_cli.diagnosis.md_tree import SHIPPED
+from htsr_cli.diagnosis.questions import QUESTIONS
 from tests.diagnosis.dataset import COLUMNS, synthetic_population
 
 FLAGS = ["--train-error", "40.5", "--mode-connectivity-peak", "-34.9", "--hessian-t", "5.3"]
@@ -55,6 +56,24 @@ def test_fit_writes_a_tree_that_diagnose_then_uses(cli, tmp_path):
     result = cli("diagnose", "--tree", tree, *FLAGS, "-f", "json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["tree"]["table"] == "population.csv"
+
+
+def test_fit_can_grow_a_free_cart_tree_on_the_same_features(cli, tmp_path):
+    table = tmp_path / "population.csv"
+    synthetic_population(table, 0)
+    tree = tmp_path / "cart.json"
+    result = cli("diagnose", "--fit", table, "--method", "cart", "--max-depth", "2", "-o", tree)
+    assert result.exit_code == 0, result.output
+    document = json.loads(tree.read_text())
+    assert "CART (Gini, depth <= 2)" in document["source"]["protocol"]
+    temperature = document["questions"][0]["root"]
+    assert set(temperature) == {"feature", "threshold", "le", "gt"}  # it split, and no deeper than 2
+    assert all("label" in node for child in (temperature["le"], temperature["gt"])
+               for node in ([child] if "label" in child else [child["le"], child["gt"]]))
+    result = cli("diagnose", "--tree", tree, *FLAGS, "-f", "json")
+    assert result.exit_code == 0, result.output
+    assert all(set(answer["counts"]) == set(QUESTIONS[answer["question"]].classes)
+               for answer in json.loads(result.stdout)["answers"])
 
 
 def test_csv_output_is_one_row_per_comparison_with_cells_escaped(cli, tmp_path):
@@ -166,6 +185,8 @@ def test_bad_features_and_option_mixes_are_one_line_and_exit_2(cli, tmp_path):
     assert_user_error(cli("diagnose", "--features", tmp_path / "missing.json"), "missing.json: no such file")
     assert_user_error(cli("diagnose", "--fit", tmp_path / "t.csv", "--train-error", "3"), "--train-error does not apply")
     assert_user_error(cli("diagnose", *FLAGS, "--data-min-width", "8"), "--data-min-width applies only with --fit")
+    assert_user_error(cli("diagnose", *FLAGS, "--method", "cart"), "--method applies only with --fit")
+    assert_user_error(cli("diagnose", "--fit", tmp_path / "t.csv", "--max-depth", "3"), "--max-depth applies only with --method cart")
 
 
 def test_diagnose_does_not_import_torch():

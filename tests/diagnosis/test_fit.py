@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from htsr_cli.diagnosis.fit import every_split, fit_cart, fit_md_tree
+from htsr_cli.diagnosis.md_tree import FitSettings
 from htsr_cli.diagnosis.questions import TEMPERATURE, Rule
 from htsr_cli.diagnosis.tree import Leaf, Split, predict
 from htsr_cli.errors import HtsrError
@@ -98,3 +99,15 @@ def test_md_tree_refuses_an_empty_training_set():
     empty = {name: np.array([]) for name in ROWS}
     with pytest.raises(HtsrError, match="temperature: no training rows"):
         fit_md_tree(TEMPERATURE, empty, np.array([], dtype=object))
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"method": "forest"}, "method='forest': must be one of md-tree, cart"),
+    ({"max_depth": 0}, "max_depth=0: must be a whole number in [1, 32]"),
+    ({"max_depth": True}, "max_depth=True"),
+    ({"data_min_width": -1}, "data_min_width=-1: must be a whole number >= 0"),
+])
+def test_fit_settings_are_checked(settings, message):
+    with pytest.raises(HtsrError) as error:
+        FitSettings(**settings)
+    assert message in str(error.value)
