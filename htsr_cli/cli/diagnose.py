@@ -129,15 +129,27 @@ def _features(path: Path | None, flags: dict[str, float | None]) -> dict[str, fl
         data = parse_json(read_document(path), str(path))
         check_fields(data, {}, str(path))
         for name, value in data.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            number = _finite(value)
+            if number is None:
                 raise HtsrError(f"{path}: feature '{printable(name)}' must be a finite number, got {value!r:.60}")
-            features[name] = float(value)
+            features[name] = number
     names = {"--train-error": TRAIN_ERROR, "--mode-connectivity-peak": CONNECTIVITY, "--hessian-t": HESSIAN_TRACE}
     for flag, value in given.items():
         if not math.isfinite(value):
             raise HtsrError(f"{flag} must be a finite number, got {value}")
         features[names[flag]] = value
     return features
+
+
+def _finite(value: Any) -> float | None:
+    """`value` as a float when it is a finite JSON number (an integer too large for a float is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _path_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:

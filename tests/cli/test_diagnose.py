@@ -149,6 +149,7 @@ def shipped_with(change) -> dict:
     (shipped_with(lambda tree: tree.update(questions=[])), "'questions' must be a non-empty list"),
     (shipped_with(lambda tree: tree["questions"][0].update(name="colour")), "unknown question 'colour'"),
     (shipped_with(lambda tree: tree["questions"][0]["root"].update(threshold="0.5")), "'threshold' must be a finite number"),
+    (shipped_with(lambda tree: tree["questions"][0]["root"].update(threshold=10**400)), "'threshold' must be a finite number"),
     (shipped_with(lambda tree: tree["questions"][0]["root"].update(surprise=1)), "unexpected field 'surprise'"),
     (shipped_with(lambda tree: tree["questions"][0]["root"]["le"].update(label="width")), "label 'width' is not a class of temperature"),
     (shipped_with(lambda tree: tree["questions"][0]["root"].pop("gt")), "'gt' is missing"),
@@ -177,6 +178,8 @@ def test_bad_features_and_option_mixes_are_one_line_and_exit_2(cli, tmp_path):
     assert_user_error(cli("diagnose", *FLAGS[:4], "--hessian-t", "nan"), "--hessian-t must be a finite number")
     features = tmp_path / "features.json"
     features.write_text(json.dumps({"train_error": "3"}))
+    assert_user_error(cli("diagnose", "--features", features), "feature 'train_error' must be a finite number")
+    features.write_text('{"train_error": 1' + "0" * 400 + "}")
     assert_user_error(cli("diagnose", "--features", features), "feature 'train_error' must be a finite number")
     features.write_text("[1, 2]")
     assert_user_error(cli("diagnose", "--features", features), "must be an object")
