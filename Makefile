@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 CORE := $(VENV)/.core-installed
 TESTDEPS := $(VENV)/.test-installed
 
-.PHONY: demo test bench bench-prune bench-noise fixtures browser clean
+.PHONY: demo test bench bench-prune bench-noise bench-diagnose fixtures browser clean
 
 $(CORE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ bench-prune: $(CORE)
 # model checked against what really happens (a few minutes on 2 CPU cores).
 bench-noise: $(TESTDEPS)
 	$(BIN)/python benchmarks/float32_noise.py
+
+# The MD tree paper's diagnosis-accuracy protocol (dataset and scale transfer, Q1 and Q2) on the
+# public Model Diagnosis Dataset in ../shared/data/md-tree: measured beside the paper's numbers (seconds).
+bench-diagnose: $(TESTDEPS)
+	$(BIN)/python -m pip install --quiet -e ".[bench-diagnose]"
+	$(BIN)/python benchmarks/diagnose.py
 
 fixtures: $(CORE)
 	$(BIN)/python fixtures/make_fixtures.py

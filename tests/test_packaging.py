@@ -70,6 +70,7 @@ def test_wheel_and_sdist_build_without_warnings_and_the_wheel_runs_in_a_fresh_ve
     names = zipfile.ZipFile(wheel).namelist()
     assert all(name.startswith(("htsr_cli/", f"htsr_cli-{VERSION}.dist-info/")) for name in names), names
     assert "htsr_cli/cli/app.py" in names and f"htsr_cli-{VERSION}.dist-info/licenses/LICENSE" in names
+    assert "htsr_cli/diagnosis/md_tree.json" in names  # package data: the MD tree's fitted thresholds
     metadata = zipfile.ZipFile(wheel).read(f"htsr_cli-{VERSION}.dist-info/METADATA").decode()
     assert "License-Expression: Apache-2.0" in metadata
     assert "Provides-Extra: pandas" in metadata
@@ -92,6 +93,9 @@ def test_wheel_and_sdist_build_without_warnings_and_the_wheel_runs_in_a_fresh_ve
     analyzed = subprocess.run([str(venv / "bin" / "htsr"), "analyze", str(FIXTURES / "tiny-cnn-trained.pth"), "-f", "json"],
                               capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert analyzed.returncode == 0 and '"schema": "htsr.report/1"' in analyzed.stdout
+    diagnosed = subprocess.run([str(venv / "bin" / "htsr"), "diagnose", "--train-error", "3", "--mode-connectivity-peak",
+                                "-20", "--hessian-t", "6", "-f", "json"], capture_output=True, text=True, cwd=tmp_path)
+    assert diagnosed.returncode == 0 and '"schema": "htsr.diagnosis/1"' in diagnosed.stdout, diagnosed.stderr
 
 
 def run_action(source: Path, venv: Path, tmp_path: Path, *inputs: str, skip_install: bool = False):

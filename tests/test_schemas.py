@@ -38,7 +38,7 @@ def errors(document: dict, schema: str) -> list[str]:
 
 
 def test_every_schema_is_a_valid_2020_12_schema_with_its_own_id():
-    assert sorted(SCHEMAS) == ["compare/1", "experts/1", "gate/1", "lr_schedule/1", "perplexity/1", "prune/1", "report/1", "sparsity/1", "spectra/1"]
+    assert sorted(SCHEMAS) == ["compare/1", "diagnosis/1", "experts/1", "gate/1", "lr_schedule/1", "md_tree/1", "perplexity/1", "prune/1", "report/1", "sparsity/1", "spectra/1"]
     for name, schema in SCHEMAS.items():
         Draft202012Validator.check_schema(schema)
         assert schema["$id"] == f"urn:htsr:schema:{name}" and schema["title"] == f"htsr.{name}"
@@ -181,3 +181,26 @@ def test_prune_records_and_perplexity_documents_validate(tmp_path, cli, tiny_lms
     broken = copy.deepcopy(record)
     broken["layers"][0]["pruned"] = -1
     assert errors(broken, "prune/1")
+
+
+def test_diagnosis_and_md_tree_documents_validate_and_are_strict(tmp_path, cli):
+    """`htsr diagnose -f json`, the shipped tree and a tree `htsr diagnose --fit` writes."""
+    from htsr_cli.diagnosis.md_tree import SHIPPED
+    from tests.diagnosis.dataset import synthetic_population
+
+    validate(json.loads(SHIPPED.read_text()), "md_tree/1")
+    result = cli("diagnose", "--train-error", "0", "--mode-connectivity-peak", "-20", "--hessian-t", "7.5", "-f", "json")
+    assert result.exit_code == 0, result.output
+    diagnosis = json.loads(result.stdout)
+    validate(diagnosis)
+    assert any(answer["confidence"] is None for answer in diagnosis["answers"])  # a leaf no training row reached
+    table, tree = tmp_path / "population.csv", tmp_path / "tree.json"
+    synthetic_population(table, 0)
+    assert cli("diagnose", "--fit", table, "-o", tree, "-q").exit_code == 0
+    validate(json.loads(tree.read_text()), "md_tree/1")
+    broken = copy.deepcopy(diagnosis)
+    broken["answers"][0]["path"][0]["went"] = "<"
+    assert errors(broken, "diagnosis/1")
+    broken = json.loads(SHIPPED.read_text())
+    broken["questions"][0]["root"]["le"]["extra"] = 1
+    assert errors(broken, "md_tree/1")

@@ -57,7 +57,12 @@ def number(low: float = -math.inf, high: float = math.inf, *, above: bool = Fals
     """A finite number in [low, high] (or (low, high] with `above`)."""
 
     def test(value: Any) -> bool:
-        if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value):
+        if not (_is_int(value) or isinstance(value, float)):
+            return False
+        try:
+            if not math.isfinite(value):
+                return False
+        except OverflowError:  # a JSON integer with hundreds of digits: not a number htsr can use
             return False
         return (value > low if above else value >= low) and value <= high
 

@@ -1,0 +1,186 @@
+"""htsr diagnose: why a model fails, from loss-landscape features (the MD tree)
+(examples in the command's help)."""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Group
+from rich.text import Text
+
+from htsr_cli.cli._output import emit_renderable, emit_text
+from htsr_cli.cli._options import OutputOpt, QuietOpt
+from htsr_cli.diagnosis.md_tree import MAX_DEPTH, Diagnosis, FitSettings, diagnose_features, fit_population, load_tree
+from htsr_cli.diagnosis.questions import CONNECTIVITY, HESSIAN_TRACE, TRAIN_ERROR
+from htsr_cli.diagnosis.table import read_population
+from htsr_cli.errors import HtsrError
+from htsr_cli.io import check_output_paths, read_document
+from htsr_cli.render.outputs import Column, printable, to_csv, to_rich_table
+from htsr_cli.results.documents import check_fields, dumps_json, parse_json
+
+
+class FitMethod(str, Enum):
+    md_tree = "md-tree"
+    cart = "cart"
+
+
+class DiagnoseFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+PATH_COLUMNS = [
+    Column("question", "question", justify="left"),
+    Column("diagnosis", "diagnosis", justify="left"),
+    Column("confidence", "confidence", 3),
+    Column("support", "support"),
+    Column("step", "step"),
+    Column("feature", "feature", justify="left"),
+    Column("value", "value", 4),
+    Column("went", "went", justify="left"),
+    Column("threshold", "threshold", 4),
+]
+
+
+def diagnose(
+    features_file: Annotated[Optional[Path], typer.Option("--features", help="A JSON object of feature values, named as the dataset's columns (train_error, mode_connectivity_peak, hessian_t).", dir_okay=False, show_default="none")] = None,
+    train_error: Annotated[Optional[float], typer.Option("--train-error", help="Training error, in percent (0-100).", show_default="none")] = None,
+    mode_connectivity_peak: Annotated[Optional[float], typer.Option("--mode-connectivity-peak", help="Minus the highest training error (percent) along a Bezier curve joining two seeds' models (<= 0).", show_default="none")] = None,
+    hessian_t: Annotated[Optional[float], typer.Option("--hessian-t", help="Natural log of the Hessian trace on the training set.", show_default="none")] = None,
+    tree_file: Annotated[Optional[Path], typer.Option("--tree", help="A tree written by `htsr diagnose --fit` instead of the shipped one.", dir_okay=False, show_default="shipped tree")] = None,
+    fit: Annotated[Optional[Path], typer.Option("--fit", help="Fit the MD tree's thresholds on this CSV table (the Model Diagnosis Dataset's columns) and write the tree.", dir_okay=False, show_default="none")] = None,
+    method: Annotated[Optional[FitMethod], typer.Option("--method", help="With --fit: md-tree keeps the paper's tree shapes and fits their thresholds; cart grows a free CART tree (Gini) on the same features.", show_default="md-tree")] = None,
+    max_depth: Annotated[Optional[int], typer.Option("--max-depth", help="With --fit --method cart: the deepest the tree may grow.", min=1, max=MAX_DEPTH, show_default="4")] = None,
+    data_min_width: Annotated[Optional[int], typer.Option("--data-min-width", help="With --fit: the data-vs-temperature question learns from models at least this wide (0: all).", min=0, show_default="32")] = None,
+    output_format: Annotated[DiagnoseFormat, typer.Option("--format", "-f", help="table for people, json (htsr.diagnosis/1), csv (one row per comparison).")] = DiagnoseFormat.table,
+    output: OutputOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Diagnose why a model fails from its loss-landscape features, with the MD tree (Zhou et al., ICML 2024).
+
+    Three questions, each a small threshold tree: is the optimizer temperature
+    (learning rate / batch size) too large or too small; is the model too small
+    or the temperature the failure; is there too little data or is the
+    temperature the failure. Each answer shows the path through the tree (every
+    feature value and the threshold it was compared to) and the confidence the
+    training population gives it. The shipped thresholds were fitted on the
+    public Model Diagnosis Dataset (ResNet-18 on CIFAR-10); --fit refits them on
+    your own population.
+
+    [bold]Examples:[/bold]
+      htsr diagnose --train-error 40.5 --mode-connectivity-peak -34.9 --hessian-t 5.3
+      htsr diagnose --features features.json -f json -o diagnosis.json
+      htsr diagnose --fit my-population.csv -o my-tree.json
+      htsr diagnose --fit my-population.csv --method cart --max-depth 4 -o my-cart.json
+      htsr diagnose --features features.json --tree my-tree.json
+    """
+    flags = {"--train-error": train_error, "--mode-connectivity-peak": mode_connectivity_peak, "--hessian-t": hessian_t}
+    if fit is not None:
+        given = [name for name, value in {**flags, "--features": features_file, "--tree": tree_file}.items() if value is not None]
+        if given:
+            raise HtsrError(f"--fit writes a tree; it does not diagnose, so {given[0]} does not apply")
+        if output_format is not DiagnoseFormat.table:
+            raise HtsrError("--fit writes the tree as JSON; --format applies to diagnoses")
+        check_output_paths({"--output": output}, [fit])
+        if max_depth is not None and method is not FitMethod.cart:
+            raise HtsrError("--max-depth applies only with --method cart")
+        chosen = {"method": method.value if method else None, "max_depth": max_depth, "data_min_width": data_min_width}
+        settings = FitSettings(**{name: value for name, value in chosen.items() if value is not None})
+        shape = f"CART (Gini, depth <= {settings.max_depth})" if settings.method == "cart" else "MD tree thresholds"
+        protocol = (
+            f"htsr diagnose --fit: {shape} on every labelled row "
+            f"(data vs temperature: width >= {settings.data_min_width})"
+        )
+        tree = fit_population(read_population(fit), settings, protocol)
+        emit_text(dumps_json(tree.to_json()), output, quiet)
+        return
+    for flag, value in {"--method": method, "--max-depth": max_depth, "--data-min-width": data_min_width}.items():
+        if value is not None:
+            raise HtsrError(f"{flag} applies only with --fit")
+    # Features come from a file or flags here; computing them from two seeds' models (htsr_cli.landscape)
+    # will produce the same mapping and go through diagnose_features unchanged.
+    features = _features(features_file, flags)
+    check_output_paths({"--output": output}, [features_file, tree_file])
+    tree = load_tree(tree_file) if tree_file is not None else None
+    diagnosis = diagnose_features(features, tree)
+    if output_format is DiagnoseFormat.json:
+        emit_text(dumps_json(diagnosis.to_json()), output, quiet)
+    elif output_format is DiagnoseFormat.csv:
+        emit_text(to_csv(PATH_COLUMNS, _path_rows(diagnosis)), output, quiet)
+    else:
+        emit_renderable(_table(diagnosis), output, quiet)
+
+
+def _features(path: Path | None, flags: dict[str, float | None]) -> dict[str, float]:
+    """Feature values from --features (if given), then the flags (which win)."""
+    given = {name: value for name, value in flags.items() if value is not None}
+    if path is None and not given:
+        raise HtsrError(
+            "give the model's features: --features FILE.json, or --train-error, --mode-connectivity-peak "
+            "and --hessian-t (or --fit TABLE.csv to fit a tree)"
+        )
+    features: dict[str, float] = {}
+    if path is not None:
+        data = parse_json(read_document(path), str(path))
+        check_fields(data, {}, str(path))
+        for name, value in data.items():
+            number = _finite(value)
+            if number is None:
+                raise HtsrError(f"{path}: feature '{printable(name)}' must be a finite number, got {value!r:.60}")
+            features[name] = number
+    names = {"--train-error": TRAIN_ERROR, "--mode-connectivity-peak": CONNECTIVITY, "--hessian-t": HESSIAN_TRACE}
+    for flag, value in given.items():
+        if not math.isfinite(value):
+            raise HtsrError(f"{flag} must be a finite number, got {value}")
+        features[names[flag]] = value
+    return features
+
+
+def _finite(value: Any) -> float | None:
+    """`value` as a float when it is a finite JSON number (an integer too large for a float is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _path_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
+    rows = []
+    for question, answer in diagnosis.answers:
+        for number, step in enumerate(answer.path, start=1):
+            rows.append({
+                "question": question.name, "diagnosis": answer.label, "confidence": answer.confidence,
+                "support": answer.support, "step": number, "feature": step.feature, "value": step.value,
+                "went": step.went, "threshold": step.threshold,
+            })
+    return rows
+
+
+def _table(diagnosis: Diagnosis) -> Group:
+    parts: list[Any] = []
+    columns = [PATH_COLUMNS[4], PATH_COLUMNS[5], PATH_COLUMNS[6], PATH_COLUMNS[7], PATH_COLUMNS[8]]
+    for question, answer in diagnosis.answers:
+        confidence = (
+            f"{answer.confidence:.0%} of {answer.support} training configurations on this leaf agree"
+            if answer.confidence is not None else "no training configuration reached this leaf"
+        )
+        parts.append(Text(printable(question.asks), style="bold"))
+        parts.append(Text(f"  {answer.label}: {question.meanings[answer.label]} ({confidence})"))
+        parts.append(to_rich_table(columns, _path_rows_of(question.name, diagnosis)))
+    source = diagnosis.tree.provenance
+    parts.append(Text(printable(
+        f"Tree: fitted on {source.table} ({source.rows} rows; {source.protocol}) on {source.fitted_on}, htsr {source.htsr_version}."
+    )))
+    return Group(*parts)
+
+
+def _path_rows_of(name: str, diagnosis: Diagnosis) -> list[dict[str, Any]]:
+    return [row for row in _path_rows(diagnosis) if row["question"] == name]
