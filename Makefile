@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 CORE := $(VENV)/.core-installed
 TESTDEPS := $(VENV)/.test-installed
 
-.PHONY: demo test bench bench-prune bench-noise bench-diagnose fixtures browser clean
+.PHONY: demo test bench bench-prune bench-noise bench-diagnose gpu-check gpu-check-deps fixtures browser clean
 
 $(CORE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,25 @@ bench-noise: $(TESTDEPS)
 bench-diagnose: $(TESTDEPS)
 	$(BIN)/python -m pip install --quiet -e ".[bench-diagnose]"
 	$(BIN)/python benchmarks/diagnose.py
+
+# htsr's CUDA path on one GPU, 8 minutes at most (benchmarks/gpu_check.py says what it runs):
+# the CUDA tests, alphas against the float64 CPU path, a --profile of a generated 7B-shaped
+# checkpoint, torchrun with two ranks on the GPU, wanda pruning. No venv: the machine's own
+# python3 (torch, transformers, safetensors, typer, rich) runs the source tree. Results in
+# $$OUT (default gpu-check-out/). Dry run on any machine: make gpu-check GPU_CHECK_ARGS="--device cpu".
+gpu-check:
+	PYTHON=$(PYTHON) bash benchmarks/gpu_check.sh $(GPU_CHECK_ARGS)
+
+# pytest and hypothesis in .gpu-check-deps/ (about 15 MB), to copy beside the tree onto a GPU
+# machine where nothing can be installed; gpu-check puts the directory on the CUDA tests' path.
+# Pure Python wheels, so one directory serves any Python from 3.10: hypothesis before 6.156
+# (later ones hold a compiled part per Python version), exceptiongroup and tomli for 3.10.
+# No other dependencies: what they need besides (packaging, pygments, typing_extensions) comes
+# with transformers and rich, and a copy here would shadow the machine's own.
+gpu-check-deps:
+	$(PYTHON) -m pip install --quiet --no-deps --target .gpu-check-deps --only-binary=:all: --platform any \
+		--implementation py --python-version 3.10 pytest pluggy iniconfig "hypothesis>=6.100,<6.156" \
+		sortedcontainers exceptiongroup tomli
 
 fixtures: $(CORE)
 	$(BIN)/python fixtures/make_fixtures.py

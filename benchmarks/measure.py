@@ -3,6 +3,7 @@
     from measure import measure
     result = measure(["htsr", "analyze", "model.pth", "--quiet"], timeout_s=600)
     result.wall_s, result.peak_rss_mb, result.error
+    parse_profile(stderr)   # {"read": 0.125, "solve": 28.3, ...} from `htsr analyze --profile`'s line
 
 Peak RSS is the command's own `ru_maxrss`, read with wait4() on its pid. The
 command is not started by the caller but by a tiny wrapper (this file run as
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -67,6 +69,14 @@ def _kill(process: subprocess.Popen) -> None:
 def last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:300] if lines else ""
+
+
+def parse_profile(stderr: str) -> dict[str, float]:
+    """Stage -> seconds from `htsr analyze --profile`'s line ("profile: read 0.125 s | solve 28.3 s | ...")."""
+    _, found, line = " ".join(stderr.split()).partition("profile:")
+    if not found:
+        raise ValueError(f"no profile line in the output: {last_line(stderr) or 'nothing'}")
+    return {stage: float(seconds) for stage, seconds in re.findall(r"([A-Za-z_]+) (\d+(?:\.\d+)?) s\b", line)}
 
 
 def _run_and_report(result_path: str, command: list[str]) -> None:

@@ -67,7 +67,7 @@ from estimate import distributed_estimate, shape_class  # noqa: E402
 from htsr_cli.io import write_atomic  # noqa: E402
 from htsr_cli.results.documents import dumps_json  # noqa: E402
 from machine import describe_machine, library_versions  # noqa: E402
-from measure import last_line, measure  # noqa: E402
+from measure import last_line, measure, parse_profile  # noqa: E402
 from render import (  # noqa: E402
     CPU_ONLY_TOOLS,
     FARMS_LOOP,
@@ -310,14 +310,6 @@ def measure_case(case: Case, checkpoint: Path, args: argparse.Namespace) -> list
         elif document is not None:  # WeightWatcher's own split of its time, and the dtype it analysed
             row["facts"] = {"seconds": document["seconds"], "dtype": document["dtype"], "model_class": document["model_class"]}
     return rows
-
-
-def parse_profile(stderr: str) -> dict[str, float]:
-    """Stage -> seconds from `htsr analyze --profile`'s line ("profile: read 0.125 s | solve 28.3 s | ...")."""
-    _, found, line = " ".join(stderr.split()).partition("profile:")
-    if not found:
-        raise ValueError(f"no profile line in the output: {last_line(stderr) or 'nothing'}")
-    return {stage: float(seconds) for stage, seconds in re.findall(r"([A-Za-z_]+) (\d+(?:\.\d+)?) s\b", line)}
 
 
 def profile_case(case: Case, checkpoint: Path, args: argparse.Namespace) -> dict[str, dict]:

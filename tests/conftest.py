@@ -20,12 +20,26 @@ settings.register_profile(
 settings.load_profile("htsr")
 from typer.testing import CliRunner
 
+# Re-exported: tests import the tiny language models from here.
+from fixtures.language_models import tiny_text, tiny_tokenizer, write_tiny_language_model  # noqa: E402,F401
+
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # htsr caches module orders per architecture; tests keep theirs out of ~/.cache.
 os.environ.setdefault("HTSR_CACHE_DIR", tempfile.mkdtemp(prefix="htsr-test-cache-"))
+
+
+# Every test that skips without a GPU says so with this reason; it also gets the `cuda` marker,
+# so `pytest -m cuda` selects exactly the tests a GPU machine adds (benchmarks/gpu_check.py).
+CUDA_SKIP_REASON = "needs a CUDA device"
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if any(mark.kwargs.get("reason") == CUDA_SKIP_REASON for mark in item.iter_markers("skipif")):
+            item.add_marker(pytest.mark.cuda)
 
 
 def small_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -113,62 +127,6 @@ def run_htsr(*args, env: dict | None = None, prefix: list[str] = (), **options) 
     return subprocess.run(
         [*prefix, *HTSR, *map(str, args)], text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, **options
     )
-
-
-# Tiny language models built from configs (random weights, seeded; no download) with a word-level
-# tokenizer over a 90-word vocabulary, for the commands that run a model (prune --method wanda,
-# --allocation owl, eval perplexity).
-TINY_WORDS = [f"w{i}" for i in range(90)]
-
-
-def tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["[UNK]", "[PAD]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {token: index for index, token in enumerate([*specials, *TINY_WORDS])}
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]",
-    )
-
-
-def write_tiny_language_model(directory: Path, kind: str, **save_options) -> Path:
-    """A 3-block llama / gpt2 (causal) or bert (masked LM) saved with its tokenizer."""
-    import transformers
-
-    torch.manual_seed(0)
-    vocab = len(TINY_WORDS) + 5
-    if kind == "llama":
-        config = transformers.LlamaConfig(
-            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        )
-        model = transformers.LlamaForCausalLM(config)
-    elif kind == "gpt2":
-        config = transformers.GPT2Config(
-            vocab_size=vocab, n_embd=32, n_layer=3, n_head=4, n_positions=128, bos_token_id=0, eos_token_id=0
-        )
-        model = transformers.GPT2LMHeadModel(config)
-    else:
-        config = transformers.BertConfig(
-            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-            num_attention_heads=4, max_position_embeddings=128,
-        )
-        model = transformers.BertForMaskedLM(config)
-    model.save_pretrained(directory, **save_options)
-    tiny_tokenizer().save_pretrained(directory)
-    return directory
-
-
-def tiny_text(words: int, seed: int = 0) -> str:
-    import random
-
-    rng = random.Random(seed)
-    lines = [" ".join(rng.choice(TINY_WORDS) for _ in range(16)) for _ in range(words // 16 + 1)]
-    return "\n".join(lines)
 
 
 @pytest.fixture(scope="session")

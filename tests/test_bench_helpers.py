@@ -34,7 +34,8 @@ from render import (  # noqa: E402
     render_benchmarks,
     target_results,
 )
-from run import accuracy_records, merge_entry, parse_profile  # noqa: E402
+from measure import parse_profile  # noqa: E402
+from run import accuracy_records, merge_entry  # noqa: E402
 
 from htsr_cli.spectra.fit import fit_power_law  # noqa: E402
 
