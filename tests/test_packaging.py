@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import FIXTURES, REPO
+from tests.conftest import FIXTURES, REPO
 
 pytestmark = pytest.mark.slow
 VERSION = "0.1.0"
