@@ -1,20 +1,17 @@
-"""`htsr allocate sparsity|experts` and `htsr lr-schedule export` on the shipped fixtures."""
+"""`htsr allocate sparsity|experts` on the shipped fixtures."""
 
 import csv
 import importlib.util
 import io
 import json
-import math
 
 import pytest
 import torch
-import yaml
 
 from htsr_cli.engine import pipeline as analysis
 from tests.conftest import FIXTURES, REPO
 
 TINY_LLAMA = FIXTURES / "tiny-llama"
-RESNET = FIXTURES / "resnet18_w16.pth"
 TINY_CNN = FIXTURES / "tiny-cnn-trained.pth"
 
 _reports: dict = {}
@@ -98,33 +95,6 @@ def test_experts_on_sharded_llama(cli):
     assert "8 experts over 4 blocks (beta 2.5)" in table.stdout
 
 
-def test_lr_schedule_formats_agree_on_resnet(cli, tmp_path):
-    paths = {fmt: tmp_path / f"schedule.{fmt}" for fmt in ("json", "yaml", "csv")}
-    for fmt, path in paths.items():
-        result = cli("lr-schedule", "export", RESNET, "--base-lr", "0.1", "--epochs", "5", "--format", fmt, "-o", path)
-        assert result.exit_code == 0, result.output
-    plan = json.loads(paths["json"].read_text())
-    assert yaml.safe_load(paths["yaml"].read_text()) == plan
-    rows = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
-    assert [row["name"] for row in rows] == [entry["name"] for entry in plan["layers"]]
-    for row, entry in zip(rows, plan["layers"]):
-        # JSON keeps full precision; CSV rounds to 12 significant digits (no 0.07500000000000001)
-        assert float(row["lr"]) == pytest.approx(entry["lr"], rel=1e-11)
-        assert [float(row[f"lr_epoch_{t}"]) for t in range(5)] == pytest.approx(entry["lrs"], rel=1e-11)
-        assert all(len(cell.replace("-", "").replace(".", "").lstrip("0")) <= 12
-                   for cell in [row["lr"], row["factor"]] if "e" not in cell)
-
-    entries = {entry["name"]: entry for entry in plan["layers"]}
-    assert entries["conv1"]["factor"] == 1.0 and entries["fc"]["factor"] == 1.0
-    assert entries["layer2.0.downsample.0"]["factor"] == 1.0  # 16 eigenvalues < 50
-    assert entries["layer3.1.bn2"]["factor"] == entries["layer3.1.conv2"]["factor"]
-    assert entries["layer3.1.bn2"]["note"] == "follows layer3.1.conv2"
-    middle = [e for e in plan["layers"] if e["kind"] == "conv2d" and e["note"] is None]
-    assert min(e["factor"] for e in middle) == 0.5 and max(e["factor"] for e in middle) == 1.5
-    for entry in middle:
-        assert entry["lrs"] == pytest.approx([entry["lr"] * 0.5 * (1 + math.cos(math.pi * t / 5)) for t in range(5)])
-
-
 def test_prune_example_applies_the_plan(cli, tmp_path):
     plan_path = tmp_path / "sparsity.json"
     result = cli("allocate", "sparsity", TINY_CNN, "--target", "0.5", "--granularity", "matrix",
@@ -153,8 +123,6 @@ def test_prune_example_applies_the_plan(cli, tmp_path):
         (["allocate", "sparsity", TINY_CNN, "--target", "0.5", "--epsilon", "1"], ["--epsilon", "1.0"]),
         (["allocate", "sparsity", TINY_CNN, "--target", "0.5"], ["tiny-cnn-trained.pth", "--granularity block", "use matrix"]),
         (["allocate", "experts", TINY_LLAMA, "--total", "3"], ["--total 3", "number of blocks (4)"]),
-        (["lr-schedule", "export", TINY_CNN, "--base-lr", "0"], ["--base-lr", "0.0"]),
-        (["lr-schedule", "export", TINY_CNN, "--base-lr", "-0.1"], ["--base-lr", "-0.1"]),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(cli, args, fragments):

@@ -1,20 +1,14 @@
-"""The everyday surface: one vocabulary across commands, `wrote PATH`, help texts, and the notebook API."""
+"""The everyday surface across commands: one vocabulary, `wrote PATH`, errors that name flags, help texts."""
 
 from __future__ import annotations
 
-import csv
-import inspect
-import io
 import json
 import re
-import sys
 
 import pytest
-from rich.console import Console
 
 import htsr_cli
 from tests.conftest import FIXTURES
-from htsr_cli.cli import _output
 from htsr_cli.cli.app import app
 from htsr_cli.errors import HtsrError, InvalidSetting
 
@@ -66,14 +60,6 @@ def test_every_output_file_is_announced_on_stderr_unless_quiet(cli, tmp_path, co
     assert quiet.exit_code == 0 and quiet.stderr == "" and target.is_file()
 
 
-def test_gate_writes_its_verdict_to_a_file_and_still_exits_by_it(cli, tmp_path):
-    target = tmp_path / "verdict.json"
-    result = cli("gate", TINY_CNN, "--alpha-max", "3", "--format", "json", "-o", target, "-q")
-    assert result.exit_code == 1 and result.stdout == ""
-    verdict = json.loads(target.read_text())
-    assert verdict["schema"] == "htsr.gate/1" and verdict["verdict"] == "fail"
-
-
 # ---------------------------------------------------------------- one vocabulary
 
 
@@ -106,39 +92,6 @@ def test_metric_chooses_alpha_farms_and_farms_only_computes_it(cli, saved):
                        "alpha_farms")
     assert_usage_error(cli("allocate", "sparsity", saved / "peak.json", "--target", "0.5", "--xmin", "ks"),
                        "saved report", "apply only to a checkpoint")
-
-
-def test_lr_schedule_from_a_report_lists_the_weight_matrices(cli, tmp_path):
-    report = tmp_path / "cnn.json"
-    assert cli("analyze", TINY_CNN, "--xmin", "median", "-f", "json", "-o", report, "-q").exit_code == 0
-    from_checkpoint = json.loads(cli("lr-schedule", "export", TINY_CNN, "--base-lr", "0.05", "-f", "json").stdout)
-    result = cli("lr-schedule", "export", report, "--base-lr", "0.05", "-f", "json")
-    assert result.exit_code == 0, result.output
-    assert result.stderr == f"note: {report} is a report: the schedule lists weight matrices only (no BatchNorm modules)\n"
-    from_report = json.loads(result.stdout)
-    matrices = [e for e in from_checkpoint["layers"] if e["kind"] != "norm"]
-    assert from_report["layers"] == matrices
-    assert {e["name"] for e in from_checkpoint["layers"]} - {e["name"] for e in from_report["layers"]} == {"bn1", "bn2", "bn3"}
-
-
-def test_lr_schedule_csv_rounds_and_json_keeps_full_precision(cli):
-    text = cli("lr-schedule", "export", TINY_CNN, "--base-lr", "0.05", "-f", "csv").stdout
-    plan = json.loads(cli("lr-schedule", "export", TINY_CNN, "--base-lr", "0.05", "-f", "json").stdout)
-    rows = {row["name"]: row for row in csv.DictReader(io.StringIO(text))}
-    for entry in plan["layers"]:
-        assert rows[entry["name"]]["lr"] == repr(float(f"{entry['lr']:.12g}"))
-    assert not re.search(r"\d{15,}", text)  # no float noise like 0.07500000000000001
-
-
-def test_lr_schedule_prints_a_table_on_a_terminal_and_json_when_piped(cli, monkeypatch):
-    piped = cli("lr-schedule", "export", TINY_CNN, "--base-lr", "0.05")
-    assert json.loads(piped.stdout)["schema"] == "htsr.lr_schedule/1"
-    terminal = Console(file=io.StringIO(), width=100, force_terminal=True, color_system=None)
-    monkeypatch.setattr(_output, "stdout_console", terminal)
-    assert cli("lr-schedule", "export", TINY_CNN, "--base-lr", "0.05").exit_code == 0
-    table = terminal.file.getvalue()
-    assert "┃ name " in table and "┃ factor " in table and "first layer keeps the base LR" in table
-    assert "base LR 0.05 | " in table
 
 
 # ---------------------------------------------------------------- errors name flags or parameters
@@ -203,54 +156,3 @@ def test_help_has_examples_no_bool_types_and_every_default(cli, path):
 def test_shell_completion_is_offered(cli):
     text = cli("--help").stdout
     assert "--install-completion" in text and "--show-completion" in text
-
-
-# ---------------------------------------------------------------- Python API
-
-
-def test_analyze_documents_its_keyword_settings():
-    parameters = inspect.signature(htsr_cli.analyze).parameters
-    assert not [p for p in parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
-    for name in ("xmin", "farms", "device", "precision", "conv_scale", "min_evals", "layers", "keep_spectra", "profile"):
-        assert name in parameters and f"`{name}`" in htsr_cli.analyze.__doc__
-    with pytest.raises(TypeError, match="either settings or keyword settings \\(xmin\\)"):
-        htsr_cli.analyze(TINY_CNN, htsr_cli.AnalyzeSettings(), xmin="ks")
-    assert htsr_cli.analyze(TINY_CNN, farms=True, layers="fc").has_farms
-
-
-def test_dir_lists_the_lazy_exports():
-    names = dir(htsr_cli)
-    for name in ("analyze", "Report", "load_report", "SparsitySettings", "LrSettings", "ExpertSettings",
-                 "TempBalance", "InvalidSetting", "attach_spectra", "__version__"):
-        assert name in names
-    assert htsr_cli.SparsitySettings(target=0.5).target == 0.5
-
-
-def test_report_repr_html_and_pandas():
-    report = htsr_cli.analyze(TINY_CNN)
-    assert repr(report) == (
-        f"Report(checkpoint={str(TINY_CNN)!r}, layers=6, analyzed=6, mean_alpha={report.summary['mean_alpha']:.3f})"
-    )
-    html = report._repr_html_()
-    assert html.count("<tr>") == 6 + 1 + len(re.findall("<th style", html))  # layer rows, header, summary rows
-    assert "conv1" in html and "param-weighted mean" in html
-    frame = report.to_pandas()
-    assert list(frame["name"]) == [layer.name for layer in report.layers]
-    assert list(frame["layer_id"]) == list(range(6))
-    assert frame.loc[0, "alpha"] == report.layers[0].alpha and frame.loc[0, "ks_distance"] == report.layers[0].ks_distance
-    assert (frame.loc[3, "N"], frame.loc[3, "M"]) == (1024, 256)  # fc1 is 256 x 1024
-    assert "alpha_farms" not in frame.columns
-
-
-def test_to_pandas_without_pandas_says_how_to_install_it(monkeypatch):
-    report = htsr_cli.analyze(TINY_CNN, layers="fc1")
-    monkeypatch.setitem(sys.modules, "pandas", None)
-    with pytest.raises(HtsrError, match=r'pip install "htsr-cli\[pandas\]"'):
-        report.to_pandas()
-
-
-def test_repr_html_escapes_layer_names():
-    import torch
-
-    report = htsr_cli.analyze({"<script>x</script>.weight": torch.randn(20, 12)})
-    assert "<script>" not in report._repr_html_() and "&lt;script&gt;" in report._repr_html_()

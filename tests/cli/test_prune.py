@@ -1,4 +1,4 @@
-"""htsr prune and htsr eval perplexity on the command line: real runs, hand-checked perplexity, and every bad input."""
+"""`htsr prune` on the command line: real runs, and every bad input (exit 2, one line, nothing written)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.conftest import FIXTURES, tiny_text
 
@@ -46,84 +45,6 @@ def test_prune_and_perplexity_of_a_wanda_pruned_model(tmp_path, cli, tiny_lms, c
     value = json.loads(scored.stdout)
     assert value["objective"] == "causal" and value["windows"] == 6 and value["tokens_scored"] == 6 * 31
     assert value["perplexity"] == pytest.approx(math.exp(value["mean_nll"]))
-
-
-# ---------------------------------------------------------------- perplexity by hand
-
-
-def _hand_causal_perplexity(directory: Path, text: str, seq_len: int) -> float:
-    import transformers
-
-    from tests.conftest import tiny_tokenizer
-
-    model = transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
-    ids = tiny_tokenizer()(text)["input_ids"]
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(ids) - seq_len + 1, seq_len):
-            window = torch.tensor(ids[start : start + seq_len])
-            log_probs = torch.log_softmax(model(input_ids=window[None]).logits[0].double(), dim=-1)
-            for t in range(1, seq_len):
-                nll -= float(log_probs[t - 1, window[t]])
-                count += 1
-    return math.exp(nll / count)
-
-
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
-def test_causal_perplexity_is_exp_of_the_mean_nll_computed_by_hand(kind, tmp_path, cli, tiny_lms):
-    text = tmp_path / "eval.txt"
-    text.write_text(tiny_text(150, seed=3))
-    result = cli("eval", "perplexity", tiny_lms[kind], "--text", text, "--seq-len", "20", "-f", "json")
-    assert result.exit_code == 0, result.stderr
-    value = json.loads(result.stdout)
-    assert value["metric"] == "perplexity" and value["windows"] == len(text.read_text().split()) // 20
-    assert value["perplexity"] == pytest.approx(_hand_causal_perplexity(tiny_lms[kind], text.read_text(), 20), rel=1e-6)
-
-
-def test_masked_lm_gets_pseudo_perplexity_computed_by_hand(tmp_path, cli, tiny_lms):
-    import transformers
-
-    from tests.conftest import tiny_tokenizer
-
-    text = tmp_path / "eval.txt"
-    text.write_text(tiny_text(40, seed=5))
-    result = cli("eval", "perplexity", tiny_lms["bert"], "--text", text, "--seq-len", "12", "-f", "json")
-    assert result.exit_code == 0, result.stderr
-    value = json.loads(result.stdout)
-    assert value["objective"] == "masked" and value["metric"] == "pseudo-perplexity"
-    tokenizer = tiny_tokenizer()
-    model = transformers.AutoModelForMaskedLM.from_pretrained(tiny_lms["bert"]).eval()
-    ids = tokenizer(text.read_text(), add_special_tokens=False)["input_ids"]
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(ids) - 10 + 1, 10):
-            sequence = [tokenizer.cls_token_id, *ids[start : start + 10], tokenizer.sep_token_id]
-            for position in range(1, 11):
-                masked = list(sequence)
-                masked[position] = tokenizer.mask_token_id
-                logits = model(input_ids=torch.tensor([masked])).logits[0, position].double()
-                nll -= float(torch.log_softmax(logits, dim=-1)[sequence[position]])
-                count += 1
-    assert value["tokens_scored"] == count
-    assert value["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-5)
-
-
-def test_perplexity_table_says_which_protocol_was_used(tmp_path, cli, tiny_lms):
-    text = tmp_path / "eval.txt"
-    text.write_text(tiny_text(100))
-    result = cli("eval", "perplexity", tiny_lms["bert"], "--text", text, "--seq-len", "16")
-    assert result.exit_code == 0, result.stderr
-    assert "pseudo-perplexity" in result.stdout and "masked" in result.stdout
-
-
-@pytest.mark.minilm
-def test_minilm_has_no_lm_head_so_no_perplexity(tmp_path, cli, minilm_dir):
-    text = tmp_path / "eval.txt"
-    text.write_text("the quick brown fox jumps over the lazy dog " * 20)
-    result = cli("eval", "perplexity", minilm_dir, "--text", text, "--seq-len", "16", "-o", tmp_path / "ppl.txt")
-    assert_usage_error(result, "has no weights for 'cls.predictions", tmp_path)
-    assert "pseudo-perplexity is not defined" in result.stderr
-    assert not (tmp_path / "ppl.txt").exists()
 
 
 # ---------------------------------------------------------------- bad input: exit 2, one line, nothing written
@@ -229,16 +150,3 @@ def test_bad_allocation_files(tmp_path, cli):
     bad.write_text(json.dumps({"schema": "htsr.sparsity/1", "layers": [
         {"tensor": "model.layers.0.mlp.up_proj.weight", "sparsity": 1.5}]}))
     assert_usage_error(cli(*base, bad), "expected a number in [0, 1)", tmp_path)
-
-
-def test_eval_bad_inputs(tmp_path, cli, tiny_lms):
-    assert_usage_error(
-        cli("eval", "perplexity", tiny_lms["llama"], "--text", tmp_path / "none.txt"), "--text", tmp_path
-    )
-    short = tmp_path / "short.txt"
-    short.write_text("w1 w2 w3")
-    result = cli("eval", "perplexity", tiny_lms["llama"], "--text", short, "--seq-len", "16", "-o", tmp_path / "r.txt")
-    assert_usage_error(result, "fewer than one window of 16", tmp_path)
-    assert not (tmp_path / "r.txt").exists()
-    result = cli("eval", "perplexity", TINY_LLAMA / "model-00001-of-00004.safetensors", "--text", short)
-    assert_usage_error(result, "not a single weight file", tmp_path)

@@ -10,20 +10,15 @@
 from __future__ import annotations
 
 import json
-import math
 import struct
 import threading
 
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 import htsr_cli
-from htsr_cli.errors import HtsrError
 from htsr_cli.spectra.memory import format_bytes
-from htsr_cli.settings import AnalyzeSettings, parse_memory_size
 
 from tests.conftest import assert_user_error
 
@@ -197,31 +192,3 @@ def test_max_memory_reaches_every_analysing_command(cli, tmp_path):
         result = cli(*command, "--max-memory", "2MiB", "--precision", "float64")
         assert result.exit_code in (0, 1), (command, result.output)
         assert "Traceback" not in result.output
-
-
-UNITS = {
-    "": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-    "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
-}
-
-
-@given(st.integers(1, 10**6), st.sampled_from(sorted(UNITS)), st.booleans(), st.booleans())
-def test_memory_sizes_parse_to_bytes(number, unit, lower, space):
-    text = f"{number}{' ' if space else ''}{unit.lower() if lower else unit}"
-    size = number * UNITS[unit]
-    if size < 2**20:
-        with pytest.raises(HtsrError, match="--max-memory"):
-            parse_memory_size(text)
-    else:
-        assert parse_memory_size(text) == size
-        assert AnalyzeSettings(max_memory=text).max_memory == size
-
-
-@given(st.text(max_size=20))
-def test_any_text_parses_or_is_a_one_line_user_error(text):
-    try:
-        size = parse_memory_size(text)
-    except HtsrError as error:
-        assert "\n" not in str(error) and str(error).startswith("--max-memory")
-    else:
-        assert isinstance(size, int) and 2**20 <= size and math.isfinite(size)

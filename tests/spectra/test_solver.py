@@ -1,11 +1,10 @@
-"""The eigensolver against svdvals**2, and tensors -> matrices (algorithms.md sections 1-2)."""
+"""The eigensolver against svdvals**2 (algorithms.md section 2): pooled spectra, chunked and upcast Grams, devices."""
 
 import pytest
 import torch
 
 from htsr_cli.errors import HtsrError
-from htsr_cli.spectra.matrices import as_slices, describe
-from htsr_cli.names import block_of, module_name
+from htsr_cli.spectra.matrices import as_slices
 from htsr_cli.spectra.solver import Eigensolver, resolve_device
 
 SOLVER = Eigensolver.create("cpu", "float64")  # the reference path: algorithms.md's 1e-10 bar
@@ -48,13 +47,6 @@ def test_fp8_is_upcast_when_torch_has_it():
     assert abs(esd[-1] - expected[-1]) / expected[-1] < 1e-10
 
 
-def test_conv_slices_are_the_kernel_positions():
-    weight = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
-    slices = as_slices(weight)
-    assert slices.shape == (4, 2, 3)
-    assert torch.equal(slices[1], weight[:, :, 0, 1])
-
-
 def test_gram_is_chunked_without_changing_values(monkeypatch):
     import htsr_cli.spectra.solver as solver_module
 
@@ -75,51 +67,6 @@ def test_cuda_request_without_cuda_is_a_user_error():
     with pytest.raises(HtsrError, match="device=.cuda.: no CUDA device"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
-
-
-@pytest.mark.parametrize(
-    "key,shape,dtype,kind,evals,reason",
-    [
-        ("encoder.layer.0.attention.self.query.weight", (384, 384), torch.float32, "linear", 384, None),
-        ("embeddings.word_embeddings.weight", (30522, 384), torch.float32, "embedding", 384, None),
-        ("transformer.wte.weight", (50257, 768), torch.bfloat16, "embedding", 768, None),
-        ("layer1.0.conv1.weight", (64, 64, 3, 3), torch.float32, "conv2d", 9 * 64, None),
-        ("conv.weight", (32, 16, 5), torch.float16, "conv1d", 5 * 16, None),
-        ("h.0.attn.c_attn.weight", (768, 2304), torch.float32, "linear", 768, None),  # GPT-2 Conv1D
-        ("model.layers.0.self_attn.q_proj.qweight", (512, 4096), torch.int32, "linear", 0, "quantized"),
-        ("fc.weight", (8, 3), torch.float32, "linear", 3, "3 eigenvalues < min_evals 10"),
-    ],
-)
-def test_describe(key, shape, dtype, kind, evals, reason):
-    spec = describe(key, shape, dtype, min_evals=10)
-    assert (spec.kind, spec.num_evals, spec.skip_reason) == (kind, evals, reason)
-    params = 1
-    for size in shape:
-        params *= size
-    assert spec.params == params
-
-
-@pytest.mark.parametrize(
-    "key,shape",
-    [
-        ("bn1.weight", (64,)),  # 1-D norm
-        ("fc.bias", (10,)),
-        ("h.0.attn.bias", (1, 1, 1024, 1024)),  # GPT-2 causal-mask buffer
-        ("bn1.num_batches_tracked", ()),
-        ("cls_token", (1, 1, 768)),
-    ],
-)
-def test_non_matrices_are_not_layers(key, shape):
-    assert describe(key, shape, torch.float32, min_evals=10) is None
-
-
-def test_names_and_blocks():
-    assert module_name("model.layers.7.mlp.up_proj.weight") == "model.layers.7.mlp.up_proj"
-    assert module_name("in_proj_weight") == "in_proj_weight"
-    assert block_of("model.layers.7.mlp.up_proj") == "model.layers.7"
-    assert block_of("layer3.1.conv2") == "layer3.1"
-    assert block_of("encoder.layer.0.attention.self.query") == "encoder.layer.0"
-    assert block_of("lm_head") is None
 
 
 def test_gram_accumulated_over_upcast_blocks_is_exact(monkeypatch):
