@@ -107,7 +107,8 @@ def test_the_next_batch_goes_to_whichever_solve_finishes_first(two_threads, monk
 
     monkeypatch.setattr(analysis, "_solve_batch", solve)
     report = htsr_cli.analyze(weights)
-    assert order[:3] == ["layers.0", "layers.1", "layers.2"]
+    # batches 0 and 1 start at once on the two threads, in either order on a busy machine; 2 only after 1 is done
+    assert sorted(order[:2]) == ["layers.0", "layers.1"] and order[2] == "layers.2"
     assert [layer.name for layer in report.layers] == [f"layers.{i}" for i in range(5)]  # spec order
     assert all(layer.status == "ok" for layer in report.layers)
 
