@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import FIXTURES, REPO
+from tests.conftest import FIXTURES, REPO
 
 pytestmark = pytest.mark.slow
 VERSION = "0.1.0"
@@ -84,14 +84,17 @@ def test_wheel_and_sdist_build_without_warnings_and_the_wheel_runs_in_a_fresh_ve
         capture_output=True, text=True,
     )
     assert install.returncode == 0, install.stdout + install.stderr
-    version = subprocess.run([str(venv / "bin" / "htsr"), "--version"], capture_output=True, text=True, cwd=tmp_path)
+    # Without PYTHONPATH: a caller's `PYTHONPATH=$PWD` would put the checkout before the venv's own install.
+    venv_env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    version = subprocess.run([str(venv / "bin" / "htsr"), "--version"], capture_output=True, text=True, cwd=tmp_path,
+                             env=venv_env)
     assert version.returncode == 0, version.stderr
     assert version.stdout == f"htsr {VERSION}\n"
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import htsr_cli; print(htsr_cli.__file__)"],
-                           capture_output=True, text=True, cwd=tmp_path)
+                           capture_output=True, text=True, cwd=tmp_path, env=venv_env)
     assert Path(where.stdout.strip()).is_relative_to(venv)  # the wheel's copy, not the checkout
     analyzed = subprocess.run([str(venv / "bin" / "htsr"), "analyze", str(FIXTURES / "tiny-cnn-trained.pth"), "-f", "json"],
-                              capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                              capture_output=True, text=True, cwd=tmp_path, env={**venv_env, "HF_HUB_OFFLINE": "1"})
     assert analyzed.returncode == 0 and '"schema": "htsr.report/1"' in analyzed.stdout
     diagnosed = subprocess.run([str(venv / "bin" / "htsr"), "diagnose", "--train-error", "3", "--mode-connectivity-peak",
                                 "-20", "--hessian-t", "6", "-f", "json"], capture_output=True, text=True, cwd=tmp_path)

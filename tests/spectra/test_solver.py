@@ -1,0 +1,94 @@
+"""The eigensolver against svdvals**2 (algorithms.md section 2): pooled spectra, chunked and upcast Grams, devices."""
+
+import pytest
+import torch
+
+from htsr_cli.errors import HtsrError
+from htsr_cli.spectra.matrices import as_slices
+from htsr_cli.spectra.solver import Eigensolver, resolve_device
+
+SOLVER = Eigensolver.create("cpu", "float64")  # the reference path: algorithms.md's 1e-10 bar
+
+
+def reference(slices):
+    """The slow, obvious way: every slice's singular values squared, pooled and sorted."""
+    return torch.sort(torch.cat([torch.linalg.svdvals(s.double()) ** 2 for s in slices])).values
+
+
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [
+        ((300, 120), torch.float32),  # tall
+        ((80, 250), torch.float32),  # wide
+        ((64, 32, 3, 3), torch.float32),  # conv2d
+        ((48, 40, 5), torch.float32),  # conv1d
+        ((200, 150), torch.bfloat16),
+        ((200, 150), torch.float16),
+    ],
+)
+def test_eigenvalues_equal_squared_singular_values(shape, dtype):
+    g = torch.Generator().manual_seed(sum(shape))
+    weight = torch.randn(shape, generator=g).to(dtype)
+    slices = as_slices(weight)
+    esd = SOLVER.pooled_eigenvalues(slices)
+    expected = reference(slices)
+    assert esd.dtype == torch.float64
+    assert esd.numel() == expected.numel()
+    assert abs(esd[-1] - expected[-1]) / expected[-1] < 1e-10
+    torch.testing.assert_close(esd, expected, rtol=1e-8, atol=1e-9 * float(expected[-1]))
+
+
+def test_fp8_is_upcast_when_torch_has_it():
+    if not hasattr(torch, "float8_e4m3fn"):
+        pytest.skip("this torch has no float8 dtype")
+    weight = torch.randn(64, 32).to(torch.float8_e4m3fn)
+    esd = SOLVER.pooled_eigenvalues(as_slices(weight))
+    expected = reference(as_slices(weight.to(torch.float64)))
+    assert abs(esd[-1] - expected[-1]) / expected[-1] < 1e-10
+
+
+def test_gram_is_chunked_without_changing_values(monkeypatch):
+    import htsr_cli.spectra.solver as solver_module
+
+    weight = torch.randn(16, 8, 3, 3, dtype=torch.float64)
+    whole = SOLVER.pooled_eigenvalues(as_slices(weight))
+    monkeypatch.setattr(solver_module, "GRAM_BUDGET_BYTES", 1)
+    assert torch.equal(SOLVER.pooled_eigenvalues(as_slices(weight)), whole)
+
+
+def test_conv_scale_multiplies_eigenvalues():
+    slices = as_slices(torch.randn(8, 6, 3, 3))
+    assert torch.allclose(SOLVER.pooled_eigenvalues(slices, 0.5), SOLVER.pooled_eigenvalues(slices) * 0.5)
+
+
+def test_cuda_request_without_cuda_is_a_user_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(HtsrError, match="device=.cuda.: no CUDA device"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
+
+
+def test_gram_accumulated_over_upcast_blocks_is_exact(monkeypatch):
+    """A tall bf16 matrix is upcast block by block (never whole); the spectrum is unchanged."""
+    import htsr_cli.spectra.solver as solver_module
+
+    weight = torch.randn(1000, 64).to(torch.bfloat16)
+    monkeypatch.setattr(solver_module, "UPCAST_BLOCK_BYTES", 64 * 8 * 37)  # 37-row blocks
+    esd = SOLVER.pooled_eigenvalues(as_slices(weight))
+    expected = reference(as_slices(weight))
+    assert abs(esd[-1] - expected[-1]) / expected[-1] < 1e-10
+    torch.testing.assert_close(esd, expected, rtol=1e-8, atol=1e-9 * float(expected[-1]))
+
+
+def test_non_finite_check_is_blockwise(monkeypatch):
+    import htsr_cli.spectra.solver as solver_module
+
+    monkeypatch.setattr(solver_module, "UPCAST_BLOCK_BYTES", 8 * 10)  # 10-element blocks
+    weight = torch.randn(30, 7)
+    assert SOLVER.all_finite(as_slices(weight))
+    weight[29, 6] = float("nan")
+    assert not SOLVER.all_finite(as_slices(weight))
+    conv = torch.randn(4, 3, 2, 2)
+    conv[0, 0, 1, 1] = float("inf")
+    assert not SOLVER.all_finite(as_slices(conv))
