@@ -21,7 +21,7 @@ LAYERS = [
     {"spectra", "checkpoints"},
     {"results"},
     {"engine", "render", "lm"},
-    {"allocations", "gate"},
+    {"allocations", "gate", "diagnosis"},
     {"pruning"},
     {"cli"},
 ]

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import assert_user_error
+from tests.conftest import assert_user_error
 from htsr_cli.diagnosis.md_tree import SHIPPED
 from htsr_cli.diagnosis.questions import QUESTIONS
 from tests.diagnosis.dataset import COLUMNS, synthetic_population

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
+from tests.conftest import REPO
 
 DATA = Path(os.environ.get("HTSR_MD_TREE_DATA", REPO.parent / "shared" / "data" / "md-tree"))
 needs_data = pytest.mark.skipif(
