@@ -141,6 +141,24 @@ def mean_loss_and_error(model: nn.Module, batches: Batches, objective: Objective
     return total_loss / terms, 100.0 * wrong / max(predicted, 1)
 
 
+def call_with(model: nn.Module, parameters: dict[str, Tensor], objective: Objective, inputs: Any) -> Tensor:
+    """The objective's forward pass with `parameters` (by name) in place of the model's own;
+    the model's other parameters and buffers are used as they are."""
+    scored = _Scored(model, objective.forward)
+    return torch.func.functional_call(scored, {f"model.{name}": value for name, value in parameters.items()}, (inputs,))
+
+
+class _Scored(nn.Module):
+    """The model behind the objective's forward pass, so torch.func can swap its tensors by name."""
+
+    def __init__(self, model: nn.Module, forward: Callable[[nn.Module, Any], Tensor]):
+        super().__init__()
+        self.model, self.run = model, forward
+
+    def forward(self, inputs: Any) -> Tensor:
+        return self.run(self.model, inputs)
+
+
 def trainable_parameters(model: nn.Module) -> dict[str, Tensor]:
     """The parameters the metrics differentiate: those that require a gradient, by name."""
     return {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
