@@ -44,7 +44,7 @@ LINE, BEZIER = "line", "bezier"
 class ConnectivitySettings:
     points: int = 5
     curve_steps: int = 200  # SGD steps training the Bezier middle point (0: keep the midpoint)
-    learning_rate: float = 0.01
+    curve_learning_rate: float = 0.01
     momentum: float = 0.9
     seed: int = 0
 
@@ -53,8 +53,8 @@ class ConnectivitySettings:
             raise InvalidSetting("points", self.points, "must be at least 3 (both ends and one inside)")
         if self.curve_steps < 0:
             raise InvalidSetting("curve_steps", self.curve_steps, "must be at least 0")
-        if not self.learning_rate > 0:
-            raise InvalidSetting("learning_rate", self.learning_rate, "must be positive")
+        if not self.curve_learning_rate > 0:
+            raise InvalidSetting("curve_learning_rate", self.curve_learning_rate, "must be positive")
         if not 0 <= self.momentum < 1:
             raise InvalidSetting("momentum", self.momentum, "must be in [0, 1)")
 
@@ -196,7 +196,7 @@ def train_bezier_middle(
     middle = {name: ((start[name] + end[name]) / 2).clone().requires_grad_(True) for name in start}
     if settings.curve_steps == 0:
         return {name: value.detach() for name, value in middle.items()}
-    optimizer = torch.optim.SGD(list(middle.values()), lr=settings.learning_rate, momentum=settings.momentum)
+    optimizer = torch.optim.SGD(list(middle.values()), lr=settings.curve_learning_rate, momentum=settings.momentum)
     generator = torch.Generator().manual_seed(settings.seed)
     # train mode updates BatchNorm statistics in place: give it scratch copies, never the model's own
     scratch = {name: buffer.clone() for name, buffer in model.named_buffers()}
@@ -207,7 +207,7 @@ def train_bezier_middle(
             if step == settings.curve_steps:
                 break
             for group in optimizer.param_groups:
-                group["lr"] = garipov_learning_rate(settings.learning_rate, step / settings.curve_steps)
+                group["lr"] = garipov_learning_rate(settings.curve_learning_rate, step / settings.curve_steps)
             t = float(torch.rand((), generator=generator))
             weights = bezier_point(start, middle, end, t)
             loss = objective.loss(call_with(model, {**weights, **scratch}, objective, inputs), targets)

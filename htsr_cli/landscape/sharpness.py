@@ -7,7 +7,7 @@ SharpBalance reports for its ensemble members:
 
 the perturbation g scaled elementwise by |w| (so rescaling a layer's weights, which leaves the
 function unchanged, leaves S unchanged); L_B a batch's mean loss, the batches weighted by size.
-The maximum is found by projected gradient ascent on g: `steps` steps of length step_size * rho
+The maximum is found by projected gradient ascent on g: `ascent_steps` steps of length step_size * rho
 along the normalised gradient (p = 2) or its sign (p = inf), projected back onto the ball, from a
 seeded random start on the ball's surface (g = 0 is a stationary point at a minimum). The largest
 loss seen along the ascent is kept, so S >= 0. The model runs in eval mode.
@@ -39,7 +39,7 @@ L2, LINF = "2", "inf"
 class SharpnessSettings:
     rho: float = 0.5  # radius of the adaptive ball (SharpBalance/ASAM's rho for l2)
     norm: str = L2
-    steps: int = 20
+    ascent_steps: int = 20
     step_size: float = 0.1  # each ascent step moves step_size * rho
     seed: int = 0
 
@@ -48,8 +48,8 @@ class SharpnessSettings:
             raise InvalidSetting("rho", self.rho, "must be positive")
         if self.norm not in (L2, LINF):
             raise InvalidSetting("norm", self.norm, f"must be {L2} or {LINF}")
-        if self.steps < 1:
-            raise InvalidSetting("steps", self.steps, "must be at least 1")
+        if self.ascent_steps < 1:
+            raise InvalidSetting("ascent_steps", self.ascent_steps, "must be at least 1")
         if not self.step_size > 0:
             raise InvalidSetting("step_size", self.step_size, "must be positive")
 
@@ -107,7 +107,7 @@ def adaptive_sharpness(
             base = float(objective.loss(objective.forward(model, inputs), targets))
         gamma = _on_ball(shapes, settings.norm, settings.rho, generator, weights)
         worst = base
-        for _ in range(settings.steps):
+        for _ in range(settings.ascent_steps):
             gamma = [g.requires_grad_(True) for g in gamma]
             loss = loss_at(gamma, inputs, targets)
             worst = max(worst, float(loss.detach()))

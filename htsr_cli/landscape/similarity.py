@@ -119,13 +119,13 @@ def output_rows(model: nn.Module, inputs: Any) -> Tensor:
 @dataclass(frozen=True)
 class SimilaritySettings:
     kernel: str = LINEAR
-    threshold: float = 1.0  # RBF bandwidth as a multiple of the median distance
+    rbf_threshold: float = 1.0  # RBF bandwidth as a multiple of the median distance
 
     def __post_init__(self) -> None:
         if self.kernel not in (LINEAR, RBF):
             raise InvalidSetting("kernel", self.kernel, f"must be {LINEAR} or {RBF}")
-        if not self.threshold > 0:
-            raise InvalidSetting("threshold", self.threshold, "must be positive")
+        if not self.rbf_threshold > 0:
+            raise InvalidSetting("rbf_threshold", self.rbf_threshold, "must be positive")
 
 
 def model_cka(
@@ -137,7 +137,7 @@ def model_cka(
     progress: ProgressCallback | None = None,
 ) -> float:
     """Minibatch CKA between two models' representations (default: their outputs) of the same batches."""
-    accumulator = MinibatchCKA(settings.kernel, settings.threshold)
+    accumulator = MinibatchCKA(settings.kernel, settings.rbf_threshold)
     total = len(batches)
     first.eval()
     second.eval()

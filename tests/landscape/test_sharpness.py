@@ -39,7 +39,7 @@ def test_l2_adaptive_sharpness_at_a_minimum_is_half_rho_squared_times_the_top_ei
     scaled = torch.diag(centre.abs()) @ curvature @ torch.diag(centre.abs())
     expected = 0.5 * 0.3**2 * float(torch.linalg.eigvalsh(scaled)[-1])
     model = Quadratic(curvature, centre, centre)
-    found = adaptive_sharpness(model, DATA, MEAN, SharpnessSettings(rho=0.3, steps=300, step_size=0.1))
+    found = adaptive_sharpness(model, DATA, MEAN, SharpnessSettings(rho=0.3, ascent_steps=300, step_size=0.1))
     assert found.loss == pytest.approx(0.0, abs=1e-12)
     assert found.sharpness == pytest.approx(expected, rel=1e-4)
 
@@ -49,7 +49,7 @@ def test_linf_adaptive_sharpness_of_a_diagonal_quadratic_is_the_box_corner():
     # S = 0.5 * rho^2 * sum a_i w_i^2 = 0.5 * 0.01 * (2 + 9 + 1) = 0.06
     curvature = torch.diag(torch.tensor([2.0, 1.0, 4.0], dtype=torch.float64))
     centre = torch.tensor([1.0, -3.0, 0.5], dtype=torch.float64)
-    found = adaptive_sharpness(Quadratic(curvature, centre, centre), DATA, MEAN, SharpnessSettings(rho=0.1, norm=LINF, steps=30))
+    found = adaptive_sharpness(Quadratic(curvature, centre, centre), DATA, MEAN, SharpnessSettings(rho=0.1, norm=LINF, ascent_steps=30))
     assert found.sharpness == pytest.approx(0.06, rel=1e-9)
 
 
@@ -65,7 +65,7 @@ def test_sharpness_does_not_change_when_a_layer_is_rescaled():
     x = torch.randn(16, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     y = torch.randint(0, 2, (16,), generator=torch.Generator().manual_seed(2))
     data = Batches([(x, y)])
-    settings = SharpnessSettings(rho=0.05, steps=10)
+    settings = SharpnessSettings(rho=0.05, ascent_steps=10)
     first = adaptive_sharpness(model, data, CLASSIFICATION, settings)
     second = adaptive_sharpness(rescaled, data, CLASSIFICATION, settings)
     assert first.sharpness > 0
@@ -77,7 +77,7 @@ def test_sharpness_is_reproducible_with_a_seed():
     model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2)).double()
     x = torch.randn(16, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     data = Batches([(x, torch.zeros(16, dtype=torch.long))])
-    runs = [adaptive_sharpness(model, data, CLASSIFICATION, SharpnessSettings(steps=3, seed=s)).sharpness for s in (5, 5, 6)]
+    runs = [adaptive_sharpness(model, data, CLASSIFICATION, SharpnessSettings(ascent_steps=3, seed=s)).sharpness for s in (5, 5, 6)]
     assert runs[0] == runs[1] != runs[2]
 
 
