@@ -29,13 +29,24 @@ The dataset's columns `mode_connectivity` and `mode_connectivity_peak` are the B
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from htsr_cli.errors import HtsrError, InvalidSetting
-from htsr_cli.landscape.objective import Batches, Objective, ProgressCallback, call_with, trainable_parameters
+from htsr_cli.landscape.objective import (
+    Batch,
+    Batches,
+    LossFunction,
+    Objective,
+    ProgressCallback,
+    as_batches,
+    as_objective,
+    call_with,
+    trainable_parameters,
+)
 
 LINE, BEZIER = "line", "bezier"
 
@@ -226,12 +237,14 @@ def train_bezier_middle(
 def connect(
     first: nn.Module,
     second: nn.Module,
-    batches: Batches,
-    objective: Objective,
+    batches: Iterable[Batch] | Batches,
+    loss: Objective | LossFunction | None = None,
     settings: ConnectivitySettings = ConnectivitySettings(),
     progress: ProgressCallback | None = None,
 ) -> Connectivity:
-    """Loss and error along the line and the trained Bezier curve from `first` to `second`."""
+    """Loss and error along the line and the trained Bezier curve from `first` to `second`
+    (`loss`: classification cross-entropy unless given)."""
+    objective, batches = as_objective(loss), as_batches(batches)
     check_same_architecture(first, second)
     start = {name: value.detach() for name, value in trainable_parameters(first).items()}
     end = {name: value.detach() for name, value in trainable_parameters(second).items()}

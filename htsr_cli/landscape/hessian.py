@@ -22,14 +22,23 @@ The model runs in eval mode (BatchNorm uses its running statistics, dropout is o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from htsr_cli.errors import InvalidSetting
-from htsr_cli.landscape.objective import Batches, Objective, ProgressCallback, trainable_parameters
+from htsr_cli.landscape.objective import (
+    Batch,
+    Batches,
+    LossFunction,
+    Objective,
+    ProgressCallback,
+    as_batches,
+    as_objective,
+    trainable_parameters,
+)
 
 Vector = list[Tensor]  # one tensor per parameter
 
@@ -69,8 +78,8 @@ def gaussian(parameters: Vector, generator: torch.Generator) -> Vector:
 class HessianOperator:
     """v -> Hv of the mean loss over `batches`, for `model`'s trainable parameters."""
 
-    def __init__(self, model: nn.Module, objective: Objective, batches: Batches):
-        self.model, self.objective, self.batches = model.eval(), objective, batches
+    def __init__(self, model: nn.Module, loss: Objective | LossFunction, batches: Iterable[Batch] | Batches):
+        self.model, self.objective, self.batches = model.eval(), as_objective(loss), as_batches(batches)
         self.parameters: Vector = list(trainable_parameters(model).values())
         if not self.parameters:
             raise InvalidSetting("model", type(model).__name__, "has no trainable parameters")

@@ -20,6 +20,7 @@ from htsr_cli.errors import InvalidSetting
 
 Batch = tuple[Any, Tensor]  # (inputs: a tensor, or a mapping of keyword tensors, targets)
 ProgressCallback = Callable[[int, int, str], None]
+LossFunction = Callable[[Tensor, Tensor], Tensor]  # (outputs, targets) -> the batch's mean loss
 
 
 def model_outputs(model: nn.Module, inputs: Any) -> Tensor:
@@ -80,7 +81,7 @@ NEXT_TOKEN = Objective(
 )
 
 
-def as_objective(loss: Objective | Callable[[Tensor, Tensor], Tensor] | None) -> Objective:
+def as_objective(loss: Objective | LossFunction | None) -> Objective:
     """A plain loss function (outputs, targets) -> mean loss becomes an Objective with the
     classification defaults for everything else."""
     if loss is None:
@@ -91,21 +92,25 @@ def as_objective(loss: Objective | Callable[[Tensor, Tensor], Tensor] | None) ->
 
 
 class Batches:
-    """A re-iterable stream of batches moved to `device`, cut at `max_batches`.
+    """A re-iterable stream of batches, cut at `max_batches`, moved to `device` when one is given.
 
     Metrics pass over the data many times (one pass per Hessian-vector product), so a one-shot
     generator is refused: it would be empty on the second pass."""
 
-    def __init__(self, source: Iterable[Batch], max_batches: int | None = None, device: torch.device | str = "cpu"):
+    def __init__(self, source: Iterable[Batch], max_batches: int | None = None, device: torch.device | str | None = None):
         if iter(source) is source:
             raise InvalidSetting("batches", type(source).__name__, "must be re-iterable (a list or DataLoader), not a one-shot iterator")
         if max_batches is not None and max_batches < 1:
             raise InvalidSetting("max_batches", max_batches, "must be at least 1")
-        self.source, self.max_batches, self.device = source, max_batches, torch.device(device)
+        self.source, self.max_batches = source, max_batches
+        self.device = None if device is None else torch.device(device)
 
     def __iter__(self) -> Iterator[Batch]:
         for inputs, targets in itertools.islice(self.source, self.max_batches):
-            yield to_device(inputs, self.device), targets.to(self.device)
+            if self.device is None:
+                yield inputs, targets
+            else:
+                yield to_device(inputs, self.device), targets.to(self.device)
 
     def __len__(self) -> int:
         try:
@@ -121,8 +126,9 @@ def to_device(inputs: Any, device: torch.device) -> Any:
     return inputs.to(device)
 
 
-def as_batches(source: Iterable[Batch] | Batches, device: torch.device | str = "cpu") -> Batches:
-    return source if isinstance(source, Batches) else Batches(source, device=device)
+def as_batches(source: Iterable[Batch] | Batches) -> Batches:
+    """The library's functions take any re-iterable of (inputs, targets), or Batches."""
+    return source if isinstance(source, Batches) else Batches(source)
 
 
 def mean_loss_and_error(model: nn.Module, batches: Batches, objective: Objective) -> tuple[float, float]:

@@ -23,14 +23,24 @@ The ensemble predicts the mean of the members' distributions.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from htsr_cli.errors import InvalidSetting
-from htsr_cli.landscape.objective import Batches, Objective, ProgressCallback, call_with, trainable_parameters
+from htsr_cli.landscape.objective import (
+    Batch,
+    Batches,
+    LossFunction,
+    Objective,
+    ProgressCallback,
+    as_batches,
+    as_objective,
+    call_with,
+    trainable_parameters,
+)
 
 L2, LINF = "2", "inf"
 
@@ -78,12 +88,14 @@ def _project(gamma: list[Tensor], norm: str, rho: float) -> list[Tensor]:
 
 def adaptive_sharpness(
     model: nn.Module,
-    batches: Batches,
-    objective: Objective,
+    batches: Iterable[Batch] | Batches,
+    loss: Objective | LossFunction | None = None,
     settings: SharpnessSettings = SharpnessSettings(),
     progress: ProgressCallback | None = None,
 ) -> Sharpness:
-    """Adaptive worst-case sharpness within radius rho, by projected gradient ascent per batch."""
+    """Adaptive worst-case sharpness within radius rho, by projected gradient ascent per batch
+    (`loss`: classification cross-entropy unless given)."""
+    objective, batches = as_objective(loss), as_batches(batches)
     model.eval()
     parameters = trainable_parameters(model)
     names = list(parameters)
@@ -148,10 +160,14 @@ class Diversity:
 
 
 def ensemble_diversity(
-    models: Sequence[nn.Module], batches: Batches, objective: Objective, progress: ProgressCallback | None = None
+    models: Sequence[nn.Module],
+    batches: Iterable[Batch] | Batches,
+    loss: Objective | LossFunction | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Diversity:
     """Disagreement, KL and prediction variance of `models` on the same batches, with member and
-    ensemble error and loss."""
+    ensemble error and loss (`loss`: classification cross-entropy unless given)."""
+    objective, batches = as_objective(loss), as_batches(batches)
     if len(models) < 2:
         raise InvalidSetting("models", len(models), "diversity needs at least 2 models")
     members = len(models)

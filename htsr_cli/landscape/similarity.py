@@ -20,7 +20,7 @@ unbiased CKA of the whole data.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from htsr_cli.errors import HtsrError, InvalidSetting
-from htsr_cli.landscape.objective import Batches, ProgressCallback, model_outputs
+from htsr_cli.landscape.objective import Batch, Batches, ProgressCallback, as_batches, model_outputs
 
 LINEAR, RBF = "linear", "rbf"
 
@@ -131,12 +131,13 @@ class SimilaritySettings:
 def model_cka(
     first: nn.Module,
     second: nn.Module,
-    batches: Batches,
+    batches: Iterable[Batch] | Batches,
     settings: SimilaritySettings = SimilaritySettings(),
     representation: Callable[[nn.Module, Any], Tensor] = output_rows,
     progress: ProgressCallback | None = None,
 ) -> float:
     """Minibatch CKA between two models' representations (default: their outputs) of the same batches."""
+    batches = as_batches(batches)
     accumulator = MinibatchCKA(settings.kernel, settings.rbf_threshold)
     total = len(batches)
     first.eval()
