@@ -164,7 +164,7 @@ def landscape_tables(document: dict):
     data = document["data"]
     caption = (
         f"{document['objective']} on {data['used']} of {data['samples']} {data['unit']} of {data['path']} "
-        f"({data['batches']} batches); {document['device']}"
+        f"({data['batches']} batch{'es' if data['batches'] != 1 else ''}); {document['device']}"
     )
     parts = [to_rich_table(columns, rows, caption=caption)]
     pair = document["pair"]
