@@ -118,7 +118,10 @@ def landscape(
     chosen = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics is not None else (DEFAULT_PAIR if len(models) == 2 else DEFAULT_SINGLE)
     settings = LandscapeSettings(
         metrics=chosen,
-        hessian=HessianSettings(top_k, max_iterations, tolerance, density_steps, density_runs, seed=seed),
+        hessian=HessianSettings(
+            top_k=top_k, max_iterations=max_iterations, tolerance=tolerance, density_steps=density_steps,
+            density_runs=density_runs, seed=seed,
+        ),
         sharpness=SharpnessSettings(rho=rho, norm=norm.value, ascent_steps=ascent_steps, seed=seed),
         connectivity=ConnectivitySettings(points=points, curve_steps=curve_steps, curve_learning_rate=curve_learning_rate, seed=seed),
         similarity=SimilaritySettings(kernel=kernel.value),

@@ -103,7 +103,7 @@ def check_same_architecture(first: nn.Module, second: nn.Module, names: tuple[st
             if a[name].shape != b[name].shape:
                 raise HtsrError(
                     f"{names[0]} and {names[1]} have different architectures: {kind} {name!r} is "
-                    f"{tuple(a[name].shape)} in one and {tuple(b[name].shape)} in the other"
+                    f"{tuple(a[name].shape)} in {names[0]} and {tuple(b[name].shape)} in {names[1]}"
                 )
 
 

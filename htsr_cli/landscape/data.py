@@ -259,7 +259,7 @@ def load_torch_model(path: Path, trust_pickle: bool) -> nn.Module:
         raise HtsrError(f"{path}: torch cannot load it ({type(error).__name__}: {' '.join(str(error).split())[:120]})") from error
     if not isinstance(loaded, nn.Module):
         raise HtsrError(
-            f"{path}: holds a {type(loaded).__name__} (weights without the architecture), which cannot run a "
-            "forward pass; save the whole model with torch.save(model), or give a Hugging Face directory"
+            f"{path}: holds {type(loaded).__name__} data, not a whole model; a state dict (weights without the "
+            "architecture) cannot run a forward pass: save the model with torch.save(model), or give a Hugging Face directory"
         )
     return loaded

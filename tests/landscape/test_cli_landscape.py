@@ -150,3 +150,41 @@ def test_option_mistakes(cli, digits, tmp_path):
     assert_user_error(cli("landscape", model, "--trust-pickle", "--data", digits["npz"], "--top-k", "0"), "--top-k 0")
     assert_user_error(cli("landscape", model, "--trust-pickle", "--data", digits["npz"], "--max-batches", "0"), "--max-batches")
     assert_user_error(cli("landscape", model, "--trust-pickle", "--data", tmp_path / "missing.npz"), "no such file")
+
+
+def test_image_classifier_on_pixel_arrays(cli, tmp_path):
+    import transformers
+
+    from landscape.digits import digits_arrays
+
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=32, num_labels=10)
+    directory = tmp_path / "vit"
+    transformers.ViTForImageClassification(config).save_pretrained(directory)
+    features, labels = digits_arrays()
+    images = tmp_path / "images.npz"
+    np.savez(images, pixel_values=features[:40].reshape(-1, 1, 8, 8), labels=labels[:40])
+    result = cli("landscape", directory, "--data", images, "--batch-size", "20", "--metrics", "hessian,trace",
+                 "--max-iterations", "2", "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    validate(document)
+    assert document["data"]["used"] == 40 and document["models"][0]["error"] > 50  # an untrained head
+    flat = tmp_path / "flat.npz"
+    np.savez(flat, x=features[:40], y=labels[:40])
+    assert_user_error(cli("landscape", directory, "--data", flat), "samples of shape (64,) do not fit", "(1, 8, 8)")
+
+
+def test_the_schema_is_strict(cli, digits):
+    from test_schemas import errors
+
+    result = cli("landscape", digits["seed0"], "--trust-pickle", "--data", digits["npz"], "--max-batches", "1",
+                 "--metrics", "sharpness", "--ascent-steps", "1", "-f", "json")
+    document = json.loads(result.stdout)
+    assert not errors(document, "landscape/1")
+    document["models"][0]["surprise"] = 1
+    assert errors(document, "landscape/1")
+    document["models"][0].pop("surprise")
+    document["settings"]["metrics"] = ["curvature"]
+    assert errors(document, "landscape/1")

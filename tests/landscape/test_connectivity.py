@@ -90,7 +90,30 @@ def test_training_the_middle_point_lowers_the_curve_and_is_reproducible():
 
 
 def test_models_of_different_architectures_are_refused():
-    with pytest.raises(HtsrError, match=r"different architectures: parameter '0.weight' is \(16, 4\) in one and \(8, 4\)"):
+    with pytest.raises(HtsrError, match=r"different architectures: parameter '0.weight' is \(16, 4\) in the first model and \(8, 4\) in the second model"):
         check_same_architecture(net(0), nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)))
     with pytest.raises(HtsrError, match="parameter '2.weight' is in the first model only"):
         connect(net(0), net(0, batchnorm=True), data(), CLASSIFICATION)
+
+
+def test_batchnorm_statistics_are_recomputed_at_each_point():
+    # the ends of the line are model A itself, with its BatchNorm statistics recomputed over the data
+    # (a cumulative average), not the exponential averages left by training
+    import copy
+
+    batches = data()
+    model = fit(net(4, batchnorm=True), batches)
+    recomputed = copy.deepcopy(model)
+    recomputed[1].reset_running_stats()
+    recomputed[1].momentum = None
+    recomputed.train()
+    with torch.no_grad():
+        for x, _ in batches:
+            recomputed(x)
+    recomputed.eval()
+    with torch.no_grad():
+        expected = sum(float(nn.functional.cross_entropy(recomputed(x), y)) * len(y) for x, y in batches) / 64
+        stored = sum(float(nn.functional.cross_entropy(model(x), y)) * len(y) for x, y in batches) / 64
+    assert abs(expected - stored) > 1e-4  # the test can tell the two apart
+    result = connect(model, fit(net(5, batchnorm=True), batches), batches, CLASSIFICATION, ConnectivitySettings(curve_steps=0))
+    assert result.line.loss[0] == pytest.approx(expected, rel=1e-6)
