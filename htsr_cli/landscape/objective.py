@@ -33,9 +33,14 @@ def model_outputs(model: nn.Module, inputs: Any) -> Tensor:
     return logits
 
 
+def at_least_float32(logits: Tensor) -> Tensor:
+    """Half-precision logits are scored in float32; float32 and float64 as they are."""
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+
 def classification_loss(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean cross-entropy of class logits [B, C] against class indices [B]."""
-    return nn.functional.cross_entropy(logits.float(), targets)
+    return nn.functional.cross_entropy(at_least_float32(logits), targets)
 
 
 def classification_mistakes(logits: Tensor, targets: Tensor) -> tuple[int, int]:
@@ -45,7 +50,7 @@ def classification_mistakes(logits: Tensor, targets: Tensor) -> tuple[int, int]:
 
 def next_token_loss(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean cross-entropy of token t+1 given tokens <= t: logits [B, L, V], token ids [B, L]."""
-    return nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets[:, 1:].flatten())
+    return nn.functional.cross_entropy(at_least_float32(logits[:, :-1]).flatten(0, 1), targets[:, 1:].flatten())
 
 
 def next_token_mistakes(logits: Tensor, targets: Tensor) -> tuple[int, int]:

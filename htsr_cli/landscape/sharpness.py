@@ -10,7 +10,9 @@ function unchanged, leaves S unchanged); L_B a batch's mean loss, the batches we
 The maximum is found by projected gradient ascent on g: `ascent_steps` steps of length step_size * rho
 along the normalised gradient (p = 2) or its sign (p = inf), projected back onto the ball, from a
 seeded random start on the ball's surface (g = 0 is a stationary point at a minimum). The largest
-loss seen along the ascent is kept, so S >= 0. The model runs in eval mode.
+loss seen along the ascent is kept, so S >= 0. The model runs in eval mode. SharpBalance's code
+maximises the same objective with Auto-PGD (adaptive steps, momentum) on batches of 5 samples;
+the fixed-step ascent here is simpler and can find a lower maximum (docs/algorithms.md).
 
 Diversity of an ensemble of M members on the same samples, from each member's predictive
 distribution p_m = softmax(logits_m) per prediction:
