@@ -150,6 +150,11 @@ def test_option_mistakes(cli, digits, tmp_path):
     assert_user_error(cli("landscape", model, "--trust-pickle", "--data", digits["npz"], "--top-k", "0"), "--top-k 0")
     assert_user_error(cli("landscape", model, "--trust-pickle", "--data", digits["npz"], "--max-batches", "0"), "--max-batches")
     assert_user_error(cli("landscape", model, "--trust-pickle", "--data", tmp_path / "missing.npz"), "no such file")
+    text = tmp_path / "text.txt"
+    text.write_text("w1 w2 w3")
+    assert_user_error(cli("landscape", model, "--trust-pickle", "--text", text), "measured on --data FILE")
+    assert_user_error(cli("landscape", model, tmp_path, "--trust-pickle", "--data", digits["npz"]), "models of one kind")
+    assert_user_error(cli("landscape", model, model, model, "--trust-pickle", "--data", digits["npz"]), "got 3")
 
 
 def test_image_classifier_on_pixel_arrays(cli, tmp_path):
@@ -188,3 +193,13 @@ def test_the_schema_is_strict(cli, digits):
     document["models"][0].pop("surprise")
     document["settings"]["metrics"] = ["curvature"]
     assert errors(document, "landscape/1")
+
+
+def test_a_datasets_directory_without_the_datasets_package_is_one_line(cli, digits, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("datasets") is not None:
+        pytest.skip("datasets is installed: the directory would be read")
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    assert_user_error(cli("landscape", digits["seed0"], "--trust-pickle", "--data", folder), "needs the `datasets` package")
