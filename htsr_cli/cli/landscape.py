@@ -35,14 +35,14 @@ class Norm(str, Enum):
 ModelsArg = Annotated[
     list[str],
     typer.Argument(
-        metavar="MODEL [MODEL_B]",
-        help="A Hugging Face directory or cached hub id (sequence/image classifier, causal LM), or a whole-model "
+        metavar="MODEL",
+        help="One or two models: a Hugging Face directory or cached hub id (sequence/image classifier, causal LM), or a whole-model "
         "torch file (with --trust-pickle). Two models (two seeds of one configuration) add mode connectivity and CKA.",
         show_default=False,
     ),
 ]
-DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Labelled samples for a classifier: .npz, .csv, .jsonl or a datasets.save_to_disk directory.", show_default=False)]
-TextOpt = Annotated[Optional[Path], typer.Option("--text", dir_okay=False, help="UTF-8 text for a causal LM, cut into windows of --seq-len tokens.", show_default=False)]
+DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Labelled samples for a classifier: .npz, .csv, .jsonl or a datasets.save_to_disk directory.", show_default="none: --data or --text is needed")]
+TextOpt = Annotated[Optional[Path], typer.Option("--text", dir_okay=False, help="UTF-8 text for a causal LM, cut into windows of --seq-len tokens.", show_default="none: --data or --text is needed")]
 LabelOpt = Annotated[str, typer.Option("--label-column", help="The label column/key of --data.")]
 MetricsOpt = Annotated[Optional[str], typer.Option("--metrics", help="Comma-separated: hessian, trace, density, sharpness; with two models also connectivity, cka, diversity.", show_default="hessian,trace,sharpness (+connectivity,cka for two models)")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Samples (or text windows) per batch.")]
