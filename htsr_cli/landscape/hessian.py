@@ -91,10 +91,16 @@ class HessianOperator:
         samples = 0
         for inputs, targets in self.batches:
             loss = self.objective.loss(self.objective.forward(self.model, inputs), targets)
-            gradients = torch.autograd.grad(loss, self.parameters, create_graph=True)
-            products = torch.autograd.grad(gradients, self.parameters, grad_outputs=v)
+            # allow_unused: a parameter the loss never reaches (an unused head) has a zero row and column
+            gradients = torch.autograd.grad(loss, self.parameters, create_graph=True, allow_unused=True)
+            curved = [(g, u) for g, u in zip(gradients, v) if g is not None and g.requires_grad]
+            products = (
+                torch.autograd.grad([g for g, _ in curved], self.parameters, grad_outputs=[u for _, u in curved], allow_unused=True)
+                if curved
+                else [None] * len(self.parameters)
+            )
             count = self.objective.count(targets)
-            total = [t + count * hv.detach() for t, hv in zip(total, products)]
+            total = [t if hv is None else t + count * hv.detach() for t, hv in zip(total, products)]
             samples += count
         if samples == 0:
             raise InvalidSetting("batches", "empty", "the data holds no batch")

@@ -125,7 +125,10 @@ def adaptive_sharpness(
             gamma = [g.requires_grad_(True) for g in gamma]
             loss = loss_at(gamma, inputs, targets)
             worst = max(worst, float(loss.detach()))
-            gradient = torch.autograd.grad(loss, gamma)
+            gradient = [
+                torch.zeros_like(g) if d is None else d  # a parameter the loss never reaches
+                for g, d in zip(gamma, torch.autograd.grad(loss, gamma, allow_unused=True))
+            ]
             with torch.no_grad():
                 if settings.norm == LINF:
                     step = [d.sign() for d in gradient]

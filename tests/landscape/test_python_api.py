@@ -41,3 +41,36 @@ def test_a_one_shot_generator_is_refused():
 def test_max_batches_cuts_the_stream():
     batches = landscape.Batches([(torch.zeros(2), torch.zeros(2))] * 5, max_batches=2)
     assert len(batches) == 2 and len(list(batches)) == 2
+
+
+class WithUnusedHead(nn.Module):
+    """A model with a parameter its output never uses, and a parameter its loss is linear in."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(3, 2).double()
+        self.unused = nn.Parameter(torch.ones(4, dtype=torch.float64))
+        self.shift = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.body(x), self.shift
+
+
+def loss_with_linear_term(outputs, targets):
+    logits, shift = outputs
+    return nn.functional.cross_entropy(logits, targets) + shift.sum()
+
+
+def test_unused_and_linear_parameters_have_zero_curvature():
+    objective = landscape.Objective(loss=loss_with_linear_term, forward=lambda model, inputs: model(inputs))
+    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    batches = [(x, torch.tensor([0, 1] * 4))]
+    model = WithUnusedHead()
+    hessian = landscape.HessianOperator(model, objective, batches)
+    product = hessian([torch.ones_like(p) for p in hessian.parameters])
+    names = [name for name, _ in model.named_parameters()]
+    assert torch.equal(product[names.index("unused")], torch.zeros(4, dtype=torch.float64))
+    assert torch.equal(product[names.index("shift")], torch.zeros(1, dtype=torch.float64))
+    assert product[names.index("body.weight")].abs().sum() > 0
+    found = landscape.adaptive_sharpness(model, batches, objective, landscape.SharpnessSettings(ascent_steps=2))
+    assert found.sharpness >= 0
