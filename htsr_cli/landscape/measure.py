@@ -16,7 +16,7 @@ from torch import nn
 
 from htsr_cli import __version__
 from htsr_cli.errors import InvalidSetting
-from htsr_cli.landscape.connectivity import ConnectivitySettings, PathProfile, check_same_architecture, connect
+from htsr_cli.landscape.connectivity import ConnectivitySettings, check_same_architecture, connect
 from htsr_cli.landscape.hessian import HessianOperator, HessianSettings, density, top_eigenvalues, trace
 from htsr_cli.landscape.objective import Batches, Objective, ProgressCallback, mean_loss_and_error
 from htsr_cli.landscape.sharpness import SharpnessSettings, adaptive_sharpness, ensemble_diversity
@@ -52,10 +52,6 @@ class Subject:
 
     name: str
     model: nn.Module
-
-
-def _path(profile: PathProfile) -> dict[str, Any]:
-    return asdict(profile)
 
 
 def _log_or_none(value: float | None) -> float | None:
@@ -115,8 +111,8 @@ def measure(
         if "connectivity" in settings.metrics:
             result = connect(first, second, batches, objective, settings.connectivity, progress)
             pair["connectivity"] = {
-                "line": _path(result.line),
-                "bezier": _path(result.bezier),
+                "line": asdict(result.line),
+                "bezier": asdict(result.bezier),
                 "mode_connectivity": result.bezier.mode_connectivity,
                 "mode_connectivity_peak": result.bezier.mode_connectivity_peak,
                 "curve_steps": result.curve_steps,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -77,7 +77,7 @@ class Objective:
     forward: Callable[[nn.Module, Any], Tensor] = model_outputs
     mistakes: Callable[[Tensor, Tensor], tuple[int, int]] = classification_mistakes
     count: Callable[[Tensor], int] = samples_in
-    name: str = field(default="classification")
+    name: str = "classification"
 
 
 CLASSIFICATION = Objective()
