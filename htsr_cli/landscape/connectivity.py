@@ -45,6 +45,7 @@ from htsr_cli.landscape.objective import (
     as_batches,
     as_objective,
     call_with,
+    mean_loss_and_error,
     trainable_parameters,
 )
 
@@ -179,18 +180,7 @@ def _evaluate(
             finally:
                 for name, layer in layers.items():
                     layer.momentum = momenta[name]
-        model.eval()
-        total, terms, wrong, predicted = 0.0, 0, 0, 0
-        for inputs, targets in batches:
-            logits = call_with(model, tensors, objective, inputs)
-            count = objective.count(targets)
-            total += float(objective.loss(logits, targets)) * count
-            terms += count
-            batch_wrong, batch_predicted = objective.mistakes(logits, targets)
-            wrong, predicted = wrong + batch_wrong, predicted + batch_predicted
-    if terms == 0:
-        raise InvalidSetting("batches", "empty", "the data holds no batch")
-    return total / terms, 100.0 * wrong / max(predicted, 1)
+    return mean_loss_and_error(model.eval(), batches, objective, tensors)
 
 
 def train_bezier_middle(

@@ -136,12 +136,15 @@ def as_batches(source: Iterable[Batch] | Batches) -> Batches:
     return source if isinstance(source, Batches) else Batches(source)
 
 
-def mean_loss_and_error(model: nn.Module, batches: Batches, objective: Objective) -> tuple[float, float]:
-    """(mean loss, error in percent) of `model` over the data, with no gradients."""
+def mean_loss_and_error(
+    model: nn.Module, batches: Batches, objective: Objective, parameters: dict[str, Tensor] | None = None
+) -> tuple[float, float]:
+    """(mean loss, error in percent) of `model` over the data, with no gradients; with `parameters`
+    (by name) in place of the model's own when given."""
     total_loss, terms, wrong, predicted = 0.0, 0, 0, 0
     with torch.no_grad():
         for inputs, targets in batches:
-            logits = objective.forward(model, inputs)
+            logits = objective.forward(model, inputs) if parameters is None else call_with(model, parameters, objective, inputs)
             count = objective.count(targets)
             total_loss += float(objective.loss(logits, targets)) * count
             terms += count
