@@ -18,7 +18,7 @@ PACKAGE = REPO / "htsr_cli"
 # The stages from the bottom up: a module may import its own stage and any stage below it.
 LAYERS = [
     {"errors", "io", "names", "settings"},  # the ground floor, modules at the package root
-    {"spectra", "checkpoints"},
+    {"spectra", "checkpoints", "landscape"},
     {"results"},
     {"engine", "render", "lm"},
     {"allocations", "gate", "diagnosis"},

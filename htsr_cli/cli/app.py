@@ -15,6 +15,7 @@ from htsr_cli.cli import analyze, report
 from htsr_cli.cli import compare, gate
 from htsr_cli.cli import allocate, lr_schedule
 from htsr_cli.cli import diagnose, evaluate, prune
+from htsr_cli.cli import landscape
 from htsr_cli.cli._errors import USAGE_ERROR, FunnelGroup
 from htsr_cli.cli._options import FlagsWithoutType, HtsrCommand
 
@@ -75,5 +76,6 @@ app.add_typer(lr_schedule.app, name="lr-schedule")
 app.command("prune", cls=HtsrCommand)(prune.prune)
 app.add_typer(evaluate.app, name="eval")
 app.command("diagnose", cls=HtsrCommand)(diagnose.diagnose)
+app.command("landscape", cls=HtsrCommand)(landscape.landscape)
 
 __all__ = ["app"]

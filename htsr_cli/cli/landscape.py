@@ -1,0 +1,204 @@
+"""htsr landscape: loss-landscape metrics of a model (or of two seeds) on data.
+
+    htsr landscape model.pth --trust-pickle --data digits.npz
+    htsr landscape seed0.pth seed1.pth --trust-pickle --data digits.npz --max-batches 4 -f json -o landscape.json
+    htsr landscape ./gpt2 --text wiki.test.txt --seq-len 128 --max-batches 2 --metrics trace
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from htsr_cli.cli._options import Device, OutputOpt, QuietOpt
+from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress
+
+
+class LandscapeFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class Kernel(str, Enum):
+    linear = "linear"
+    rbf = "rbf"
+
+
+class Norm(str, Enum):
+    l2 = "2"
+    linf = "inf"
+
+
+ModelsArg = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="MODEL",
+        help="One or two models: a Hugging Face directory or cached hub id (sequence/image classifier, causal LM), or a whole-model "
+        "torch file (with --trust-pickle). Two models (two seeds of one configuration) add mode connectivity and CKA.",
+        show_default=False,
+    ),
+]
+DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Labelled samples for a classifier: .npz, .csv, .jsonl or a datasets.save_to_disk directory.", show_default="none: --data or --text is needed")]
+TextOpt = Annotated[Optional[Path], typer.Option("--text", dir_okay=False, help="UTF-8 text for a causal LM, cut into windows of --seq-len tokens.", show_default="none: --data or --text is needed")]
+LabelOpt = Annotated[str, typer.Option("--label-column", help="The label column/key of --data.")]
+MetricsOpt = Annotated[Optional[str], typer.Option("--metrics", help="Comma-separated: hessian, trace, density, sharpness; with two models also connectivity, cka, diversity.", show_default="hessian,trace,sharpness (+connectivity,cka for two models)")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Samples (or text windows) per batch.")]
+MaxBatchesOpt = Annotated[Optional[int], typer.Option("--max-batches", help="Use only the first N batches (a dry run takes seconds).", show_default="all")]
+SeqLenOpt = Annotated[int, typer.Option("--seq-len", help="Tokens per window (causal LM) or per text (sequence classifier).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random probe, start and curve sample.")]
+TopKOpt = Annotated[int, typer.Option("--top-k", help="Hessian eigenvalues of largest magnitude.")]
+MaxIterationsOpt = Annotated[int, typer.Option("--max-iterations", help="Cap on power iterations per eigenvalue and on trace probes.")]
+ToleranceOpt = Annotated[float, typer.Option("--tolerance", help="Relative change that stops power iteration and the trace estimate.")]
+DensityStepsOpt = Annotated[int, typer.Option("--density-steps", help="Lanczos steps per SLQ run (density).")]
+DensityRunsOpt = Annotated[int, typer.Option("--density-runs", help="SLQ runs (density).")]
+RhoOpt = Annotated[float, typer.Option("--rho", help="Radius of the adaptive sharpness ball.")]
+NormOpt = Annotated[Norm, typer.Option("--norm", help="Norm of the sharpness ball.")]
+AscentStepsOpt = Annotated[int, typer.Option("--ascent-steps", help="Gradient-ascent steps per batch (sharpness).")]
+CurveStepsOpt = Annotated[int, typer.Option("--curve-steps", help="SGD steps training the Bezier curve's middle point (0: the midpoint).")]
+CurveLrOpt = Annotated[float, typer.Option("--curve-learning-rate", help="SGD learning rate of the Bezier middle point.")]
+PointsOpt = Annotated[int, typer.Option("--points", help="Points along each path, ends included (the MD tree dataset uses 5).")]
+KernelOpt = Annotated[Kernel, typer.Option("--kernel", help="CKA kernel.")]
+TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading whole-model torch files (unpickling can run code).")]
+RunDeviceOpt = Annotated[Device, typer.Option("--device", help="Where the models run.")]
+FormatOpt = Annotated[LandscapeFormat, typer.Option("--format", "-f", help="Output format.")]
+
+
+def landscape(
+    models: ModelsArg,
+    data: DataOpt = None,
+    text: TextOpt = None,
+    label_column: LabelOpt = "label",
+    metrics: MetricsOpt = None,
+    batch_size: BatchSizeOpt = 32,
+    max_batches: MaxBatchesOpt = None,
+    seq_len: SeqLenOpt = 128,
+    seed: SeedOpt = 0,
+    top_k: TopKOpt = 1,
+    max_iterations: MaxIterationsOpt = 100,
+    tolerance: ToleranceOpt = 1e-3,
+    density_steps: DensityStepsOpt = 100,
+    density_runs: DensityRunsOpt = 1,
+    rho: RhoOpt = 0.5,
+    norm: NormOpt = Norm.l2,
+    ascent_steps: AscentStepsOpt = 20,
+    curve_steps: CurveStepsOpt = 200,
+    curve_learning_rate: CurveLrOpt = 0.01,
+    points: PointsOpt = 5,
+    kernel: KernelOpt = Kernel.linear,
+    trust_pickle: TrustPickleOpt = False,
+    device: RunDeviceOpt = Device.auto,
+    output_format: FormatOpt = LandscapeFormat.table,
+    output: OutputOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Hessian top eigenvalues, trace and density (PyHessian), adaptive sharpness (SharpBalance); for two
+    models also mode connectivity along a line and a trained Bezier curve, and CKA (MD tree's features).
+
+    [bold]Examples:[/bold]
+      htsr landscape model.pth --trust-pickle --data digits.npz
+      htsr landscape seed0.pth seed1.pth --trust-pickle --data digits.npz --max-batches 4 -f json -o landscape.json
+      htsr landscape ./gpt2 --text wiki.test.txt --seq-len 128 --max-batches 2 --metrics hessian,trace
+    """
+    from htsr_cli.errors import HtsrError
+    from htsr_cli.io import check_output_paths
+    from htsr_cli.landscape.connectivity import ConnectivitySettings
+    from htsr_cli.landscape.hessian import HessianSettings
+    from htsr_cli.landscape.measure import DEFAULT_PAIR, DEFAULT_SINGLE, LandscapeSettings, measure
+    from htsr_cli.landscape.sharpness import SharpnessSettings
+    from htsr_cli.landscape.similarity import SimilaritySettings
+    from htsr_cli.lm.landscape_inputs import InputSettings, prepare
+    from htsr_cli.results.documents import dumps_json
+    from htsr_cli.spectra.solver import resolve_device
+
+    if len(models) > 2:
+        raise HtsrError(f"give one model, or two of one architecture; got {len(models)}")
+    chosen = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics is not None else (DEFAULT_PAIR if len(models) == 2 else DEFAULT_SINGLE)
+    settings = LandscapeSettings(
+        metrics=chosen,
+        hessian=HessianSettings(
+            top_k=top_k, max_iterations=max_iterations, tolerance=tolerance, density_steps=density_steps,
+            density_runs=density_runs, seed=seed,
+        ),
+        sharpness=SharpnessSettings(rho=rho, norm=norm.value, ascent_steps=ascent_steps, seed=seed),
+        connectivity=ConnectivitySettings(points=points, curve_steps=curve_steps, curve_learning_rate=curve_learning_rate, seed=seed),
+        similarity=SimilaritySettings(kernel=kernel.value),
+    )
+    inputs = InputSettings(data, text, label_column, batch_size, seq_len, max_batches, trust_pickle)
+    check_output_paths({"-o": output}, [path for path in (data, text) if path is not None])
+    where = resolve_device(device.value)
+    workload = prepare(list(models), inputs, where)
+    with layer_progress(quiet, "landscape", unit="steps") as progress:
+        document = measure(workload.subjects, workload.objective, workload.batches, settings, workload.data, where.type, progress)
+    if output_format is LandscapeFormat.json:
+        emit_text(dumps_json(document), output, quiet)
+        return
+    emit_renderable(landscape_tables(document), output, quiet)
+
+
+def landscape_tables(document: dict):
+    """One row per model; for two models a second table of what joins them."""
+    from rich.console import Group
+
+    from htsr_cli.render.outputs import Column, to_rich_table
+
+    rows = []
+    for entry in document["models"]:
+        hessian = entry["hessian"] or {}
+        tops = hessian.get("top_eigenvalues")
+        rows.append({
+            "model": entry["model"],
+            "loss": entry["loss"],
+            "error": entry["error"],
+            "top": ", ".join(f"{value:.4g}" for value in tops) if tops else None,
+            "trace": hessian.get("trace"),
+            "sharpness": entry["sharpness"],
+        })
+    columns = [
+        Column("model", "model", justify="left"),
+        Column("loss", "loss", 4),
+        Column("error", "error %", 2),
+        Column("top", "top eigenvalues", justify="left"),
+        Column("trace", "trace", 4),
+        Column("sharpness", "sharpness", 4),
+    ]
+    data = document["data"]
+    caption = (
+        f"{document['objective']} on {data['used']} of {data['samples']} {data['unit']} of {data['path']} "
+        f"({data['batches']} batch{'es' if data['batches'] != 1 else ''}); {document['device']}"
+    )
+    parts = [to_rich_table(columns, rows, caption=caption)]
+    pair = document["pair"]
+    if pair is not None:
+        connectivity = pair["connectivity"]
+        paired = []
+        if connectivity is not None:
+            for name in ("line", "bezier"):
+                path = connectivity[name]
+                paired.append({
+                    "path": name,
+                    "errors": " ".join(f"{e:.1f}" for e in path["error"]),
+                    "loss_barrier": path["loss_barrier"],
+                    "error_barrier": path["error_barrier"],
+                    "mc": path["mode_connectivity"],
+                    "peak": path["mode_connectivity_peak"],
+                })
+        pair_columns = [
+            Column("path", "path", justify="left"),
+            Column("errors", "error % along t", justify="left"),
+            Column("loss_barrier", "loss barrier", 4),
+            Column("error_barrier", "error barrier", 2),
+            Column("mc", "mode_connectivity", 3),
+            Column("peak", "mode_connectivity_peak", 3),
+        ]
+        notes = [f"CKA ({document['settings']['similarity']['kernel']}) {pair['cka']:.4f}" if pair["cka"] is not None else ""]
+        if pair["diversity"] is not None:
+            diversity = pair["diversity"]
+            notes.append(f"disagreement {diversity['disagreement']:.4f}, KL {diversity['kl']:.4f}, variance {diversity['variance']:.4g}")
+        if paired:
+            parts.append(to_rich_table(pair_columns, paired, caption="; ".join(n for n in notes if n) or None))
+        elif any(notes):
+            parts.append("; ".join(n for n in notes if n))
+    return Group(*parts)
