@@ -210,7 +210,7 @@ def stage_split(checkpoint: Path, device: str, repeats: int, result: Path) -> No
                        **{f"{stage}_s": seconds for stage, seconds in median.items()}})
     totals = {f"{stage}_s": sum(entry[f"{stage}_s"] * entry["matrices"] for entry in shapes)
               for stage in ("transfer", "gram", "eigensolve")}
-    facts = {"device": str(solver.device), "precision": solver.precision, "repeats": repeats,
+    facts = {"device": str(solver.device), "precision": solver.precision.mode, "repeats": repeats,
              "shapes": shapes, "checkpoint_totals": totals}
     _write_json(result, facts)
     print(json.dumps(totals))

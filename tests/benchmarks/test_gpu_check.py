@@ -87,9 +87,12 @@ def test_junit_counts_and_the_tests_status(tmp_path):
 
 
 def test_the_cuda_test_files_are_found_by_their_skip_reason():
-    found = {path.name for path in gpu_check.cuda_test_files(REPO / "tests")}
-    assert {"test_cuda.py", "test_prune_cuda.py", "test_distributed.py", "test_farms.py"} <= found
-    assert "test_fit.py" not in found
+    found = {path.relative_to(REPO / "tests").as_posix() for path in gpu_check.cuda_test_files(REPO / "tests")}
+    assert {
+        "spectra/test_cuda.py", "pruning/test_cuda.py", "engine/test_distributed.py", "spectra/test_farms.py",
+        "checkpoints/test_quantized_decoders.py",
+    } <= found
+    assert "spectra/test_fit.py" not in found
 
 
 def test_unknown_steps_are_refused(capsys):
