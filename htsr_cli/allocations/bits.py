@@ -136,7 +136,7 @@ def bits_allocation(
 
 
 def _solve(extra, distortions, unit: int, states: int, options, exact: bool) -> Allocation:
-    import numpy as np
+    import numpy as np  # here, not at the top: `htsr --help` imports this module
 
     best = np.full(states + 1, np.inf)  # best[s]: least distortion of the units so far at exactly s states
     best[0] = 0.0

@@ -174,6 +174,10 @@ def _chosen(plan: dict[str, Any], checkpoint, settings: QuantizeSettings, group_
         if PACKED_MAX_BITS < bits < MAX_BITS:
             raise HtsrError(f"{where} is planned at {bits} bits; compressed-tensors packs 1..{PACKED_MAX_BITS} bits, and 16 leaves a layer as stored")
         quantize = bits <= PACKED_MAX_BITS
+        if quantize and entry.get("kind") == "embedding":
+            # compressed-tensors can pack one, but transformers then fails to build the model.
+            raise HtsrError(f"{where} is an embedding planned at {bits} bits; transformers cannot load a compressed "
+                            "embedding (plan without --embedding-bits)")
         if quantize:
             _check_quantizable(where, info, bits, group_size, settings.symmetric)
         prefix = key.removesuffix("weight")

@@ -216,6 +216,12 @@ def test_plans_htsr_cannot_write_are_refused(cli, tmp_path, base_plan, widths, o
     assert not (tmp_path / "out").exists()
 
 
+def test_an_embedding_in_the_plan_is_refused(cli, tmp_path):
+    plan = tmp_path / "bits.json"
+    assert cli("allocate", "bits", TINY_LLAMA, "--average", "6", "--choices", "4,8", "--embedding-bits", "8", "-f", "json", "-o", plan, "-q").exit_code == 0
+    assert_user_error(cli("quantize", TINY_LLAMA, "--plan", plan, "-o", tmp_path / "out"), "is an embedding planned at 8 bits")
+
+
 def test_bad_inputs_are_one_line_and_exit_2(cli, tmp_path, base_plan):
     assert_user_error(cli("quantize", TINY_LLAMA, "--plan", tmp_path / "none.json", "-o", tmp_path / "o"), "no such file")
     assert_user_error(cli("quantize", TINY_LLAMA, "--plan", base_plan, "-o", TINY_LLAMA / "sub"), "-o")

@@ -1,4 +1,5 @@
-"""compressed-tensors config groups that target modules by name, as `htsr quantize` and llm-compressor write them."""
+"""compressed-tensors config groups that target modules by name, as `htsr quantize` and llm-compressor write them
+(in tests/quantize/: a tests/checkpoints package would shadow benchmarks/checkpoints.py, which test_bench_helpers imports)."""
 
 from __future__ import annotations
 
