@@ -46,8 +46,8 @@ bench-prune: $(CORE)
 	$(BIN)/python benchmarks/prune.py
 
 # Quantizes the same LM with RTN at an average of 3 and 4 bits: uniform widths, `htsr allocate bits`
-# (alpha-guided) and a per-layer RTN-error baseline, and writes the perplexities to BENCHMARKS.md
-# (about 15 minutes on 2 CPU cores; 4,096 evaluation tokens as bench-prune).
+# (alpha-guided, spread 1 and 2) and a per-layer RTN-error baseline, and writes the perplexities to
+# BENCHMARKS.md (about 30 minutes on 2 shared CPU cores; 2,048 evaluation tokens, half of bench-prune's).
 bench-bits: $(CORE)
 	$(BIN)/python -m pip install --quiet -e ".[bench-prune]"
 	$(BIN)/python benchmarks/bits.py

