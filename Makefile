@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 CORE := $(VENV)/.core-installed
 TESTDEPS := $(VENV)/.test-installed
 
-.PHONY: demo test bench bench-prune bench-noise bench-diagnose gpu-check gpu-check-deps fixtures browser clean
+.PHONY: demo test bench bench-prune bench-bits bench-noise bench-diagnose gpu-check gpu-check-deps fixtures browser clean
 
 $(CORE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,13 @@ bench: $(TESTDEPS)
 bench-prune: $(CORE)
 	$(BIN)/python -m pip install --quiet -e ".[bench-prune]"
 	$(BIN)/python benchmarks/prune.py
+
+# Quantizes the same LM with RTN at an average of 3 and 4 bits: uniform widths, `htsr allocate bits`
+# (alpha-guided, spread 1 and 2) and a per-layer RTN-error baseline, and writes the perplexities to
+# BENCHMARKS.md (about 30 minutes on 2 shared CPU cores; 2,048 evaluation tokens, half of bench-prune's).
+bench-bits: $(CORE)
+	$(BIN)/python -m pip install --quiet -e ".[bench-prune]"
+	$(BIN)/python benchmarks/bits.py
 
 # float32 against float64 eigensolvers on every matrix of the fixtures, MiniLM, the LLaMA-shaped
 # directory (when `make bench` generated it) and seeded synthetic ones: the float32 guard's noise

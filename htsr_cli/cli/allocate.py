@@ -36,7 +36,7 @@ from htsr_cli.render.terminal import fit_columns
 app = typer.Typer(
     cls=HtsrGroup,
     name="allocate",
-    help="Turn alphas into per-layer decisions: pruning sparsity, LoRA experts.",
+    help="Turn alphas into per-layer decisions: pruning sparsity, LoRA experts, bit widths.",
     no_args_is_help=True,
 )
 

@@ -16,6 +16,7 @@ from htsr_cli.cli import compare, gate
 from htsr_cli.cli import allocate, lr_schedule
 from htsr_cli.cli import diagnose, evaluate, prune
 from htsr_cli.cli import landscape
+from htsr_cli.cli import allocate_bits, quantize
 from htsr_cli.cli._errors import USAGE_ERROR, FunnelGroup
 from htsr_cli.cli._options import FlagsWithoutType, HtsrCommand
 
@@ -71,9 +72,11 @@ app.command("analyze", cls=HtsrCommand)(analyze.analyze)
 app.command("report", cls=HtsrCommand)(report.report)
 app.command("gate", cls=HtsrCommand)(gate.gate)
 app.command("compare", cls=HtsrCommand)(compare.compare)
+allocate.app.command("bits", cls=HtsrCommand)(allocate_bits.bits)
 app.add_typer(allocate.app, name="allocate")
 app.add_typer(lr_schedule.app, name="lr-schedule")
 app.command("prune", cls=HtsrCommand)(prune.prune)
+app.command("quantize", cls=HtsrCommand)(quantize.quantize)
 app.add_typer(evaluate.app, name="eval")
 app.command("diagnose", cls=HtsrCommand)(diagnose.diagnose)
 app.command("landscape", cls=HtsrCommand)(landscape.landscape)

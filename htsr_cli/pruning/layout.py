@@ -20,19 +20,20 @@ place at the end; an error, Ctrl-C or SIGTERM removes it, so OUT is never half-w
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from htsr_cli.checkpoints.hf_directory import is_trainer_state
-from htsr_cli.checkpoints.safetensors_file import SafetensorsFile
+from htsr_cli.checkpoints.safetensors_file import SafetensorsFile, check_safetensors_header
 from htsr_cli.checkpoints.statedict import unwrap_state_dict
 from htsr_cli.checkpoints.torchfile import is_torch_file, load_torch_object
 from htsr_cli.errors import HtsrError
@@ -48,8 +49,9 @@ _HEADER_LIMIT = 100_000_000  # safetensors' own cap on the JSON header
 Pruner = Callable[[str, Callable[[], torch.Tensor]], "torch.Tensor | None"]
 
 
-def output_checks(output: Path, inputs: list[Path], overwrite: bool) -> None:
-    """Refuse an output that would overwrite an input, or a directory that is not ours to replace."""
+def output_checks(output: Path, inputs: list[Path], overwrite: bool, record: str = RECORD) -> None:
+    """Refuse an output that would overwrite an input, or a directory that is not ours to replace
+    (one without `record`, the file the command writing it leaves there)."""
     check_output_paths({"-o": output}, inputs)
     if not output.parent.is_dir():
         raise HtsrError(f"-o {output}: directory {output.parent} does not exist")
@@ -58,10 +60,11 @@ def output_checks(output: Path, inputs: list[Path], overwrite: bool) -> None:
     if output.is_dir() and any(output.iterdir()):
         if not overwrite:
             raise HtsrError(f"-o {output}: exists and is not empty; pass --overwrite to replace it")
-        if not (output / RECORD).is_file():
-            # --overwrite deletes the old directory: only ever one that htsr prune wrote.
+        if not (output / record).is_file():
+            # --overwrite deletes the old directory: only ever one that this command wrote.
+            command = record.removesuffix(".json").replace("-", " ")
             raise HtsrError(
-                f"-o {output}: --overwrite replaces only an earlier htsr prune output (one with {RECORD}); "
+                f"-o {output}: --overwrite replaces only an earlier {command} output (one with {record}); "
                 "remove this directory yourself"
             )
 
@@ -167,6 +170,70 @@ def _rewrite_safetensors(source: Path, target: Path, prune: Pruner) -> dict[str,
             handle.write(memoryview(data))
             zeros[key] = int((pruned == 0).sum())
     return zeros
+
+
+# What a stored tensor becomes: {new key: (dtype, shape)}, known from the listing alone.
+TensorLayout = Mapping[str, tuple[torch.dtype, tuple[int, ...]]]
+# replace(key, load) -> the tensors of its TensorLayout; `load` reads the stored tensor.
+Replacer = Callable[[str, Callable[[], torch.Tensor]], Mapping[str, torch.Tensor]]
+_SAFETENSORS_DTYPES = {
+    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+}
+_COPY_BYTES = 1 << 26  # unchanged tensors are copied through a buffer of this size
+
+
+def write_replaced_safetensors(source: Path, target: Path, layouts: Mapping[str, TensorLayout], replace: Replacer) -> None:
+    """Write `source` to `target` with each tensor named in `layouts` replaced by the tensors `replace` makes.
+
+    The header is written first from the layouts (so each replaced tensor is read,
+    converted and written while it alone is in memory); the other tensors are
+    copied byte for byte, in their stored order.
+    """
+    header, data_bytes = check_safetensors_header(source)
+    data_start = source.stat().st_size - data_bytes
+    stored = sorted((key for key in header if key != "__metadata__"), key=lambda key: header[key]["data_offsets"])
+    out: dict[str, object] = {"__metadata__": header["__metadata__"]} if "__metadata__" in header else {}
+    offset = 0
+    for key in stored:
+        entries = (
+            {name: (_SAFETENSORS_DTYPES[dtype], list(shape), math.prod(shape) * dtype.itemsize)
+             for name, (dtype, shape) in layouts[key].items()}
+            if key in layouts
+            else {key: (header[key]["dtype"], header[key]["shape"], _span(header[key]))}
+        )
+        for name, (dtype_name, shape, size) in entries.items():
+            out[name] = {"dtype": dtype_name, "shape": shape, "data_offsets": [offset, offset + size]}
+            offset += size
+    raw = json.dumps(out, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+    with SafetensorsFile(source) as reader, source.open("rb") as copy_from, target.open("wb") as handle:
+        handle.write(len(raw).to_bytes(8, "little") + raw)
+        for key in stored:
+            if key not in layouts:
+                copy_from.seek(data_start + header[key]["data_offsets"][0])
+                _copy_bytes(copy_from, handle, _span(header[key]))
+                continue
+            made = replace(key, lambda key=key: reader.load(key))
+            for name, (dtype, shape) in layouts[key].items():
+                tensor = made[name]
+                if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
+                    raise AssertionError(f"{name}: made {tensor.dtype} {list(tensor.shape)}, laid out {dtype} {list(shape)}")
+                handle.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
+
+
+def _span(entry: dict) -> int:
+    begin, end = entry["data_offsets"]
+    return end - begin
+
+
+def _copy_bytes(source, target, count: int) -> None:
+    while count:
+        chunk = source.read(min(count, _COPY_BYTES))
+        if not chunk:
+            raise HtsrError(f"{source.name}: ended early (was it truncated meanwhile?)")
+        target.write(chunk)
+        count -= len(chunk)
 
 
 def _safetensors_ranges(path: Path) -> tuple[int, dict[str, tuple[int, int]]]:

@@ -56,20 +56,24 @@ def dequantize_compressed(
 def weight_args(config, module: str) -> dict:
     """The `weights` arguments of the config group that targets `module` ({} without a config).
 
-    A target is a module class name ("Linear") or "re:" and a regex on the module
-    path; a regex match wins, otherwise the first group naming a class applies.
+    A target is a module path ("model.layers.0.mlp.down_proj"), "re:" and a regex
+    on the module path, or a module class name ("Linear"); a path or regex match
+    wins, otherwise the first group naming a class applies (compressed-tensors'
+    own matching: a target equal to the module name is that module).
     """
     groups = [group for group in (config.get("config_groups") or {}).values() if isinstance(group, dict)]
     by_class = None
     for group in groups:
         for target in group.get("targets") or ():
+            if target == module:
+                return group.get("weights") or {}
             if isinstance(target, str) and target.startswith("re:"):
                 try:
                     if re.match(target[3:], module):
                         return group.get("weights") or {}
                 except re.error:
                     continue
-            elif by_class is None:
+            elif by_class is None and not (isinstance(target, str) and "." in target):  # another module's path
                 by_class = group.get("weights") or {}
     return by_class or {}
 

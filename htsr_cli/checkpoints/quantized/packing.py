@@ -55,6 +55,28 @@ def unpack_codes(words: torch.Tensor, bits: int, count: int, dim: int) -> torch.
     return codes.reshape(count, *rest).movedim(0, dim)
 
 
+def pack_codes(codes: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """`unpack_codes`' inverse: unsigned `bits`-wide codes written into int32 words as one little-endian bit stream.
+
+    codes: [..., count, ...] integers in [0, 2^bits) with count along `dim` ->
+    [..., packed_words(count, bits), ...] int32. Code k fills bits k*bits .. k*bits + bits - 1
+    of the stream; a code that straddles two words puts its high bits at the bottom of the next.
+    """
+    moved = codes.movedim(dim, 0)
+    rest = moved.shape[1:]
+    flat = moved.reshape(moved.shape[0], -1).to(torch.int64)  # [count, M]
+    count = flat.shape[0]
+    start = torch.arange(count, device=codes.device) * bits
+    placed = flat << (start % 32)[:, None]  # below 2^40: no overflow in int64
+    words = torch.zeros(packed_words(count, bits) + 1, flat.shape[1], dtype=torch.int64, device=codes.device)
+    # Codes own disjoint bits, so adding them is OR-ing them.
+    words.index_add_(0, start // 32, placed & 0xFFFFFFFF)
+    words.index_add_(0, start // 32 + 1, placed >> 32)
+    words = words[:-1]  # the spare word only ever receives zeros
+    signed = torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
+    return signed.reshape(signed.shape[0], *rest).movedim(0, dim)
+
+
 def packed_words(count: int, bits: int) -> int:
     """int32 words that hold `count` codes of `bits` bits."""
     return math.ceil(count * bits / 32)
