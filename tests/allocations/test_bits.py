@@ -13,7 +13,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import FIXTURES
+from tests.conftest import FIXTURES
 from htsr_cli.allocations.bits import (
     BitsSettings,
     alpha_distortions,
@@ -24,8 +24,8 @@ from htsr_cli.allocations.bits import (
 )
 from htsr_cli.allocations.bits_exports import GGUF_TYPES, llama_cpp_tensor_types, llm_compressor_recipe
 from htsr_cli.errors import HtsrError, InvalidSetting
-from test_schemas import errors as schema_errors
-from test_schemas import validate
+from tests.results.test_schemas import errors as schema_errors
+from tests.results.test_schemas import validate
 
 TINY_LLAMA = FIXTURES / "tiny-llama"
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from conftest import FIXTURES, assert_user_error
-from test_schemas import validate
+from tests.conftest import FIXTURES, assert_user_error
+from tests.results.test_schemas import validate
 
 TINY_LLAMA = FIXTURES / "tiny-llama"
 

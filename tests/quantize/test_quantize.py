@@ -15,9 +15,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import FIXTURES, assert_user_error, write_tiny_language_model
+from tests.conftest import FIXTURES, assert_user_error, write_tiny_language_model
 from htsr_cli.quantize.rtn import code_range, rtn_dequantize, rtn_error, rtn_quantize
-from test_schemas import validate
+from tests.results.test_schemas import validate
 
 TINY_LLAMA = FIXTURES / "tiny-llama"
 MIXED = {"q_proj": 2, "k_proj": 3, "v_proj": 4, "o_proj": 8, "gate_proj": 5, "up_proj": 6, "down_proj": 16}
