@@ -15,6 +15,7 @@ from htsr_cli.cli import analyze, report
 from htsr_cli.cli import compare, gate
 from htsr_cli.cli import allocate, lr_schedule
 from htsr_cli.cli import evaluate, prune
+from htsr_cli.cli import track
 from htsr_cli.cli._errors import USAGE_ERROR, FunnelGroup
 from htsr_cli.cli._options import FlagsWithoutType, HtsrCommand
 
@@ -56,6 +57,7 @@ def root(
       htsr lr-schedule export model.pth --base-lr 0.1 -o schedule.json
       htsr gate model.safetensors --baseline main-report.json
       htsr compare base.safetensors finetuned.safetensors
+      htsr track runs/my-finetune --plot alpha.png
       htsr --install-completion
     """
     if ctx.invoked_subcommand is None:
@@ -74,5 +76,6 @@ app.add_typer(allocate.app, name="allocate")
 app.add_typer(lr_schedule.app, name="lr-schedule")
 app.command("prune", cls=HtsrCommand)(prune.prune)
 app.add_typer(evaluate.app, name="eval")
+app.command("track", cls=HtsrCommand)(track.track)
 
 __all__ = ["app"]
