@@ -26,6 +26,15 @@ def _as_array(rows: list[list[float | None]]) -> np.ndarray:
     return np.array([[math.nan if value is None else value for value in row] for row in rows], dtype=float)
 
 
+def _limit_to_data(axes, values: np.ndarray) -> None:
+    """The y range of the data (padded), not of the quality band: a LoRA update's alphas sit far below 2."""
+    finite = values[np.isfinite(values)] if values.size else values
+    if finite.size:
+        low, high = float(finite.min()), float(finite.max())
+        pad = max(0.05 * (high - low), 0.1)
+        axes.set_ylim(low - pad, high + pad)
+
+
 def track_figure(
     title: str,
     steps: list[int],
@@ -45,6 +54,7 @@ def track_figure(
     for name, values in summary.items():
         top.plot(x, _as_array([values])[0], marker="o", markersize=3, label=name)
     top.axhspan(*ALPHA_BAND, color=QUALITY_COLORS["ok"], alpha=0.06, zorder=0)
+    _limit_to_data(top, _as_array(list(summary.values())) if summary else np.zeros((0, 0)))
     top.set_ylabel("summary")
     top.set_title(title, parse_math=False)
     top.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -69,6 +79,7 @@ def track_figure(
         lines.plot(x, grid[index], marker=".", linewidth=1, label=shorten_middle(units[index], 40))
     for threshold in ALPHA_BAND:
         lines.axhline(threshold, color="0.4", linestyle="--", linewidth=1)
+    _limit_to_data(lines, grid)
     lines.set_xlabel("step")
     lines.set_ylabel("alpha")
     note = "" if len(drawn) <= LINES_MAX else f" ({LINES_MAX} of {len(drawn)} with a value, evenly spaced)"

@@ -144,3 +144,12 @@ def test_errors_are_one_line(cli, trainer_run, tmp_path):
         (broken / "checkpoint-1" / name).symlink_to(trainer_run / "checkpoint-3" / name)
     (broken / "checkpoint-1" / "trainer_state.json").write_text("{not json")
     assert_user_error(cli("track", broken, "--no-cache"), "unreadable trainer_state.json")
+
+
+def test_max_memory_applies_to_every_checkpoint(cli, trainer_run):
+    result = cli("track", trainer_run, "--max-memory", "1MiB", "--no-cache", "-f", "json", "-q")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["settings"]["max_memory"] == 1 << 20
+    assert {row["step"] for row in document["layers"]} == {3, 6, 9, 12}
+    assert_user_error(cli("track", trainer_run, "--max-memory", "4KB"), "--max-memory 4KB: must be at least 1MiB")
