@@ -276,7 +276,8 @@ def _modules(config: AdapterConfig, stored: list[TensorInfo], source: str) -> tu
         ))
     if not modules and not whole:
         raise HtsrError(f"{source}: the adapter holds no LoRA factors")
-    unsaved = [info.key for info in whole if not config.saves(info.key)]
+    # Biases are saved beside the factors with bias="all" or "lora_only"; anything else must be a saved module's.
+    unsaved = [info.key for info in whole if not config.saves(info.key) and not info.key.endswith("bias")]
     if unsaved:
         raise HtsrError(
             f"{source}: {unsaved[0]} is neither a LoRA factor nor in modules_to_save of {ADAPTER_CONFIG}"

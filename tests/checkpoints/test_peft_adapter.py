@@ -192,3 +192,22 @@ def test_missing_factor(tmp_path):
     save_file({key: value for key, value in tensors.items() if "lora_B" not in key}, adapter / "adapter_model.safetensors")
     with pytest.raises(HtsrError, match="module fc1 has no lora_B tensor"):
         open_checkpoint(adapter)
+
+
+def test_trained_biases_are_listed_and_merged(tmp_path):
+    adapter, base, wrapped = _write(tmp_path, r=8, lora_alpha=16, target_modules=["fc1"], bias="all")
+    with torch.no_grad():
+        wrapped.base_model.model.fc2.bias.add_(1.0)
+    wrapped.save_pretrained(adapter)
+    merged = wrapped.merge_and_unload().state_dict()
+    with open_checkpoint(MergedAdapter(str(adapter), str(base))) as checkpoint:
+        torch.testing.assert_close(checkpoint.load("fc2.bias"), merged["fc2.bias"])
+
+
+def test_merged_source_survives_the_torchrun_job_message():
+    from htsr_cli.engine.distributed import analysis_job, job_source
+    from htsr_cli.settings import AnalyzeSettings
+
+    source = MergedAdapter("runs/adapter", "base-model")
+    assert job_source(analysis_job(source, AnalyzeSettings(), False, False)) == source
+    assert job_source(analysis_job("model.safetensors", AnalyzeSettings(), False, False)) == "model.safetensors"
