@@ -73,15 +73,16 @@ def find_checkpoints(paths: list[str]) -> tuple[Path | None, list[RunCheckpoint]
     copy of the newest, is left out). Given paths keep their order; the step is
     read from their names where they have one, else it is the position (0, 1, ...).
     """
-    if len(paths) == 1 and os.path.isdir(paths[0]) and not _holds_weights_itself(Path(paths[0])):
+    if len(paths) == 1 and os.path.isdir(paths[0]):
         run = Path(paths[0])
         found = _run_checkpoints(run)
-        if not found:
+        if found:
+            return run, found
+        if not _holds_weights_itself(run):
             raise HtsrError(
                 f"{run}: no checkpoints found (expected checkpoint-<step>/ directories as Trainer writes them "
                 "or Lightning .ckpt files with step=S in their names)"
             )
-        return run, found
     checkpoints = []
     for position, text in enumerate(paths):
         path = Path(text)
@@ -92,7 +93,10 @@ def find_checkpoints(paths: list[str]) -> tuple[Path | None, list[RunCheckpoint]
 
 
 def _holds_weights_itself(directory: Path) -> bool:
-    """A single model directory given alone (one checkpoint), not a run."""
+    """A model directory without checkpoints in it: one checkpoint given alone, not a run.
+
+    (A Trainer's output directory often holds the final model beside its
+    checkpoint-<step>/ directories: that is still a run.)"""
     return any((directory / name).is_file() for name in ("config.json", "adapter_config.json", "model.safetensors"))
 
 

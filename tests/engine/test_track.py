@@ -68,6 +68,16 @@ def test_finds_trainer_and_lightning_checkpoints_by_step(tmp_path):
     assert [(c.name, c.step) for c in found] == [("epoch=0-step=5.ckpt", 5), ("epoch=1-step=20.ckpt", 20)]
 
 
+def test_a_run_with_the_final_model_beside_its_checkpoints_is_a_run(tmp_path):
+    run = _trainer_run(tmp_path, [1, 2])
+    save_file(_weights(3), run / "model.safetensors")
+    (run / "config.json").write_text("{}")
+    found_run, found = find_checkpoints([str(run)])
+    assert found_run == run and [c.step for c in found] == [1, 2]
+    single_run, single = find_checkpoints([str(run / "checkpoint-1")])
+    assert single_run is None and [c.path for c in single] == [run / "checkpoint-1"]
+
+
 def test_paths_in_order_take_their_position_as_step(tmp_path):
     for name in ("b.safetensors", "a.safetensors"):
         save_file(_weights(1), tmp_path / name)
