@@ -264,6 +264,13 @@ def _modules(config: AdapterConfig, stored: list[TensorInfo], source: str) -> tu
             )
         if not (a.dtype.is_floating_point and b.dtype.is_floating_point):
             raise HtsrError(f"{source}: module {name}: LoRA factors must be floating point, not {a.dtype}")
+        magnitude = magnitudes.get(name) if config.use_dora else None
+        if config.use_dora:
+            if magnitude is None:
+                raise HtsrError(f"{source}: use_dora is set but module {name} has no lora_magnitude_vector")
+            size = math.prod(next(info.shape for info in stored if info.key == magnitude))
+            if size != b.shape[0]:
+                raise HtsrError(f"{source}: module {name}: its DoRA magnitude has {size} entries, its update {b.shape[0]} outputs")
         if embedding:
             weight_shape = (a.shape[1], b.shape[0])
         elif len(a.shape) == 2 and config.fan_in_fan_out:
@@ -271,7 +278,7 @@ def _modules(config: AdapterConfig, stored: list[TensorInfo], source: str) -> tu
         else:
             weight_shape = (b.shape[0], *a.shape[1:])
         modules.append(LoraModule(
-            name, a.key, b.key, magnitudes.get(name) if config.use_dora else None, rank, config.scale_of(name),
+            name, a.key, b.key, magnitude, rank, config.scale_of(name),
             embedding, tuple(weight_shape), (min(b.shape[0], rank), *a.shape[1:]),
         ))
     if not modules and not whole:

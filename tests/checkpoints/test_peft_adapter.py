@@ -211,3 +211,18 @@ def test_merged_source_survives_the_torchrun_job_message():
     source = MergedAdapter("runs/adapter", "base-model")
     assert job_source(analysis_job(source, AnalyzeSettings(), False, False)) == source
     assert job_source(analysis_job("model.safetensors", AnalyzeSettings(), False, False)) == "model.safetensors"
+
+
+def test_dora_magnitudes_must_match(tmp_path):
+    from safetensors.torch import load_file
+
+    adapter, _, _ = _write(tmp_path, r=8, lora_alpha=16, target_modules=["fc1"], use_dora=True)
+    path = adapter / "adapter_model.safetensors"
+    tensors = load_file(path)
+    key = "base_model.model.fc1.lora_magnitude_vector"
+    save_file({**tensors, key: torch.ones(7)}, path)
+    with pytest.raises(HtsrError, match="its DoRA magnitude has 7 entries, its update 64 outputs"):
+        open_checkpoint(adapter)
+    save_file({k: v for k, v in tensors.items() if k != key}, path)
+    with pytest.raises(HtsrError, match="use_dora is set but module fc1 has no lora_magnitude_vector"):
+        open_checkpoint(adapter)
