@@ -12,7 +12,7 @@ from htsr_cli.checkpoints.base import Checkpoint
 from htsr_cli.checkpoints.hf_directory import open_directory
 from htsr_cli.checkpoints.hub import resolve_repo
 from htsr_cli.checkpoints.parametrized import with_effective_weights
-from htsr_cli.checkpoints.peft_adapter import AdapterCheckpoint, MergedCheckpoint, PeftAdapter
+from htsr_cli.checkpoints.peft_adapter import ADAPTER_FILES, AdapterCheckpoint, MergedCheckpoint, PeftAdapter
 from htsr_cli.checkpoints.quantized import with_quantized_weights
 from htsr_cli.checkpoints.quantized.gguf_file import is_gguf_file
 from htsr_cli.checkpoints.sharded import ShardedCheckpoint
@@ -71,6 +71,10 @@ def _open_source(source: CheckpointSource) -> Checkpoint:
         return with_quantized_weights(open_directory(directory, text), directory)
     if is_adapter_directory(where):
         return AdapterCheckpoint(where, text)
+    if where.name in ADAPTER_FILES and is_adapter_directory(where.parent):
+        return AdapterCheckpoint(where.parent, text)  # the adapter's weight file named: the adapter it belongs to
+    if where.is_dir() and any((where / name).is_file() for name in ADAPTER_FILES):
+        raise HtsrError(f"{text}: a PEFT adapter's weights without its adapter_config.json (r and lora_alpha are needed)")
     if where.is_dir():
         return with_quantized_weights(open_directory(where, text), where)
     return _open_file(where, text)

@@ -226,3 +226,12 @@ def test_dora_magnitudes_must_match(tmp_path):
     save_file({k: v for k, v in tensors.items() if k != key}, path)
     with pytest.raises(HtsrError, match="use_dora is set but module fc1 has no lora_magnitude_vector"):
         open_checkpoint(adapter)
+
+
+def test_adapter_weights_without_their_config(tmp_path):
+    adapter, _, _ = _write(tmp_path, r=8, lora_alpha=16, target_modules=["fc1"])
+    with open_checkpoint(adapter / "adapter_model.safetensors") as named_file:  # the file names its adapter
+        assert [info.key for info in named_file.tensors()] == ["fc1.weight"]
+    (adapter / "adapter_config.json").unlink()
+    with pytest.raises(HtsrError, match="a PEFT adapter's weights without its adapter_config.json"):
+        open_checkpoint(adapter)
