@@ -171,8 +171,15 @@ class TrackCache:
             raise HtsrError(f"{path}: not a track cache ({brief(error)}); delete it or pass another --cache") from None
         return cls(path, data["entries"])
 
+    def key(self, checkpoint: RunCheckpoint) -> str:
+        """The checkpoint's path relative to the cache file: a run directory moved or reached
+        from another working directory keeps its cache."""
+        if self.path is None:
+            return str(checkpoint.path)
+        return os.path.relpath(os.path.realpath(checkpoint.path), os.path.realpath(self.path.parent))
+
     def report(self, checkpoint: RunCheckpoint, settings: AnalyzeSettings) -> Report | None:
-        entry = self.entries.get(str(checkpoint.path))
+        entry = self.entries.get(self.key(checkpoint))
         if entry is None or entry.get("settings") != _settings_json(settings):
             return None
         files = _stamps(checkpoint.path)
@@ -194,7 +201,7 @@ class TrackCache:
         files = _stamps(checkpoint.path)
         for name, stamp in files.items():
             stamp["sha256"] = _sha256(checkpoint.path / name if checkpoint.path.is_dir() else checkpoint.path)
-        self.entries[str(checkpoint.path)] = {
+        self.entries[self.key(checkpoint)] = {
             "settings": _settings_json(settings), "files": files, "report": report.to_json(),
         }
         if self.path is not None:

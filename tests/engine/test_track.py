@@ -133,9 +133,16 @@ def test_cache_analyses_only_new_checkpoints_and_survives_an_interrupt(tmp_path,
     again = track_run([str(run)], SETTINGS)
     assert analysed[4:] == ["checkpoint-1"]
     assert [item.reused for item in again.checkpoints] == [False, True, True]
-    # Other settings: nothing reused.
-    track_run([str(run)], AnalyzeSettings(device="cpu", min_evals=4, xmin="median"))
+    # Other settings: nothing reused (and the cache now holds those).
+    median = AnalyzeSettings(device="cpu", min_evals=4, xmin="median")
+    track_run([str(run)], median)
     assert analysed[5:] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    # The run directory moved, reached from elsewhere: its cache still holds every checkpoint.
+    moved = tmp_path.parent / "moved-run"
+    run.rename(moved)
+    monkeypatch.chdir(moved)
+    assert [item.reused for item in track_run(["."], median).checkpoints] == [True, True, True]
+    assert len(analysed) == 8
 
 
 def test_report_values_equal_analyze_on_each_checkpoint(tmp_path):
