@@ -12,8 +12,9 @@ from rich.console import Group
 from rich.text import Text
 
 from htsr_cli.cli._analysis_options import analysis_options
-from htsr_cli.cli._options import DEFAULT_DPI, DpiOpt, Metric, OutputOpt, QuietOpt
+from htsr_cli.cli._options import DEFAULT_DPI, DpiOpt, MergedOpt, Metric, OutputOpt, QuietOpt
 from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress, stderr_console, table_width, wrote
+from htsr_cli.checkpoints.sources import check_source
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import check_output_paths
 from htsr_cli.render.outputs import Column, printable, to_csv, to_rich_table
@@ -88,6 +89,7 @@ def track(
     max_alpha_drift: Annotated[Optional[float], typer.Option("--max-alpha-drift", help="Gate: largest allowed |alpha change| per layer from the previous checkpoint.")] = None,
     mean_alpha_max: Annotated[Optional[float], typer.Option("--mean-alpha-max", help="Gate: highest allowed mean alpha at every checkpoint.")] = None,
     settings: AnalyzeSettings = AnalyzeSettings(),
+    merged: MergedOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Alpha across a training run: every checkpoint analyzed (once: reports are cached),
@@ -102,17 +104,20 @@ def track(
       htsr track lightning_logs/version_0 -f csv -o alpha.csv
       htsr track ckpt-a.safetensors ckpt-b.safetensors ckpt-c.safetensors --cache run-cache.json
       htsr track runs/bert-finetune --alpha-min 2 --alpha-max 6 --max-alpha-drift 0.5
+      htsr track runs/llama-lora --merged ./llama-base      (each adapter checkpoint merged into its base)
     """
     if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
         raise HtsrError(f"--plot {plot}: the file name must end in .png, .svg or .pdf")
     if metric.value == "alpha_farms" and settings.farms is None:
         raise HtsrError("--metric alpha_farms needs FARMS alphas: add --farms")
-    check_output_paths({"-o": output, "--plot": plot, "--cache": cache}, run)
+    check_output_paths({"-o": output, "--plot": plot, "--cache": cache}, [*run, *([merged] if merged else [])])
+    if merged is not None:
+        check_source(merged)
     gate_config = _gate_config(metric, alpha_min, alpha_max, max_alpha_drift, mean_alpha_max)
     from htsr_cli.engine.track import track_run  # lazy torch, see app.py
 
     with layer_progress(quiet, "tracking", "checkpoints") as progress:
-        tracked = track_run(run, settings, cache_file=cache, use_cache=not no_cache, progress=progress)
+        tracked = track_run(run, settings, cache_file=cache, use_cache=not no_cache, merged_base=merged, progress=progress)
     gate_results = None
     if gate_config is not None:
         from htsr_cli.gate.run import evaluate_run

@@ -29,6 +29,7 @@ from typing import Any
 
 from htsr_cli import __version__
 from htsr_cli.checkpoints.hf_directory import is_trainer_state
+from htsr_cli.checkpoints.sources import MergedAdapter
 from htsr_cli.engine.pipeline import analyze
 from htsr_cli.errors import HtsrError, brief
 from htsr_cli.io import os_reason, read_document, write_atomic
@@ -178,18 +179,19 @@ class TrackCache:
             return str(checkpoint.path)
         return os.path.relpath(os.path.realpath(checkpoint.path), os.path.realpath(self.path.parent))
 
-    def report(self, checkpoint: RunCheckpoint, settings: AnalyzeSettings) -> Report | None:
+    def report(self, checkpoint: RunCheckpoint, settings: AnalyzeSettings, base: Path | None = None) -> Report | None:
         entry = self.entries.get(self.key(checkpoint))
         if entry is None or entry.get("settings") != _settings_json(settings):
             return None
-        files = _stamps(checkpoint.path)
+        files = _input_files(checkpoint.path, base)
+        stamps = _stamps(files)
         cached = entry.get("files", {})
-        if set(files) != set(cached):
+        if set(stamps) != set(cached):
             return None
-        for name, stamp in files.items():
+        for name, stamp in stamps.items():
             old = cached[name]
             if (stamp["size"], stamp["mtime_ns"]) != (old.get("size"), old.get("mtime_ns")):
-                if stamp["size"] != old.get("size") or _sha256(checkpoint.path / name if checkpoint.path.is_dir() else checkpoint.path) != old.get("sha256"):
+                if stamp["size"] != old.get("size") or _sha256(files[name]) != old.get("sha256"):
                     return None
                 old["mtime_ns"] = stamp["mtime_ns"]
         try:
@@ -197,27 +199,35 @@ class TrackCache:
         except HtsrError:
             return None  # written by another htsr version: analyse again
 
-    def store(self, checkpoint: RunCheckpoint, settings: AnalyzeSettings, report: Report) -> None:
-        files = _stamps(checkpoint.path)
-        for name, stamp in files.items():
-            stamp["sha256"] = _sha256(checkpoint.path / name if checkpoint.path.is_dir() else checkpoint.path)
+    def store(self, checkpoint: RunCheckpoint, settings: AnalyzeSettings, report: Report, base: Path | None = None) -> None:
+        files = _input_files(checkpoint.path, base)
+        stamps = _stamps(files)
+        for name, stamp in stamps.items():
+            stamp["sha256"] = _sha256(files[name])
         self.entries[self.key(checkpoint)] = {
-            "settings": _settings_json(settings), "files": files, "report": report.to_json(),
+            "settings": _settings_json(settings), "files": stamps, "report": report.to_json(),
         }
         if self.path is not None:
             write_atomic(self.path, json.dumps({"schema": CACHE_SCHEMA, "entries": self.entries}))
 
 
-def _stamps(path: Path) -> dict[str, dict[str, Any]]:
+def _input_files(checkpoint: Path, base: Path | None) -> dict[str, Path]:
+    """The files an analysis reads, by label: the checkpoint's, and a merged adapter's base's as `base/NAME`."""
+    files = {file.name: file for file in weight_files(checkpoint)}
+    if base is not None:
+        files.update({f"base/{file.name}": file for file in weight_files(base)})
+    return files
+
+
+def _stamps(files: dict[str, Path]) -> dict[str, dict[str, Any]]:
     stamps = {}
-    for file in weight_files(path):
+    for label, file in files.items():
         try:
             info = os.stat(file)
         except OSError as error:
             raise HtsrError(f"{file}: {os_reason(error)}") from None
-        if not stat.S_ISREG(info.st_mode):
-            continue
-        stamps[file.name] = {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
+        if stat.S_ISREG(info.st_mode):
+            stamps[label] = {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
     return stamps
 
 
@@ -471,6 +481,7 @@ def track_run(
     *,
     cache_file: Path | None = None,
     use_cache: bool = True,
+    merged_base: str | None = None,
     progress: ProgressCallback | None = None,
 ) -> TrackedRun:
     """Analyse (or take from the cache) every checkpoint of a run, check they share one architecture,
@@ -479,23 +490,26 @@ def track_run(
     `paths`: one run directory, or checkpoints in order. The cache defaults to
     `.htsr-track-cache.json` in the run directory (none for a list of paths
     unless `cache_file` is given). `progress(done, total, checkpoint name)` is
-    called before each checkpoint.
+    called before each checkpoint. With `merged_base`, the checkpoints are PEFT
+    adapters and each is analysed merged into that base (`MergedAdapter`).
     """
     run, checkpoints = find_checkpoints(paths)
     if cache_file is None and run is not None:
         cache_file = run / CACHE_NAME
     cache = TrackCache.load(cache_file if use_cache else None)
+    base = Path(merged_base) if merged_base is not None else None
     reports: list[tuple[RunCheckpoint, Report, bool]] = []
     for index, checkpoint in enumerate(checkpoints):
-        cached = cache.report(checkpoint, settings)
+        cached = cache.report(checkpoint, settings, base)
         if cached is not None:
             reports.append((checkpoint, cached, True))
             continue
         if progress is not None:
             progress(index, len(checkpoints), checkpoint.name)
-        report = analyze(str(checkpoint.path), settings)
+        source = str(checkpoint.path) if merged_base is None else MergedAdapter(str(checkpoint.path), merged_base)
+        report = analyze(source, settings)
         if use_cache:
-            cache.store(checkpoint, settings, report)
+            cache.store(checkpoint, settings, report, base)
         reports.append((checkpoint, report, False))
         if len(reports) > 1:  # fail early, before analysing the rest of a mixed run
             check_same_architecture([(reports[0][0], reports[0][1]), (checkpoint, report)])

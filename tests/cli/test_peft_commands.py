@@ -98,3 +98,31 @@ def test_merged_into_the_wrong_base(cli, fine_tune, tmp_path):
     save_file({f"layers.{i}.{name}.weight": torch.zeros(shape) for i in range(3) for name, shape in shapes.items()}, other)
     assert_user_error(cli("analyze", adapter, "--merged", other), "the base's weight is [64, 33]: not this adapter's base")
     assert_user_error(cli("analyze", adapter, "--merged", tmp_path / "nowhere.safetensors"), "no such file or directory")
+
+
+def test_track_a_lora_run_merged_into_its_base(cli, tmp_path):
+    """Adapter checkpoints saved as a Trainer saves them: alone, each is its update; with --merged, the model."""
+    torch.manual_seed(0)
+    model = Decoder()
+    base = tmp_path / "base.safetensors"
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, base)
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=16, lora_alpha=32, target_modules=["up", "down"]))
+    run = tmp_path / "run"
+    for step in (5, 10, 15):
+        with torch.no_grad():
+            for name, parameter in wrapped.named_parameters():
+                if "lora_" in name:
+                    parameter.add_(0.1 * torch.randn_like(parameter))
+        wrapped.save_pretrained(run / f"checkpoint-{step}")
+    alone = cli("track", run, "-f", "json", "-q")
+    assert alone.exit_code == 0, alone.output
+    assert {row["num_evals"] for row in json.loads(alone.stdout)["layers"]} == {16}
+    merged = cli("track", run, "--merged", base, "-f", "json", "-q")
+    assert merged.exit_code == 0, merged.output
+    document = json.loads(merged.stdout)
+    assert [c["reused"] for c in document["checkpoints"]] == [False] * 3  # other source, other report
+    assert {row["num_evals"] for row in document["layers"]} == {32}
+    direct = json.loads(cli("analyze", run / "checkpoint-10", "--merged", base, "-f", "json", "-q").stdout)
+    assert [row["alpha"] for row in document["layers"] if row["step"] == 10] == [layer["alpha"] for layer in direct["layers"]]
+    again = json.loads(cli("track", run, "--merged", base, "-f", "json", "-q").stdout)
+    assert [c["reused"] for c in again["checkpoints"]] == [True] * 3
