@@ -18,6 +18,8 @@ def test_track_under_two_ranks_equals_one_process(tmp_path, cli):
                     "-o", tmp_path / "ranked.json", "-q", "--device", "cpu")
     assert done.returncode == 0, done.stderr[-2000:]
     ranked = json.loads((tmp_path / "ranked.json").read_text())
-    single = json.loads(cli("track", TINY_LLAMA, TINY_LLAMA, "--no-cache", "-f", "json", "-q", "--device", "cpu").stdout)
+    alone = cli("track", TINY_LLAMA, TINY_LLAMA, "--no-cache", "-f", "json", "-q", "--device", "cpu")
+    assert alone.exit_code == 0, alone.output
+    single = json.loads(alone.stdout)
     assert [row["alpha"] for row in ranked["layers"]] == pytest.approx([row["alpha"] for row in single["layers"]], rel=1e-12)
     assert len(json.loads(cache.read_text())["entries"]) == 1  # one path, given twice: one entry
