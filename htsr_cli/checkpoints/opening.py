@@ -12,6 +12,7 @@ from htsr_cli.checkpoints.base import Checkpoint
 from htsr_cli.checkpoints.hf_directory import open_directory
 from htsr_cli.checkpoints.hub import resolve_repo
 from htsr_cli.checkpoints.parametrized import with_effective_weights
+from htsr_cli.checkpoints.peft_adapter import ADAPTER_FILES, AdapterCheckpoint, MergedCheckpoint, PeftAdapter
 from htsr_cli.checkpoints.quantized import with_quantized_weights
 from htsr_cli.checkpoints.quantized.gguf_file import is_gguf_file
 from htsr_cli.checkpoints.sharded import ShardedCheckpoint
@@ -19,16 +20,40 @@ from htsr_cli.checkpoints.statedict import StateDictCheckpoint
 from htsr_cli.checkpoints.torchfile import is_torch_file
 from htsr_cli.checkpoints.transformers_model import TransformersModelCheckpoint, is_transformers_model
 from htsr_cli.errors import HtsrError
-from htsr_cli.checkpoints.sources import HubId, locate
+from htsr_cli.checkpoints.sources import HubId, MergedAdapter, is_adapter_directory, locate
 
-CheckpointSource = str | os.PathLike | torch.nn.Module | Mapping[str, torch.Tensor]
+CheckpointSource = str | os.PathLike | torch.nn.Module | Mapping[str, torch.Tensor] | MergedAdapter
 
 
 def open_checkpoint(source: CheckpointSource) -> Checkpoint:
     """A reader for `source`; raises `HtsrError` (one line) when it cannot be read."""
     if is_transformers_model(source):  # keyed as its save_pretrained directory would be
         return TransformersModelCheckpoint(source)
+    if isinstance(source, MergedAdapter):
+        return _open_merged(source)
     return with_effective_weights(_open_source(source))
+
+
+def _open_merged(source: MergedAdapter) -> Checkpoint:
+    """The base with the adapter merged in; one line when either is not what it should be."""
+    adapter_path = locate(source.adapter)
+    if isinstance(adapter_path, HubId) or not is_adapter_directory(adapter_path):
+        raise HtsrError(f"{source.adapter}: --merged needs a PEFT adapter directory (with adapter_config.json)")
+    base_path = locate(source.base)
+    if isinstance(base_path, Path) and is_adapter_directory(base_path):
+        raise HtsrError(f"{source.base}: the base is itself an adapter; pass the model the adapter was trained on")
+    adapter = PeftAdapter(adapter_path, source.adapter)
+    try:
+        base = with_effective_weights(_open_source(source.base))
+    except BaseException:
+        adapter.file.close()
+        raise
+    try:
+        return MergedCheckpoint(base, adapter, str(source))
+    except BaseException:
+        adapter.file.close()
+        base.close()
+        raise
 
 
 def _open_source(source: CheckpointSource) -> Checkpoint:
@@ -44,6 +69,12 @@ def _open_source(source: CheckpointSource) -> Checkpoint:
     if isinstance(where, HubId):
         directory = resolve_repo(where)
         return with_quantized_weights(open_directory(directory, text), directory)
+    if is_adapter_directory(where):
+        return AdapterCheckpoint(where, text)
+    if where.name in ADAPTER_FILES and is_adapter_directory(where.parent):
+        return AdapterCheckpoint(where.parent, text)  # the adapter's weight file named: the adapter it belongs to
+    if where.is_dir() and any((where / name).is_file() for name in ADAPTER_FILES):
+        raise HtsrError(f"{text}: a PEFT adapter's weights without its adapter_config.json (r and lora_alpha are needed)")
     if where.is_dir():
         return with_quantized_weights(open_directory(where, text), where)
     return _open_file(where, text)

@@ -28,6 +28,25 @@ _EXTENSION = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,11}$")
 _SIBLINGS_SCANNED = 10_000
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+@dataclass(frozen=True)
+class MergedAdapter:
+    """A PEFT adapter merged into its base: the fine-tuned model (`--merged BASE`)."""
+
+    adapter: str
+    base: str
+
+    def __str__(self) -> str:
+        return f"{self.adapter} merged into {self.base}"
+
+
+def is_adapter_directory(path: str | os.PathLike) -> bool:
+    """A PEFT adapter: a directory with adapter_config.json (checked without importing torch)."""
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, ADAPTER_CONFIG))
+
+
 @dataclass(frozen=True)
 class HubId:
     """`org/name`, optionally pinned to a revision with `org/name@revision`."""

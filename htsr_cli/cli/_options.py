@@ -77,6 +77,7 @@ CheckpointOrReportArg = Annotated[
     ),
 ]
 OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the result to this file (atomically) instead of stdout.", dir_okay=False, show_default="stdout")]
+MergedOpt = Annotated[Optional[str], typer.Option("--merged", metavar="BASE", help="The checkpoint is a PEFT adapter: analyze the model it makes merged into BASE (W + B·A·scale; DoRA magnitudes applied).", show_default="the adapter's update B·A alone")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no `wrote FILE` line.")]
 MetricOpt = Annotated[Metric, typer.Option("--metric", help="Which alpha to use (alpha_farms needs --farms, or a report analyzed with it).")]
 PlotFormatOpt = Annotated[PlotFormat, typer.Option("--plot-format", help="Image format of the plot files.")]

@@ -53,7 +53,7 @@ def run_command(command: Callable[[], int]) -> int:
 def _serve(cluster: Cluster) -> int:
     """A rank other than 0: join rank 0's analyses until it sends its exit code."""
     from htsr_cli.engine.pipeline import analyze
-    from htsr_cli.engine.distributed import RankFailed, settings_from_json
+    from htsr_cli.engine.distributed import RankFailed, job_source, settings_from_json
 
     # torchrun gives every rank the same terminal: a stray print here would land in
     # the middle of rank 0's table or JSON. Errors and tracebacks stay on stderr.
@@ -74,7 +74,7 @@ def _serve(cluster: Cluster) -> int:
             return int(job["exit_code"])
         try:
             analyze(
-                job["source"],
+                job_source(job),
                 settings_from_json(job["settings"]),
                 keep_spectra=job["keep_spectra"],
                 profile=job["profile"],

@@ -19,6 +19,7 @@ from htsr_cli.cli._options import (
     GranularityOpt,
     HtsrCommand,
     HtsrGroup,
+    MergedOpt,
     Metric,
     MetricOpt,
     NoClipOpt,
@@ -26,7 +27,7 @@ from htsr_cli.cli._options import (
     QuietOpt,
 )
 from htsr_cli.cli._output import emit_renderable, emit_text, stderr_console, table_width
-from htsr_cli.cli._reports import analysis_report
+from htsr_cli.cli._reports import analysis_report, checkpoint_source
 from htsr_cli.io import check_output_paths
 from htsr_cli.results.documents import dumps_json
 from htsr_cli.render.outputs import Column, format_cell, to_csv, to_rich_table
@@ -138,6 +139,7 @@ def experts(
     output_format: FormatOpt = AllocationFormat.table,
     output: OutputOpt = None,
     analysis: AnalyzeSettings = PEAK,
+    merged: MergedOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """LoRA experts per block from its mean alpha (AlphaLoRA): less-trained blocks get more.
@@ -146,10 +148,12 @@ def experts(
       htsr allocate experts ./llama-7b
       htsr allocate experts ./llama-7b --total 160 --format json -o experts.json
       htsr allocate experts run.json --beta 3
+      htsr allocate experts ./lora-adapter --merged ./base-model      (a fine-tune: the merged model)
     """
     settings = ExpertSettings(total, beta, metric=metric.value)
-    check_output_paths({"-o": output}, [source])
-    plan = expert_plan(analysis_report(source, metric.value, analysis, "AlphaLoRA", PEAK, quiet), settings)
+    check_output_paths({"-o": output}, [source, *([merged] if merged else [])])
+    analysed = checkpoint_source(source, merged, needs_model="AlphaLoRA")
+    plan = expert_plan(analysis_report(analysed, metric.value, analysis, "AlphaLoRA", PEAK, quiet), settings)
     columns = [
         Column("name", "block", justify="left"),
         Column("matrices", "matrices"),

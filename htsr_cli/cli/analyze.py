@@ -12,6 +12,7 @@ from htsr_cli.cli._analysis_options import analysis_options
 from htsr_cli.cli._options import (
     CheckpointArg,
     DEFAULT_DPI,
+    MergedOpt,
     DpiOpt,
     OutputOpt,
     PlotFormat,
@@ -32,6 +33,7 @@ from htsr_cli.io import check_output_paths
 from htsr_cli.render.tables import parse_columns, report_csv, report_markdown, report_table
 from htsr_cli.settings import AnalyzeSettings
 from htsr_cli.checkpoints.sources import check_source
+from htsr_cli.cli._reports import checkpoint_source
 
 
 class ReportFormat(str, Enum):
@@ -48,6 +50,7 @@ def analyze(
     output: OutputOpt = None,
     columns: Annotated[Optional[str], typer.Option("--columns", help="Comma-separated columns for table, csv and markdown, e.g. layer,alpha,D,entropy (any report field).", show_default="fit to the terminal")] = None,
     settings: AnalyzeSettings = AnalyzeSettings(),
+    merged: MergedOpt = None,
     quiet: QuietOpt = False,
     plots: Annotated[Optional[Path], typer.Option("--plots", help="Write overview, one ESD and one fit-diagnostics plot per analyzed layer into this directory.", file_okay=False, show_default="no plots")] = None,
     plot_format: PlotFormatOpt = PlotFormat.png,
@@ -68,18 +71,21 @@ def analyze(
       htsr analyze ./my-hf-model --columns layer,alpha,D,tail_size,quality
       htsr analyze sentence-transformers/all-MiniLM-L6-v2 --farms --layers 'encoder\\.layer\\.0'
       htsr analyze ./my-hf-model --plots plots/ --plot-format svg --save-spectra run.spectra.safetensors
+      htsr analyze ./lora-adapter --min-evals 4        (each update B·A, from an r x r problem)
+      htsr analyze ./lora-adapter --merged ./base-model
     """
     chosen = parse_columns(columns) if columns is not None else None
     if chosen is not None and output_format is ReportFormat.json:
         raise HtsrError("--columns applies to the table, csv and markdown formats; json always has every field")
     check_source(checkpoint)
-    check_output_paths({"-o": output, "--save-spectra": spectra_file, "--plots": plots}, [checkpoint])
+    source = checkpoint_source(checkpoint, merged)
+    check_output_paths({"-o": output, "--save-spectra": spectra_file, "--plots": plots}, [checkpoint, *([merged] if merged else [])])
     from htsr_cli.engine.pipeline import analyze as run_analysis  # lazy torch, see app.py
     from htsr_cli.results.spectra_file import save_spectra
 
     with layer_progress(quiet) as progress:
         report = run_analysis(
-            checkpoint,
+            source,
             settings,
             progress=progress,
             keep_spectra=plots is not None or spectra_file is not None,

@@ -17,6 +17,7 @@ from htsr_cli.cli import allocate, lr_schedule
 from htsr_cli.cli import diagnose, evaluate, prune
 from htsr_cli.cli import landscape
 from htsr_cli.cli import allocate_bits, quantize
+from htsr_cli.cli import track
 from htsr_cli.cli._errors import USAGE_ERROR, FunnelGroup
 from htsr_cli.cli._options import FlagsWithoutType, HtsrCommand
 
@@ -58,6 +59,7 @@ def root(
       htsr lr-schedule export model.pth --base-lr 0.1 -o schedule.json
       htsr gate model.safetensors --baseline main-report.json
       htsr compare base.safetensors finetuned.safetensors
+      htsr track runs/my-finetune --plot alpha.png
       htsr --install-completion
     """
     if ctx.invoked_subcommand is None:
@@ -80,5 +82,6 @@ app.command("quantize", cls=HtsrCommand)(quantize.quantize)
 app.add_typer(evaluate.app, name="eval")
 app.command("diagnose", cls=HtsrCommand)(diagnose.diagnose)
 app.command("landscape", cls=HtsrCommand)(landscape.landscape)
+app.command("track", cls=HtsrCommand)(track.track)
 
 __all__ = ["app"]

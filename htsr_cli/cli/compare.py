@@ -17,7 +17,8 @@ from htsr_cli.cli._options import (
     QuietOpt,
 )
 from htsr_cli.cli._output import emit_renderable, emit_text, table_width
-from htsr_cli.cli._reports import check_metric_available, reports_from
+from htsr_cli.checkpoints.sources import MergedAdapter, is_adapter_directory
+from htsr_cli.cli._reports import Source, check_metric_available, reports_from
 from htsr_cli.results.compare import Comparison, LayerDelta, compare_reports
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import check_output_paths
@@ -92,6 +93,15 @@ def _notes(comparison: Comparison) -> list[str]:
     return [printable(note) for note in notes]
 
 
+def _fine_tune(a: str, b: str) -> Source:
+    """B as it is compared: a PEFT adapter B is the model it makes from A (A merged with B's update)."""
+    if not is_adapter_directory(b):
+        return b
+    if is_report_file(a) or is_adapter_directory(a):
+        raise HtsrError(f"{b} is a PEFT adapter: compare it with the base checkpoint it fine-tunes (A), not {a}")
+    return MergedAdapter(b, a)
+
+
 @analysis_options
 def compare(
     a: Annotated[str, typer.Argument(metavar="A", help="The reference: a checkpoint or a saved report JSON.", show_default=False)],
@@ -113,19 +123,21 @@ def compare(
       htsr compare main-report.json pr-report.json --format markdown
       htsr compare base.pth pruned.pth --metric alpha_farms --farms --format json -o deltas.json
       htsr compare ./Llama-3-8B ./Llama-3-8B-Q4_K_M.gguf --weights
+      htsr compare ./base-model ./lora-adapter --weights      (B is the adapter merged into A)
     """
     check_output_paths({"-o": output}, [a, b])
+    source_b = _fine_tune(a, b)
     check_metric_available(metric.value, settings.farms is not None, [a, b])
     if weights:
         saved = [source for source in (a, b) if is_report_file(source)]
         if saved:
             raise HtsrError(f"--weights reads the weights themselves: {saved[0]} is a saved report; pass both checkpoints")
-    report_a, report_b = reports_from([a, b], settings, quiet)
+    report_a, report_b = reports_from([a, source_b], settings, quiet)
     comparison = compare_reports(report_a, report_b, metric.value, weights=weights)
     if weights:
         from htsr_cli.engine.weight_differences import weight_errors  # lazy torch, see app.py
 
-        comparison = comparison.with_weight_errors(weight_errors(a, b, _weight_pairs(comparison, report_a, report_b), settings.device))
+        comparison = comparison.with_weight_errors(weight_errors(a, source_b, _weight_pairs(comparison, report_a, report_b), settings.device))
     columns = _columns(comparison)
     rows = [_row(layer, comparison.metric) for layer in comparison.layers]
     if output_format is CompareFormat.table:

@@ -15,6 +15,7 @@ from htsr_cli.cli._options import (
     CheckpointOrReportArg,
     HtsrCommand,
     HtsrGroup,
+    MergedOpt,
     Metric,
     MetricOpt,
     OutputOpt,
@@ -22,7 +23,7 @@ from htsr_cli.cli._options import (
     choice,
 )
 from htsr_cli.cli._output import emit_renderable, emit_text, note, table_width
-from htsr_cli.cli._reports import analysis_report
+from htsr_cli.cli._reports import analysis_report, checkpoint_source
 from htsr_cli.io import check_output_paths
 from htsr_cli.results.documents import dumps_json
 from htsr_cli.render.outputs import Column, format_cell, to_csv, to_rich_table
@@ -87,6 +88,7 @@ def export(
     output_format: FormatOpt = None,
     output: OutputOpt = None,
     analysis: AnalyzeSettings = MEDIAN,
+    merged: MergedOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Export per-module LR factors and LRs computed once from a checkpoint's (or a saved report's) alphas.
@@ -102,20 +104,22 @@ def export(
       htsr lr-schedule export fixtures/resnet18_w16.pth --base-lr 0.1 --epochs 200 --format csv
       htsr lr-schedule export ./my-hf-model --base-lr 2e-5 --map sigmoid --unit block --format yaml
       htsr lr-schedule export run.json --base-lr 0.1 --metric alpha_farms
+      htsr lr-schedule export ./lora-adapter --merged ./base-model --base-lr 2e-4
     """
     settings = LrSettings(
         base_lr, factor_map.value, unit.value, min_ratio, max_ratio,
         metric=metric.value, epochs=epochs, schedule=schedule.value,
     )
-    check_output_paths({"-o": output}, [source])
-    report = analysis_report(source, metric.value, analysis, "TempBalance", MEDIAN, quiet)
+    check_output_paths({"-o": output}, [source, *([merged] if merged else [])])
+    analysed = checkpoint_source(source, merged, needs_model="TempBalance")
+    report = analysis_report(analysed, metric.value, analysis, "TempBalance", MEDIAN, quiet)
     if is_report_file(source):
         modules: list[str] = []
         note(f"{source} is a report: the schedule lists weight matrices only (no BatchNorm modules)", quiet)
     else:
         from htsr_cli.checkpoints import open_checkpoint  # lazy torch, see app.py
 
-        with open_checkpoint(source) as checkpoint:  # metadata only: finds the BatchNorm modules
+        with open_checkpoint(analysed) as checkpoint:  # metadata only: finds the BatchNorm modules
             modules = modules_of(info.key for info in checkpoint.tensors())
     plan = lr_schedule(report, settings, modules)
     if output_format is None:

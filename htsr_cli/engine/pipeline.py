@@ -27,6 +27,7 @@ import torch
 from htsr_cli import __version__
 from htsr_cli.engine import distributed
 from htsr_cli.checkpoints import Checkpoint, open_checkpoint
+from htsr_cli.checkpoints.sources import MergedAdapter
 from htsr_cli.errors import HtsrError, InvalidSetting
 from htsr_cli.spectra.farms import FarmsResult, farms_fit
 from htsr_cli.spectra.fit import fit_failure_reason, guarded_fit
@@ -53,7 +54,7 @@ from htsr_cli.spectra.solver import GRAM_BUDGET_BYTES, Eigensolver, SolverPrecis
 FIT_THREADS = 8  # CPU threads fitting beside a GPU's solves, at most
 FIT_BACKLOG = 4  # per fit thread: fits waiting before the GPU solves wait for them
 
-Source = str | PathLike | torch.nn.Module | Mapping[str, torch.Tensor]
+Source = str | PathLike | torch.nn.Module | Mapping[str, torch.Tensor] | MergedAdapter
 
 
 def select_layers(specs: list[MatrixSpec], pattern: str | None) -> list[MatrixSpec]:
@@ -444,8 +445,9 @@ def analyze(
 ) -> Report:
     """Analyse every weight matrix of a checkpoint, module or state dict.
 
-    `source` is a path (file or Hugging Face directory), a hub id, an `nn.Module`
-    or a state dict. Settings come as an `AnalyzeSettings`, or as keywords
+    `source` is a path (file, Hugging Face directory, PEFT adapter directory), a
+    hub id, an `nn.Module`, a state dict, or `MergedAdapter(adapter, base)` (the
+    adapter merged into its base). Settings come as an `AnalyzeSettings`, or as keywords
     (each left out keeps its `AnalyzeSettings` default):
 
     - `xmin`: "ks" (default, WeightWatcher), "median" (TempBalance) or "peak" (AlphaPruning)

@@ -31,7 +31,7 @@ collective.py  one collective analysis: shares, barriers, the shared error, gath
 
 from htsr_cli.engine.distributed.cluster import Cluster, current, join
 from htsr_cli.engine.distributed.collective import Run
-from htsr_cli.engine.distributed.jobs import analysis_job, settings_from_json
+from htsr_cli.engine.distributed.jobs import analysis_job, job_source, settings_from_json
 from htsr_cli.engine.distributed.launch import DEFAULT_TIMEOUT_S, Launch
 from htsr_cli.engine.distributed.liveness import FAILURE, USAGE_ERROR, RankFailed
 
@@ -46,5 +46,6 @@ __all__ = [
     "analysis_job",
     "current",
     "join",
+    "job_source",
     "settings_from_json",
 ]

@@ -13,16 +13,27 @@ import typing
 from os import PathLike
 from typing import Any
 
+from htsr_cli.checkpoints.sources import MergedAdapter
 from htsr_cli.settings import AnalyzeSettings
 
 
-def analysis_job(source: str | PathLike, settings: AnalyzeSettings, keep_spectra: bool, profile: bool) -> dict:
+def analysis_job(
+    source: str | PathLike | MergedAdapter, settings: AnalyzeSettings, keep_spectra: bool, profile: bool
+) -> dict:
+    merged = isinstance(source, MergedAdapter)
     return {
-        "source": os.fspath(source),
+        "source": source.adapter if merged else os.fspath(source),
+        "merged_base": source.base if merged else None,
         "settings": dataclasses.asdict(settings),
         "keep_spectra": keep_spectra,
         "profile": profile,
     }
+
+
+def job_source(job: dict[str, Any]) -> str | MergedAdapter:
+    """The source an analysis job names: a path or hub id, or an adapter merged into its base."""
+    base = job.get("merged_base")
+    return job["source"] if base is None else MergedAdapter(job["source"], base)
 
 
 def settings_from_json(data: dict[str, Any]) -> AnalyzeSettings:
