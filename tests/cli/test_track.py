@@ -97,7 +97,7 @@ def test_trainer_run_table_json_and_csv(cli, trainer_run, tmp_path):
     pairs = {(c["summary_metric"], c["eval_metric"]): c for c in document["correlations"]}
     assert pairs["mean_alpha", "eval_loss"]["points"] == 4
     assert (tmp_path / "alpha.png").read_bytes().startswith(b"\x89PNG")
-    from tests.test_schemas import validate
+    from tests.results.test_schemas import validate
 
     validate(document)
     # Every checkpoint was cached by the first run: the CSV comes from the cache and matches analyze.

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.test_distributed import TINY_LLAMA, standalone, torchrun
+from tests.engine.test_distributed import TINY_LLAMA, standalone, torchrun
 
 pytestmark = pytest.mark.slow
 
