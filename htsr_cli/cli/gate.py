@@ -127,7 +127,7 @@ def gate(
             check_source(named)
     summary_file = os.environ.get("GITHUB_STEP_SUMMARY") or None
     check_output_paths(
-        {"--junit": junit, "GITHUB_STEP_SUMMARY": summary_file},
+        {"-o": output, "--junit": junit, "GITHUB_STEP_SUMMARY": summary_file},
         [*sources, config if config is not None else find_pyproject(Path.cwd())],
     )
     check_baseline_use(rules, baseline is not None)  # before a possibly long analysis

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from htsr_cli.errors import HtsrError, brief
-from htsr_cli.io import read_document
+from htsr_cli.io import check_depth, read_document
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -115,6 +115,15 @@ def parse_max_flagged(text: str) -> int | float:
     return value
 
 
+# No model has more layers; a larger count is a typo or a hostile file.
+MAX_FLAGGED_COUNT = 2**63 - 1
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} digits)"
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)  # TOML true is not a number
 
@@ -135,13 +144,18 @@ def config_from_table(table: Any, path: Path | str) -> GateConfig:
             if not isinstance(value, bool):
                 raise HtsrError(f"{where}: {key!r} must be true or false, got {value!r}")
         elif key == "max_flagged":
+            if isinstance(value, int) and value > MAX_FLAGGED_COUNT:
+                raise HtsrError(f"{where}: 'max_flagged' = {_shown(value)} is too large for a count of layers")
             if not _is_number(value):
                 raise HtsrError(f"{where}: 'max_flagged' must be a count or a fraction, got {value!r}")
             validate_max_flagged(value, f"{where}: 'max_flagged'")
         elif not _is_number(value):
             raise HtsrError(f"{where}: {key!r} must be a number, got {value!r}")
         else:
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # a 400-digit integer
+                raise HtsrError(f"{where}: {key!r} = {_shown(value)} is too large for a number") from None
         values[key] = value
     try:
         return GateConfig(**values, origin=str(path))
@@ -153,9 +167,12 @@ def read_toml(path: Path) -> dict[str, Any]:
     """A TOML file (a regular file only: a FIFO named by mistake must not block the gate)."""
     data = read_document(path)
     try:
-        return tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as error:
+        document = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError, ValueError) as error:
+        # ValueError: an integer of more than 4300 digits
         raise HtsrError(f"{path}: cannot read TOML ({brief(error)})") from None
+    check_depth(document, str(path))
+    return document
 
 
 def gate_table(data: dict[str, Any]) -> Any:
