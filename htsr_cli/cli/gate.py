@@ -147,7 +147,7 @@ def gate(
     elif output_format is GateFormat.json:
         emit_text(dumps_json(gate_json(result)), output, quiet)
     elif output_format is GateFormat.github:
-        emit_text(gate_github(result), output, quiet)
+        emit_text(gate_github(result), output, quiet, commands=True)
     else:
         emit_text(gate_markdown(result), output, quiet)
     if not result.passed:

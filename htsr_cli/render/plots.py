@@ -37,6 +37,7 @@ from htsr_cli.results.report import LayerSpectra
 from htsr_cli.errors import HtsrError
 from htsr_cli.spectra.fit import KS_MIN_EIGENVALUE, candidate_grid, hill_alphas, ks_distances
 from htsr_cli.io import write_atomic
+from htsr_cli.names import readable
 from htsr_cli.results.report import QUALITY_CLASSES, LayerResult, Report, quality_of
 from htsr_cli.render.terminal import shorten_middle
 
@@ -75,7 +76,7 @@ def checkpoint_name(checkpoint: str) -> str:
         and not text.endswith(FILE_SUFFIXES)
         and not os.path.exists(text)
     )
-    return text if looks_like_hub_id else (os.path.basename(text) or text)
+    return readable(text if looks_like_hub_id else (os.path.basename(text) or text))
 
 
 # ---------------------------------------------------------------- rendering

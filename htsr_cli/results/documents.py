@@ -96,7 +96,9 @@ def check_fields(
 
 
 def dumps_json(data: Any) -> str:
-    return json.dumps(_finite_or_null(data), indent=2) + "\n"
+    """Indented JSON, NaN/Inf as null. `##[` (a workflow command to a CI runner, wherever it
+    stands in a line) only occurs inside strings, where `#\\u0023[` reads back the same."""
+    return json.dumps(_finite_or_null(data), indent=2).replace("##[", "#\\u0023[") + "\n"
 
 
 def _finite_or_null(value: Any) -> Any:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from htsr_cli.results.documents import COUNT, IDENTIFIER, LIST, NAME, OBJECT, SHAPE, TEXT, check_fields, number, one_of, parse_json
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import read_document
+from htsr_cli.names import readable
 from htsr_cli.results.documents import dumps_json
 from htsr_cli.settings import XMIN_METHODS
 
@@ -138,6 +139,13 @@ class LayerResult:
     # --precision float32: whether the float32 eigensolve was redone in float64
     # (the guard found it not accurate enough); null in the other modes.
     eigensolver_redone: bool | None = None
+
+    def __post_init__(self) -> None:
+        # A lone surrogate in a name (a JSON `\ud800`) cannot be encoded, drawn or written:
+        # the report holds, shows and saves it as U+FFFD.
+        self.name = readable(self.name)
+        if self.block is not None:
+            self.block = readable(self.block)
 
     @property
     def analysed(self) -> bool:
