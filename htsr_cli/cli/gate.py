@@ -78,6 +78,7 @@ def gate(
     max_alpha_drift: Annotated[Optional[float], typer.Option("--max-alpha-drift", help="Largest allowed |alpha - baseline alpha| per layer; needs --baseline (config: max_alpha_drift).")] = None,
     require_layers: Annotated[Optional[bool], typer.Option("--require-layers/--no-require-layers", help="Fail on any skipped or failed layer (config: require_layers).", show_default=False)] = None,
     allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Pass when no layer has an alpha to check; by default that fails (config: allow_empty).")] = False,
+    allow_failed: Annotated[bool, typer.Option("--allow-failed", help="Layers whose analysis or fit failed (NaN weights, no fit) only warn; by default they fail (config: allow_failed).")] = False,
     farms: FarmsOpt = False,
     xmin: XminOpt = Xmin.ks,
     layers: LayersOpt = None,
@@ -119,6 +120,7 @@ def gate(
         "max_alpha_drift": max_alpha_drift,
         "require_layers": require_layers,
         "allow_empty": True if allow_empty else None,
+        "allow_failed": True if allow_failed else None,
     }
     rules = resolve_config(config, Path.cwd(), overrides)
     sources = [source] if baseline is None else [source, baseline]

@@ -8,6 +8,7 @@
     mean_alpha_max = 4.5
     max_alpha_drift = 0.5     # per layer, against --baseline
     require_layers = true     # no layer may be skipped or failed
+    allow_failed = true       # layers whose analysis or fit failed only warn (by default they fail the gate)
 
 The table is looked up like ruff and pytest do: the nearest `pyproject.toml`
 from the current directory upwards that has a `[tool.htsr.gate]` table, or the
@@ -50,6 +51,7 @@ class GateConfig:
     max_alpha_drift: float | None = None
     require_layers: bool = False
     allow_empty: bool = False  # pass when no layer has a value to check (otherwise that fails the gate)
+    allow_failed: bool = False  # layers whose analysis or fit failed are warnings (otherwise errors)
     origin: str = "defaults"  # where the rules came from, for the output: a file, "flags", or both
 
     def __post_init__(self) -> None:
@@ -140,7 +142,7 @@ def config_from_table(table: Any, path: Path | str) -> GateConfig:
         if key == "metric":
             if value not in METRICS:
                 raise HtsrError(f"{where}: 'metric' must be one of {', '.join(METRICS)}, got {value!r}")
-        elif key in ("require_layers", "allow_empty"):
+        elif key in ("require_layers", "allow_empty", "allow_failed"):
             if not isinstance(value, bool):
                 raise HtsrError(f"{where}: {key!r} must be true or false, got {value!r}")
         elif key == "max_flagged":

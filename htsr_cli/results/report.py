@@ -375,6 +375,9 @@ LAYER_FIELDS = {
     "farms_windows": COUNT.or_null(), "farms_num_evals": COUNT.or_null(),
 }
 REQUIRED_LAYER_FIELDS = ("name", "tensor", "kind", "shape", "block", "params")
+# What a layer of each status other than ok cannot carry: no alpha without a fit
+# (a fit-failed layer may still have its FARMS alpha).
+NOT_FITTED = {SKIPPED: ("alpha", "alpha_farms"), FAILED: ("alpha", "alpha_farms"), FIT_FAILED: ("alpha",)}
 SETTINGS_FIELDS = {
     "xmin": one_of(XMIN_METHODS), "xmin_candidates": one_of(("exact", "grid")),
     "farms": OBJECT.or_null(), "device": IDENTIFIER, "precision": IDENTIFIER,
@@ -418,6 +421,14 @@ def check_report(data: Any, source: str) -> None:
     for index, entry in enumerate(data["layers"]):
         where = f"{source}: layer {index}"
         check_fields(entry, LAYER_FIELDS, where, required=REQUIRED_LAYER_FIELDS)
+        status = entry.get("status", OK)
+        if status != OK:  # the status is trusted: a layer that failed or was skipped has no fitted numbers
+            carried = next((key for key in NOT_FITTED[status] if entry.get(key) is not None), None)
+            if carried is not None:
+                raise HtsrError(
+                    f"{where}: status {status!r} but it carries {carried} {entry[carried]!r}; "
+                    "the report is inconsistent (edited or damaged)"
+                )
         if entry["name"] in names:
             raise HtsrError(f"{where}: the name {entry['name']!r} is used by an earlier layer")
         names.add(entry["name"])
