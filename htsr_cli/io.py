@@ -87,9 +87,10 @@ TENSORS_PER_FILE = Limit("HTSR_MAX_TENSORS", 200_000, "tensors in one checkpoint
 PICKLE_BYTES = Limit("HTSR_MAX_PICKLE_BYTES", 256 << 20, "uncompressed pickle of a torch file", "bytes")
 LIMITS = (DOCUMENT_BYTES, DOCUMENT_DEPTH, TEXT_BYTES, TENSORS_PER_FILE, PICKLE_BYTES)
 
-# Temp files this process has created and not yet renamed or removed: a
-# signal handler removes them when the process is stopped from outside.
+# Temp files (and staged directories) this process has created and not yet
+# renamed or removed: a signal handler removes them when the process is stopped.
 _live_temp_files: set[str] = set()
+_live_temp_directories: set[str] = set()
 
 
 @dataclass
@@ -529,13 +530,61 @@ def _write_through(path: Path, payload: bytes) -> None:
 
 
 def remove_live_temp_files() -> None:
-    """Remove every temp file a write in progress has created (called when a signal stops the run)."""
+    """Remove every temp file and staged directory a write in progress has created
+    (called when a signal stops the run)."""
     for tmp in list(_live_temp_files):
         try:
             os.unlink(tmp)
         except OSError:
             pass
         _live_temp_files.discard(tmp)
+    for staging in list(_live_temp_directories):
+        shutil.rmtree(staging, ignore_errors=True)
+        _live_temp_directories.discard(staging)
+
+
+@contextmanager
+def staged_directory(target: PathLike) -> Iterator[Path]:
+    """A fresh directory beside `target` to write a directory of outputs into (plots).
+
+    When the block ends without error its files go into `target`: the whole
+    directory is renamed into place when `target` does not exist, else each
+    file is renamed into it. An error or a stop removes it, so a run stopped
+    half way leaves no half-drawn directory.
+    """
+    target = Path(target)
+    if os.path.lexists(target) and not target.is_dir():
+        raise HtsrError(f"{target}: exists and is not a directory")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name[:40]}.", suffix=".tmp", dir=target.parent))
+    except OSError as error:
+        raise HtsrError(f"{target}: {os_reason(error)}") from None
+    _live_temp_directories.add(str(staging))
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private
+        if not os.path.lexists(target):
+            os.rename(staging, target)
+        else:
+            _move_into(staging, target)
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise HtsrError(f"{target}: {os_reason(error)}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        _live_temp_directories.discard(str(staging))
+
+
+def _move_into(staging: Path, target: Path) -> None:
+    for directory, _, files in os.walk(staging):
+        relative = Path(directory).relative_to(staging)
+        (target / relative).mkdir(exist_ok=True)
+        for name in files:
+            os.replace(Path(directory) / name, target / relative / name)
 
 
 def _umask() -> int:

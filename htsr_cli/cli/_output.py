@@ -93,9 +93,14 @@ def emit_renderable(renderable: RenderableType, output: Path | None, quiet: bool
 
 @contextmanager
 def layer_progress(quiet: bool, description: str = "analyzing", unit: str = "layers") -> Iterator:
-    """A progress callback (done, total, item) drawing a bar on stderr when it is a terminal."""
+    """A progress callback (done, total, item) drawing a bar on stderr when it is a terminal.
+
+    Every call first acts on a pending stop (Ctrl-C, SIGTERM) whose exception
+    some library swallowed, so each loop that reports progress (analysis,
+    drawing, pruning, scoring) ends within one step of a signal, bar or not.
+    """
     if quiet or not stderr_console.is_terminal:
-        yield None
+        yield lambda done, total, layer: raise_if_stopped()
         return
     progress = Progress(
         TextColumn(f"[bold]{description}"),
@@ -110,6 +115,7 @@ def layer_progress(quiet: bool, description: str = "analyzing", unit: str = "lay
     task = progress.add_task(description, total=None, layer="")
 
     def update(done: int, total: int, layer: str) -> None:
+        raise_if_stopped()
         progress.update(task, completed=done, total=total, layer=printable(layer))
 
     with progress:
