@@ -8,6 +8,8 @@ functions: it takes seconds to import.
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -18,7 +20,7 @@ import torch
 from htsr_cli.checkpoints.hub import resolve_repo
 from htsr_cli.checkpoints.order import check_config_counts
 from htsr_cli.errors import HtsrError
-from htsr_cli.io import read_text as read_text_file
+from htsr_cli.io import os_reason, read_text as read_text_file
 from htsr_cli.checkpoints.sources import HubId, locate
 
 
@@ -26,13 +28,33 @@ def model_directory(source: str, purpose: str) -> Path:
     """The Hugging Face directory of a local path or a cached hub id."""
     where = locate(source)  # one clear line for a missing or unreadable path
     if isinstance(where, HubId):
-        return resolve_repo(where)
+        return _only_files(resolve_repo(where), source)
     if where.is_dir():
-        return where
+        return _only_files(where, source)
     raise HtsrError(
         f"{source}: {purpose} runs the model, which needs a Hugging Face directory "
         "(config.json, weights and tokenizer), not a single weight file"
     )
+
+
+def _only_files(directory: Path, source: str) -> Path:
+    """`directory`, once every entry in it is a regular file or a directory (links followed).
+
+    transformers opens the config and tokenizer files by name, blocking on a FIFO
+    and reading /dev/zero until memory runs out; such an entry is refused first.
+    """
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                try:
+                    info = os.stat(entry.path)
+                except OSError as error:
+                    raise HtsrError(f"{source}: {entry.name}: {os_reason(error)}") from None
+                if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+                    raise HtsrError(f"{source}: {entry.name} is not a regular file; transformers would read it")
+    except OSError as error:
+        raise HtsrError(f"{source}: cannot read the directory ({os_reason(error)})") from None
+    return directory
 
 
 @contextlib.contextmanager

@@ -72,6 +72,10 @@ def side_file_case(root: Path, place: Path, role: str) -> tuple[Path, list]:
     if role == "prune copies":
         shutil.copytree(root / "lm", place / "lm")
         return place / "lm" / "notes.txt", ["prune", place / "lm", "--target", "0.5", "--allocation", "uniform", "-o", place / "out", "-q"]
+    if role == "tokenizer.json":
+        model = shutil.copytree(root / "lm", place / "lm")
+        (model / "tokenizer.json").unlink()
+        return model / "tokenizer.json", ["eval", "perplexity", model, "--text", root / "text.txt", "-q"]
     if role == "--calibration":
         return place / "c.txt", ["prune", root / "lm", "--target", "0.5", "--method", "wanda", "--calibration", place / "c.txt",
                                  "--samples", "2", "--seq-len", "8", "-o", place / "out", "-q"]
@@ -88,7 +92,7 @@ def side_file_case(root: Path, place: Path, role: str) -> tuple[Path, list]:
     raise AssertionError(role)
 
 
-ROLES = ["config.json", "quantize_config.json", "quant_config.json", "prune copies", "--calibration", "--text",
+ROLES = ["config.json", "quantize_config.json", "quant_config.json", "prune copies", "tokenizer.json", "--calibration", "--text",
          "--allocation", "--config", "--baseline", "report"]
 KINDS = ["fifo", "dev-zero", "directory", "link-to-fifo"]
 
