@@ -5,6 +5,18 @@ from __future__ import annotations
 import re
 
 _NUMERIC = re.compile(r"^\d+$")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+
+
+def readable(text: str) -> str:
+    """`text` with every lone surrogate replaced by U+FFFD.
+
+    A name can hold one: a `\\ud800` escape in a JSON header or report, or an
+    undecodable byte of a file name (os.fsdecode). No encoder, font or file
+    name accepts it, so everything drawn or shown uses this form.
+    """
+    return _LONE_SURROGATE.sub(REPLACEMENT, text)
 
 
 def module_name(key: str) -> str:

@@ -24,7 +24,7 @@ from htsr_cli.allocations.learning_rates import SCHEMA, LrSettings, bn_partner, 
 from htsr_cli.engine.pipeline import analyze
 from htsr_cli.results.documents import LIST, NAME, OBJECT, TEXT, check_fields, number, parse_json
 from htsr_cli.errors import HtsrError, brief
-from htsr_cli.io import read_document
+from htsr_cli.io import check_depth, read_document
 from htsr_cli.settings import AnalyzeSettings
 
 DEFAULT_GROUP = "default"
@@ -52,6 +52,16 @@ def schedule_settings(document: object, source: str) -> tuple[dict[str, float], 
             factors[entry["name"]] = float(entry["factor"])
     options = [settings[key] for key in ("base_lr", "map", "unit", "min_ratio", "max_ratio")]
     return factors, options, settings["analysis"]["xmin"]
+
+
+class _PlainYamlLoader(yaml.SafeLoader):
+    """safe_load without aliases: htsr writes none, and a few hundred bytes of nested
+    aliases ("billion laughs") stand for more entries than memory holds."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", self.peek_event().start_mark)
+        return super().compose_node(parent, index)
 
 
 class TempBalance:
@@ -83,9 +93,10 @@ class TempBalance:
         data = read_document(path)
         if path.suffix in (".yaml", ".yml"):
             try:
-                document = yaml.safe_load(data)
+                document = yaml.load(data, Loader=_PlainYamlLoader)
             except (yaml.YAMLError, RecursionError) as error:
                 raise HtsrError(f"{path}: not valid YAML ({brief(error)})") from None
+            check_depth(document, str(path))
         else:
             document = parse_json(data, str(path))
         factors, options, xmin = schedule_settings(document, str(path))

@@ -18,7 +18,7 @@ from pathlib import Path
 from htsr_cli.checkpoints.sharded import ShardedCheckpoint
 from htsr_cli.checkpoints.torchfile import is_torch_file
 from htsr_cli.errors import HtsrError, brief
-from htsr_cli.io import os_reason, read_document
+from htsr_cli.io import check_depth, os_reason, read_document
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_INDEX = "pytorch_model.bin.index.json"
@@ -82,19 +82,26 @@ def _find_weight_files(directory: Path, source: str) -> list[Path]:
 
 
 def _is_file(path: Path) -> bool:
-    """Like Path.is_file, but a permission error is raised rather than read as 'no file'."""
+    """Like Path.is_file, but a permission error or a symlink loop is an error rather than 'no file'."""
     try:
         return stat.S_ISREG(os.stat(path).st_mode)
     except FileNotFoundError:
         return False
+    except OSError as error:  # ELOOP, EACCES, ENAMETOOLONG: name the entry, not the directory
+        raise HtsrError(f"{path}: {os_reason(error)}") from None
 
 
 def _shards_from_index(directory: Path, index: str, source: str) -> list[Path]:
+    data = read_document(directory / index)  # regular files of bounded size only
     try:
-        weight_map = json.loads(read_document(directory / index))["weight_map"]
+        document = json.loads(data)
+        check_depth(document, f"{source}: {index}")
+        weight_map = document["weight_map"]
         names = set(weight_map.values())
         if not all(isinstance(name, str) and name for name in names):
             raise TypeError("shard names must be non-empty strings")
+        if any("\0" in name for name in names):
+            raise ValueError("a shard name contains a NUL character")
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
         raise HtsrError(f"{source}: {index} is not a valid shard index ({brief(error)})") from None
     # Shard names are zero-padded (model-00002-of-00011), so a plain sort is file order.
@@ -108,6 +115,13 @@ def _shards_from_index(directory: Path, index: str, source: str) -> list[Path]:
     return shards
 
 
+def allowed_roots(directory: Path) -> list[Path]:
+    """Where the files of a model directory may really lie: in it, or for a hub cache
+    snapshot (whose files are links) in its repository's blobs/."""
+    root = Path(os.path.realpath(directory))
+    return [root, root.parent.parent / "blobs"] if root.parent.name == "snapshots" else [root]
+
+
 def _inside(directory: Path, name: str, index: str, source: str) -> Path:
     """The shard `name` of an index, which must stay inside the model directory.
 
@@ -117,10 +131,7 @@ def _inside(directory: Path, name: str, index: str, source: str) -> Path:
     as inside.
     """
     path = directory / name
-    root = Path(os.path.realpath(directory))
-    allowed = [root]
-    if root.parent.name == "snapshots":
-        allowed.append(root.parent.parent / "blobs")
+    allowed = allowed_roots(directory)
     resolved = Path(os.path.realpath(path))
     if os.path.isabs(name) or ".." in Path(name).parts or not any(resolved.is_relative_to(a) for a in allowed):
         raise HtsrError(

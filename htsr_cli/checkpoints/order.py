@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from htsr_cli.errors import HtsrError
-from htsr_cli.io import write_atomic
+from htsr_cli.checkpoints.sources import read_sidecar
+from htsr_cli.io import read_document, write_atomic
 
 EMBEDDING_COMPONENTS = frozenset({"wte", "wpe"})
 HEAD_COMPONENTS = frozenset({"lm_head", "classifier", "fc", "head", "score"})
@@ -46,11 +47,8 @@ def module_order(
 
 def config_model_type(config_dir: Path) -> str | None:
     """`model_type` from the config.json in `config_dir`, if there is a readable one."""
-    try:
-        config = json.loads((config_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    model_type = config.get("model_type") if isinstance(config, dict) else None
+    config = read_sidecar(config_dir, "config.json")
+    model_type = config.get("model_type") if config is not None else None
     return model_type if isinstance(model_type, str) else None
 
 
@@ -85,10 +83,38 @@ def _is_head(modules: list[str]) -> bool:
 def architecture_order(config_dir: Path, keys: Sequence[str]) -> list[str] | None:
     """`keys` in the order of the architecture's own state dict, or None when
     the architecture cannot be built or shares no key with the checkpoint."""
+    config = read_sidecar(config_dir, "config.json")
+    if config is None:
+        return None
+    check_config_counts(config, len(keys), config_dir / "config.json")
     architecture = cached_architecture_keys(config_dir)
     if architecture is None:
         return None
     return order_by_reference(keys, *architecture)
+
+
+# Config fields that say how many modules to build: each layer and each expert is
+# at least one tensor of the checkpoint, so a count above the tensors it holds
+# describes weights that are not there (and building it would exhaust memory).
+# (num_hidden_layers, n_layer, num_decoder_layers, num_local_experts, n_routed_experts, ...)
+_MODULE_COUNTS = re.compile(r"^(num_|n_)?(hidden_|encoder_|decoder_|local_|routed_)?(layers?|experts)$")
+
+
+def check_config_counts(config: dict, tensors: int, where: Path | str) -> None:
+    """Refuse a config whose layer or expert counts exceed the `tensors` the checkpoint holds,
+    before anything is built from it. Nested configs (text_config, vision_config) are checked too."""
+    stack = [config]
+    while stack:
+        table = stack.pop()
+        for key, value in table.items():
+            if isinstance(value, dict):
+                stack.append(value)
+            elif isinstance(value, int) and not isinstance(value, bool) and _MODULE_COUNTS.match(key):
+                if value > tensors:
+                    raise HtsrError(
+                        f"{where}: {key} = {value:,}, but the checkpoint holds only {tensors:,} tensors; "
+                        "the config does not describe these weights"
+                    )
 
 
 def order_by_reference(
@@ -155,7 +181,7 @@ def cached_architecture_keys(config_dir: Path) -> tuple[list[str], str] | None:
         version = importlib.metadata.version("transformers")
     except importlib.metadata.PackageNotFoundError:
         return None
-    digest = hashlib.sha256((config_dir / "config.json").read_bytes() + version.encode()).hexdigest()
+    digest = hashlib.sha256(read_document(config_dir / "config.json") + version.encode()).hexdigest()
     entry = cache_directory() / "module-order" / f"{digest}.json"
     try:
         cached = json.loads(entry.read_text(encoding="utf-8"))

@@ -24,7 +24,7 @@ import torch
 
 from htsr_cli.checkpoints.base import Checkpoint, TensorInfo
 from htsr_cli.errors import HtsrError, brief
-from htsr_cli.io import os_reason
+from htsr_cli.io import TENSORS_PER_FILE, open_input, os_reason
 
 # safetensors dtype names -> torch dtype attribute names. Newer torch dtypes
 # are looked up by name so an older torch simply lacks them.
@@ -69,7 +69,7 @@ def check_safetensors_header(path: Path) -> tuple[dict, int]:
     header and the size of the data section.
     """
     try:
-        with path.open("rb") as handle:
+        with os.fdopen(open_input(path), "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             prefix = handle.read(_HEADER_LENGTH.size)
             if len(prefix) < _HEADER_LENGTH.size:
@@ -80,12 +80,16 @@ def check_safetensors_header(path: Path) -> tuple[dict, int]:
             raw = handle.read(length)
     except OSError as error:
         raise HtsrError(f"{path}: {os_reason(error)}") from None
+    # Counted in the raw bytes first (each entry has one data_offsets), so a header
+    # of a million empty tensors is refused before it is parsed into a million dicts.
+    _check_tensor_count(path, raw.count(b'"data_offsets"'))
     try:
         header = json.loads(raw)
     except (ValueError, RecursionError) as error:
         raise _invalid(path, f"its header is not JSON: {brief(error)}") from None
     if not isinstance(header, dict):
         raise _invalid(path, "its header is not a JSON object")
+    _check_tensor_count(path, len(header) - ("__metadata__" in header))
     data_bytes = size - _HEADER_LENGTH.size - length
     spans = []
     for key, entry in header.items():
@@ -153,6 +157,11 @@ def _checked_span(path: Path, key: str, entry: object, data_bytes: int) -> tuple
     return begin, end
 
 
+def _check_tensor_count(path: Path, count: int) -> None:
+    if count > TENSORS_PER_FILE.value():
+        raise HtsrError(f"{path}: its header lists {count:,} tensors, more than htsr reads from one file {TENSORS_PER_FILE.beyond()}")
+
+
 def _invalid(path: Path, detail: str) -> HtsrError:
     return HtsrError(f"{path}: is truncated or not a valid safetensors file ({detail})")
 
@@ -181,10 +190,7 @@ class SafetensorsFile(Checkpoint):
         self.source = str(path)
         self._infos, self._spans = read_layout(path)
         self._by_key = {info.key: info for info in self._infos}
-        try:
-            self._file = path.open("rb", buffering=0)
-        except OSError as error:
-            raise HtsrError(f"{path}: {os_reason(error)}") from error
+        self._file = os.fdopen(open_input(path), "rb", buffering=0)
         self._reading = threading.Lock()  # seek + read as one step, whichever thread loads
 
     def tensors(self) -> list[TensorInfo]:

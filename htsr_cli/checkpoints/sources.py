@@ -14,9 +14,10 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from htsr_cli.errors import HtsrError
-from htsr_cli.io import os_reason
+from htsr_cli.io import os_reason, read_json, register_input
 
 # huggingface_hub's rule: word characters, "-" and "." inside, at most 96 per part.
 _REPO_ID = re.compile(r"^\w(?:[\w.-]{0,94}\w)?/\w(?:[\w.-]{0,94}\w)?$")
@@ -26,6 +27,10 @@ _REVISION = re.compile(r"^\w[\w./-]{0,254}$")
 # or the `.5-7B` of `Qwen2.5-7B`, which hub names are full of.
 _EXTENSION = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,11}$")
 _SIBLINGS_SCANNED = 10_000
+# Files beside a weight file that its readers read too: the architecture
+# (module order, the quantization_config) and the settings AutoGPTQ and AutoAWQ
+# write. A GGUF file carries all of that inside itself.
+SIDECAR_FILES = ("config.json", "quantize_config.json", "quant_config.json")
 
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -90,7 +95,18 @@ def locate(text: str) -> Path | HubId:
         raise HtsrError(f"{text!r}: not a valid path (it contains a NUL character)") from None
     if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
         raise HtsrError(f"{text}: not a regular file or directory")
-    return Path(text)
+    path = Path(text)
+    for read in input_files(path):
+        register_input(read)  # known before any output is written
+    return path
+
+
+def input_files(path: Path) -> list[Path]:
+    """What reading the checkpoint at `path` opens: a directory (all of it), or a file and the
+    sidecars beside it that exist."""
+    if path.is_dir() or path.suffix.lower() == ".gguf":
+        return [path]
+    return [path, *(beside for name in SIDECAR_FILES if os.path.lexists(beside := path.parent / name))]
 
 
 def check_source(text: str) -> None:
@@ -108,3 +124,19 @@ def _suggestion(text: str) -> str:
         return ""
     close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
     return f" (did you mean {os.path.join(parent, close[0])}?)" if close else ""
+
+
+def read_sidecar(directory: Path, name: str) -> dict[str, Any] | None:
+    """A JSON file beside the weights (config.json, quantize_config.json), or None when there is none.
+
+    Read like every document (a regular file, its size and nesting bounded);
+    one that exists but is not a JSON object is refused, not silently ignored:
+    how the weights are read depends on it.
+    """
+    path = directory / name
+    if not os.path.lexists(path):
+        return None
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise HtsrError(f"{path}: not a JSON object")
+    return data

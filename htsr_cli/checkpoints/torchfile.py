@@ -15,6 +15,7 @@ loaded, on the mapped bytes the solver reads next anyway.
 
 from __future__ import annotations
 
+import os
 import pickle
 import pickletools
 import re
@@ -31,7 +32,7 @@ import torch
 
 from htsr_cli.checkpoints.statedict import StateDictCheckpoint, unwrap_state_dict
 from htsr_cli.errors import HtsrError, brief
-from htsr_cli.io import os_reason
+from htsr_cli.io import PICKLE_BYTES, open_input, os_reason
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 # Classic ImageNet training scripts save `checkpoint.pth.tar`; the content is a torch file.
@@ -110,14 +111,84 @@ def load_torch_object(path: Path) -> object:
     """Everything a torch file holds (containers and all), memory-mapped when the format allows.
 
     A mapping is private (copy-on-write): writing to its tensors never touches the file.
+    Before anything is unpickled, a zip file's members are checked for what they
+    inflate to; after, every tensor must be backed by bytes the file really holds.
     """
+    zipped = _is_zip(path)
     with _reading(path):
-        return _torch_load(path, mmap=_is_zip(path))
+        if zipped:
+            _check_member_sizes(path)
+        loaded = _torch_load(path, mmap=zipped)
+    _check_storages(path, loaded)
+    return loaded
 
 
 def _is_zip(path: Path) -> bool:
-    with path.open("rb") as handle:
+    with os.fdopen(open_input(path), "rb") as handle:  # a regular file, registered as an input
         return handle.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
+
+
+def _check_member_sizes(path: Path) -> None:
+    """Refuse a zip whose pickle, or any compressed member, inflates beyond `PICKLE_BYTES`.
+
+    torch.save stores tensor records uncompressed (they are memory-mapped); only
+    the pickle is ever read whole, and a deflated member of a few MB can claim GBs.
+    """
+    cap = PICKLE_BYTES.value()
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if (info.filename.endswith(".pkl") or info.compress_type != zipfile.ZIP_STORED) and info.file_size > cap:
+                raise HtsrError(
+                    f"{path}: member {info.filename} inflates to {info.file_size:,} bytes "
+                    f"({info.compress_size:,} stored) {PICKLE_BYTES.beyond()}"
+                )
+
+
+def _check_storages(path: Path, loaded: object) -> None:
+    """Every tensor's bytes must be in the file: no tensor larger than its storage (an expanded
+    view, whose stride-0 4 bytes would become a 12000 x 12000 matrix when read), and no more
+    storage in all than the file's size (a tensor the pickle builds, `torch.FloatTensor(12000, 12000)`,
+    has no bytes in the file). Checked before any tensor is read."""
+    size = os.path.getsize(path)
+    storages: dict[int, int] = {}
+    for key, tensor in _tensors_in(loaded):
+        if tensor.layout != torch.strided or tensor.is_meta:
+            continue
+        try:
+            storage = tensor.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # quantized tensors: torch's own checks
+            continue
+        needed = tensor.numel() * tensor.element_size()
+        if needed > storage.nbytes():
+            shape = "x".join(map(str, tensor.shape)) or "scalar"
+            raise HtsrError(
+                f"{path}: tensor {key!r} claims {shape} ({needed:,} bytes) on {storage.nbytes():,} bytes of "
+                "storage (an expanded or overlapping view); save it with .contiguous() to analyze it"
+            )
+        storages[storage.data_ptr()] = storage.nbytes()
+    total = sum(storages.values())
+    if total > size:
+        raise HtsrError(
+            f"{path}: its tensors claim {total:,} bytes of storage but the file holds {size:,}; "
+            "tensors must be stored in the file, not built by its pickle"
+        )
+
+
+def _tensors_in(loaded: object) -> Iterator[tuple[str, torch.Tensor]]:
+    """(key, tensor) for every tensor in a loaded object's dicts, lists and tuples, each container
+    visited once (a pickle's memo can make one contain itself)."""
+    seen: set[int] = set()
+    stack: list[tuple[str, object]] = [("", loaded)]
+    while stack:
+        prefix, obj = stack.pop()
+        if isinstance(obj, torch.Tensor):
+            yield prefix, obj
+            continue
+        if not isinstance(obj, (dict, list, tuple)) or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+        stack.extend((f"{prefix}.{key}" if prefix else str(key), value) for key, value in items)
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from typer.core import TyperGroup
 from htsr_cli.cli._options import as_flag
 from htsr_cli.cli._signals import Terminated, announce, raise_if_stopped, stopping_signal
 from htsr_cli.errors import HtsrError, InvalidSetting
-from htsr_cli.io import os_reason
+from htsr_cli.io import command_files, os_reason
 from htsr_cli.render.outputs import printable
 
 USAGE_ERROR = 2
@@ -86,7 +86,8 @@ class FunnelGroup(TyperGroup):
     def invoke(self, ctx: typer.Context) -> Any:
         try:
             raise_if_stopped()
-            return super().invoke(ctx)
+            with command_files():  # what the command reads, no output of it may replace
+                return super().invoke(ctx)
         except KeyboardInterrupt:  # typer would turn it into a silent exit 130
             raise typer.Exit(announce(signal.SIGINT)) from None
         except Terminated:

@@ -17,7 +17,7 @@ from htsr_cli.cli._errors import STDOUT, stdout_error
 from htsr_cli.cli._signals import raise_if_stopped
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import write_atomic
-from htsr_cli.render.outputs import printable
+from htsr_cli.render.outputs import printable, workflow_safe
 
 class _Console(Console):
     """rich's Console, but a broken pipe is reported like any stdout error (rich would exit 1,
@@ -65,9 +65,14 @@ def wrote(path: Path | str, quiet: bool, what: str = "") -> None:
         stderr_console.print(f"wrote {path}{what}", markup=False, highlight=False, soft_wrap=True)
 
 
-def emit_text(text: str, output: Path | None, quiet: bool = False) -> None:
-    """Machine formats: exact text to stdout, or atomically to `output`."""
+def emit_text(text: str, output: Path | None, quiet: bool = False, commands: bool = False) -> None:
+    """Machine formats: exact text to stdout, or atomically to `output`.
+
+    Either may end up in a CI log, so no line of it can run as a workflow
+    command (`workflow_safe`; `commands` for gate's own GitHub annotations).
+    """
     raise_if_stopped()  # no results from a run the user has interrupted
+    text = workflow_safe(text, commands)
     if output is None:
         with _writing_stdout():
             sys.stdout.write(text)
@@ -88,9 +93,14 @@ def emit_renderable(renderable: RenderableType, output: Path | None, quiet: bool
 
 @contextmanager
 def layer_progress(quiet: bool, description: str = "analyzing", unit: str = "layers") -> Iterator:
-    """A progress callback (done, total, item) drawing a bar on stderr when it is a terminal."""
+    """A progress callback (done, total, item) drawing a bar on stderr when it is a terminal.
+
+    Every call first acts on a pending stop (Ctrl-C, SIGTERM) whose exception
+    some library swallowed, so each loop that reports progress (analysis,
+    drawing, pruning, scoring) ends within one step of a signal, bar or not.
+    """
     if quiet or not stderr_console.is_terminal:
-        yield None
+        yield lambda done, total, layer: raise_if_stopped()
         return
     progress = Progress(
         TextColumn(f"[bold]{description}"),
@@ -105,6 +115,7 @@ def layer_progress(quiet: bool, description: str = "analyzing", unit: str = "lay
     task = progress.add_task(description, total=None, layer="")
 
     def update(done: int, total: int, layer: str) -> None:
+        raise_if_stopped()
         progress.update(task, completed=done, total=total, layer=printable(layer))
 
     with progress:

@@ -66,6 +66,7 @@ def gate(
     max_alpha_drift: Annotated[Optional[float], typer.Option("--max-alpha-drift", help="Largest allowed |alpha - baseline alpha| per layer; needs --baseline (config: max_alpha_drift).")] = None,
     require_layers: Annotated[Optional[bool], typer.Option("--require-layers/--no-require-layers", help="Fail on any skipped or failed layer (config: require_layers).", show_default=False)] = None,
     allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Pass when no layer has an alpha to check; by default that fails (config: allow_empty).")] = False,
+    allow_failed: Annotated[bool, typer.Option("--allow-failed", help="Layers whose analysis or fit failed (NaN weights, no fit) only warn; by default they fail (config: allow_failed).")] = False,
     settings: AnalyzeSettings = AnalyzeSettings(),
     quiet: QuietOpt = False,
 ) -> None:
@@ -97,6 +98,7 @@ def gate(
         "max_alpha_drift": max_alpha_drift,
         "require_layers": require_layers,
         "allow_empty": True if allow_empty else None,
+        "allow_failed": True if allow_failed else None,
     }
     rules = resolve_config(config, Path.cwd(), overrides)
     sources = [source] if baseline is None else [source, baseline]
@@ -105,7 +107,7 @@ def gate(
             check_source(named)
     summary_file = os.environ.get("GITHUB_STEP_SUMMARY") or None
     check_output_paths(
-        {"--junit": junit, "GITHUB_STEP_SUMMARY": summary_file},
+        {"-o": output, "--junit": junit, "GITHUB_STEP_SUMMARY": summary_file},
         [*sources, config if config is not None else find_pyproject(Path.cwd())],
     )
     check_baseline_use(rules, baseline is not None)  # before a possibly long analysis
@@ -121,7 +123,7 @@ def gate(
     elif output_format is GateFormat.json:
         emit_text(dumps_json(gate_json(result)), output, quiet)
     elif output_format is GateFormat.github:
-        emit_text(gate_github(result), output, quiet)
+        emit_text(gate_github(result), output, quiet, commands=True)
     else:
         emit_text(gate_markdown(result), output, quiet)
     if not result.passed:

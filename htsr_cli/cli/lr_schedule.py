@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 from typing import Annotated, Any, Optional
 
@@ -128,7 +129,7 @@ def export(
     if output_format is ScheduleFormat.json:
         emit_text(dumps_json(plan), output, quiet)
     elif output_format is ScheduleFormat.yaml:
-        emit_text(yaml.safe_dump(plan, sort_keys=False), output, quiet)
+        emit_text(yaml.safe_dump(plan, sort_keys=False, width=math.inf), output, quiet)  # unfolded: see workflow_safe
     elif output_format is ScheduleFormat.csv:
         epoch_keys = [f"lr_epoch_{t}" for t in range(epochs or 0)]
         rows = [

@@ -8,6 +8,7 @@
     mean_alpha_max = 4.5
     max_alpha_drift = 0.5     # per layer, against --baseline
     require_layers = true     # no layer may be skipped or failed
+    allow_failed = true       # layers whose analysis or fit failed only warn (by default they fail the gate)
 
 The table is looked up like ruff and pytest do: the nearest `pyproject.toml`
 from the current directory upwards that has a `[tool.htsr.gate]` table, or the
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from htsr_cli.errors import HtsrError, brief
-from htsr_cli.io import read_document
+from htsr_cli.io import check_depth, read_document
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -50,6 +51,7 @@ class GateConfig:
     max_alpha_drift: float | None = None
     require_layers: bool = False
     allow_empty: bool = False  # pass when no layer has a value to check (otherwise that fails the gate)
+    allow_failed: bool = False  # layers whose analysis or fit failed are warnings (otherwise errors)
     origin: str = "defaults"  # where the rules came from, for the output: a file, "flags", or both
 
     def __post_init__(self) -> None:
@@ -115,6 +117,15 @@ def parse_max_flagged(text: str) -> int | float:
     return value
 
 
+# No model has more layers; a larger count is a typo or a hostile file.
+MAX_FLAGGED_COUNT = 2**63 - 1
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} digits)"
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)  # TOML true is not a number
 
@@ -131,17 +142,22 @@ def config_from_table(table: Any, path: Path | str) -> GateConfig:
         if key == "metric":
             if value not in METRICS:
                 raise HtsrError(f"{where}: 'metric' must be one of {', '.join(METRICS)}, got {value!r}")
-        elif key in ("require_layers", "allow_empty"):
+        elif key in ("require_layers", "allow_empty", "allow_failed"):
             if not isinstance(value, bool):
                 raise HtsrError(f"{where}: {key!r} must be true or false, got {value!r}")
         elif key == "max_flagged":
+            if isinstance(value, int) and value > MAX_FLAGGED_COUNT:
+                raise HtsrError(f"{where}: 'max_flagged' = {_shown(value)} is too large for a count of layers")
             if not _is_number(value):
                 raise HtsrError(f"{where}: 'max_flagged' must be a count or a fraction, got {value!r}")
             validate_max_flagged(value, f"{where}: 'max_flagged'")
         elif not _is_number(value):
             raise HtsrError(f"{where}: {key!r} must be a number, got {value!r}")
         else:
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # a 400-digit integer
+                raise HtsrError(f"{where}: {key!r} = {_shown(value)} is too large for a number") from None
         values[key] = value
     try:
         return GateConfig(**values, origin=str(path))
@@ -153,9 +169,12 @@ def read_toml(path: Path) -> dict[str, Any]:
     """A TOML file (a regular file only: a FIFO named by mistake must not block the gate)."""
     data = read_document(path)
     try:
-        return tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as error:
+        document = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError, ValueError) as error:
+        # ValueError: an integer of more than 4300 digits
         raise HtsrError(f"{path}: cannot read TOML ({brief(error)})") from None
+    check_depth(document, str(path))
+    return document
 
 
 def gate_table(data: dict[str, Any]) -> Any:

@@ -17,6 +17,11 @@ severity "error" fails the gate; a "warning" is only reported.
   layer in common at all is an error. Analysis settings that differ from the
   baseline's (xmin, FARMS, conv scale, precision) are a warning.
 - `require_layers`: every layer must have status "ok".
+- failed layers: a layer whose analysis failed (non-finite weights or
+  eigenvalues) or whose fit failed has no alpha, so no rule above can judge it;
+  each is an error (a warning with `allow_failed`). Not a separate finding when
+  `require_layers` is on, which already fails on them, nor when no layer has a
+  value, which `allow_empty` judges.
 - `allow_empty`: not a rule but a permission. When no layer has a value of the
   metric, every rule above passes vacuously; the gate then fails with an
   `allow_empty` finding unless `allow_empty = true` (then it is a warning).
@@ -29,7 +34,7 @@ from dataclasses import dataclass
 from htsr_cli.results.compare import COMPARED, NO_VALUE_A, NO_VALUE_B, ONLY_A, ONLY_B, compare_reports, require_metric
 from htsr_cli.errors import HtsrError
 from htsr_cli.gate.config import GateConfig
-from htsr_cli.results.report import OK, Report
+from htsr_cli.results.report import FAILED, FIT_FAILED, OK, Report
 
 ERROR = "error"
 WARNING = "warning"
@@ -88,7 +93,9 @@ class GateResult:
 def metric_values(report: Report, metric: str) -> dict[str, float]:
     """Layer name -> metric, in module order, for the layers that have one."""
     return {
-        layer.name: value for layer in report.layers if (value := layer.metric(metric)) is not None
+        layer.name: value
+        for layer in report.layers
+        if layer.status == OK and (value := layer.metric(metric)) is not None  # the status is trusted over numbers
     }
 
 
@@ -208,6 +215,32 @@ def check_require_layers(report: Report) -> RuleOutcome:
     return RuleOutcome("require_layers", None, "every layer analyzed and fitted", True, names, violations)
 
 
+def check_failed_layers(report: Report, allow_failed: bool, judged: set[str]) -> RuleOutcome | None:
+    """Layers whose analysis or fit failed, or None when there are none.
+
+    Such a layer has no alpha: without this finding a NaN weight among healthy
+    layers would pass every alpha rule vacuously. Layers in `judged` already
+    failed another rule (max_alpha_drift: alpha lost) and are not reported twice.
+    """
+    failing = [
+        layer for layer in report.layers if layer.status in (FAILED, FIT_FAILED) and layer.name not in judged
+    ]
+    if not failing:
+        return None
+    severity = WARNING if allow_failed else ERROR
+    violations = tuple(
+        Violation("failed_layers", layer.name, None, None, f"{layer.status}: {layer.reason}" if layer.reason else layer.status, severity)
+        for layer in failing
+    )
+    names = tuple(layer.name for layer in report.layers)
+    description = "no layer whose analysis or fit failed" + (" (allow_failed: reported only)" if allow_failed else "")
+    return RuleOutcome("failed_layers", None, description, True, names, violations)
+
+
+def _failed_layers(outcomes: list[RuleOutcome]) -> set[str]:
+    return {v.layer for outcome in outcomes for v in outcome.violations if v.severity == ERROR and v.layer}
+
+
 def check_not_empty(report: Report, metric: str, allow_empty: bool) -> RuleOutcome:
     """No layer has a value to judge: every rule passed vacuously, which must not read as a pass.
 
@@ -262,6 +295,8 @@ def evaluate(report: Report, config: GateConfig, baseline: Report | None = None)
         outcomes.append(check_drift(report, baseline, config.max_alpha_drift, metric))
     if config.require_layers:
         outcomes.append(check_require_layers(report))
+    elif values and (failed := check_failed_layers(report, config.allow_failed, _failed_layers(outcomes))) is not None:
+        outcomes.append(failed)  # (with no value at all, allow_empty's finding counts them)
     if not values:
         outcomes.append(check_not_empty(report, metric, config.allow_empty))
     return GateResult(

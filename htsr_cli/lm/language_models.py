@@ -8,16 +8,19 @@ functions: it takes seconds to import.
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from htsr_cli.checkpoints.hub import resolve_repo
+from htsr_cli.checkpoints.order import check_config_counts
 from htsr_cli.errors import HtsrError, brief
-from htsr_cli.io import os_reason
+from htsr_cli.io import os_reason, read_text as read_text_file
 from htsr_cli.checkpoints.sources import HubId, locate
 
 
@@ -25,13 +28,33 @@ def model_directory(source: str, purpose: str) -> Path:
     """The Hugging Face directory of a local path or a cached hub id."""
     where = locate(source)  # one clear line for a missing or unreadable path
     if isinstance(where, HubId):
-        return resolve_repo(where)
+        return _only_files(resolve_repo(where), source)
     if where.is_dir():
-        return where
+        return _only_files(where, source)
     raise HtsrError(
         f"{source}: {purpose} runs the model, which needs a Hugging Face directory "
         "(config.json, weights and tokenizer), not a single weight file"
     )
+
+
+def _only_files(directory: Path, source: str) -> Path:
+    """`directory`, once every entry in it is a regular file or a directory (links followed).
+
+    transformers opens the config and tokenizer files by name, blocking on a FIFO
+    and reading /dev/zero until memory runs out; such an entry is refused first.
+    """
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                try:
+                    info = os.stat(entry.path)
+                except OSError as error:
+                    raise HtsrError(f"{source}: {entry.name}: {os_reason(error)}") from None
+                if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+                    raise HtsrError(f"{source}: {entry.name} is not a regular file; transformers would read it")
+    except OSError as error:
+        raise HtsrError(f"{source}: cannot read the directory ({os_reason(error)})") from None
+    return directory
 
 
 @contextlib.contextmanager
@@ -75,6 +98,49 @@ def load_tokenizer(directory: Path, source: str, purpose: str) -> Any:
         raise HtsrError(f"{source}: {purpose} needs the model's tokenizer files beside it ({brief(error)})") from error
 
 
+# What a model built from a config may hold beyond the weights the checkpoint supplies
+# (rotary tables, causal-mask buffers, a randomly initialised head): little for a
+# real config. One claiming 4,000,000 positions would allocate gigabytes first.
+UNSUPPLIED_BYTES = 256 << 20
+
+
+def check_config_against_weights(
+    build: Callable[[], torch.nn.Module], config: Any, shapes: Mapping[str, tuple[int, ...]], source: str
+) -> None:
+    """Refuse a config that does not describe the checkpoint's weights, before a model is built from it.
+
+    The config's layer and expert counts are checked against the tensors there
+    are; then `build()` runs on the meta device (no memory), and every
+    parameter and buffer the checkpoint has must have the checkpoint's shape,
+    while what it does not supply may not exceed the weights it does (or 256 MiB).
+    """
+    check_config_counts(config.to_dict(), len(shapes), f"{source}: config.json")
+    with torch.device("meta"), quiet_transformers():
+        skeleton = build()
+    base = skeleton.base_model_prefix or ""
+    supplied = unsupplied = 0
+    tensors = [*skeleton.named_parameters(), *skeleton.named_buffers()]
+    for name, tensor in tensors:
+        size = tensor.numel() * tensor.element_size()
+        spellings = [name, f"{base}.{name}", name.removeprefix(f"{base}.")] if base else [name]
+        key = next((spelling for spelling in spellings if spelling in shapes), None)
+        if key is None:
+            unsupplied += size
+        elif tuple(shapes[key]) != tuple(tensor.shape):
+            raise HtsrError(
+                f"{source}: {key}: shape {tuple(shapes[key])} in the checkpoint, {tuple(tensor.shape)} "
+                "in the architecture config.json describes"
+            )
+        else:
+            supplied += size
+    if unsupplied > max(supplied, UNSUPPLIED_BYTES):
+        raise HtsrError(
+            f"{source}: config.json describes a model that needs {unsupplied:,} bytes beyond the checkpoint's "
+            f"{supplied:,} bytes of weights (position tables or buffers far larger than the model); "
+            "it does not describe these weights"
+        )
+
+
 def run_dtype(device: torch.device, stored: torch.dtype | str | None) -> torch.dtype:
     """float32 on the CPU; a stored half precision on a GPU (as the pruning papers run LLMs)."""
     if isinstance(stored, str):
@@ -100,18 +166,12 @@ def check_seq_len(config: Any, seq_len: int, source: str) -> None:
 
 
 def read_text(path: Path, option: str, limit: int | None = None) -> str:
-    """The text of a UTF-8 file (its first `limit` characters when given); refuses missing or empty files."""
-    try:
-        with path.open(encoding="utf-8") as handle:
-            text = handle.read(-1 if limit is None else limit)
-    except FileNotFoundError:
-        raise HtsrError(f"{option} {path}: no such file") from None
-    except IsADirectoryError:
-        raise HtsrError(f"{option} {path}: is a directory, expected a text file") from None
-    except UnicodeDecodeError as error:
-        raise HtsrError(f"{option} {path}: not UTF-8 text (byte {error.start})") from None
-    except OSError as error:
-        raise HtsrError(f"{option} {path}: cannot read ({os_reason(error)})") from None
+    """The text of a UTF-8 file (its first `limit` characters when given); refuses missing or empty files.
+
+    A regular file only, at most `HTSR_MAX_TEXT_BYTES` (see `htsr_cli.io.read_text`):
+    a FIFO or /dev/zero named by mistake is refused at once.
+    """
+    text = read_text_file(path, f"{option} {path}", limit)
     if not text.strip():
         raise HtsrError(f"{option} {path}: the file is empty")
     return text

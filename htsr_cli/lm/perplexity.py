@@ -27,6 +27,7 @@ import torch
 from htsr_cli import __version__
 from htsr_cli.errors import HtsrError, InvalidSetting, brief
 from htsr_cli.lm.language_models import (
+    check_config_against_weights,
     check_seq_len,
     load_config,
     load_tokenizer,
@@ -94,6 +95,7 @@ def evaluate_perplexity(
     tokenizer = load_tokenizer(directory, model_source, PURPOSE)
     device = resolve_device(settings.device)
     dtype = run_dtype(device, getattr(config, "dtype", None))
+    _check_config(directory, model_source, config, objective, dtype)
     model = _load_model(directory, model_source, objective, dtype).to(device).eval()
     ids = token_ids(tokenizer, text, special_tokens=objective == CAUSAL)[: settings.max_tokens]
     window = settings.seq_len if objective == CAUSAL else settings.seq_len - 2
@@ -137,6 +139,18 @@ def evaluate_perplexity(
         "device": device.type,
         "dtype": str(dtype).removeprefix("torch."),
     }
+
+
+def _check_config(directory: Path, source: str, config: Any, objective: str, dtype: torch.dtype) -> None:
+    """The config against the weights on disk (headers only), before transformers builds anything from it."""
+    import transformers
+
+    from htsr_cli.checkpoints import open_checkpoint
+
+    auto = transformers.AutoModelForCausalLM if objective == CAUSAL else transformers.AutoModelForMaskedLM
+    with open_checkpoint(str(directory)) as checkpoint:
+        shapes = {info.key: info.shape for info in checkpoint.stored()}
+    check_config_against_weights(lambda: auto.from_config(config, dtype=dtype, trust_remote_code=False), config, shapes, source)
 
 
 def _load_model(directory: Path, source: str, objective: str, dtype: torch.dtype) -> torch.nn.Module:

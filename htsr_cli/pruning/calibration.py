@@ -28,6 +28,7 @@ import torch
 from htsr_cli.checkpoints import Checkpoint
 from htsr_cli.errors import HtsrError, brief
 from htsr_cli.lm.language_models import (
+    check_config_against_weights,
     check_seq_len,
     load_config,
     load_tokenizer,
@@ -164,6 +165,8 @@ def run_blocks(
     windows = calibration_windows(tokenizer, settings)
     stored = {info.key: info for info in checkpoint.stored()}
     dtype = run_dtype(device, stored[keys[0]].dtype)
+    shapes = {key: info.shape for key, info in stored.items()}
+    check_config_against_weights(lambda: _one_block_model(transformers, config, dtype, source), config, shapes, source)
     model = _one_block_model(transformers, config, dtype, source).to(device).eval()
     stack = block_stack(keys, list(stored), model.base_model_prefix or "", config.num_hidden_layers)
     blocks = model.get_submodule(stack.model_path)

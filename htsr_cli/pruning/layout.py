@@ -24,22 +24,25 @@ import math
 import os
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from htsr_cli.checkpoints.hf_directory import is_trainer_state
+from htsr_cli.checkpoints.hf_directory import allowed_roots, is_trainer_state
 from htsr_cli.checkpoints.safetensors_file import SafetensorsFile, check_safetensors_header
 from htsr_cli.checkpoints.statedict import unwrap_state_dict
 from htsr_cli.checkpoints.torchfile import is_torch_file, load_torch_object
 from htsr_cli.errors import HtsrError
-from htsr_cli.io import check_output_paths, current_umask
+from htsr_cli.io import check_output_paths, copy_regular_file, current_umask, os_reason, parse_json, read_document
 
 RECORD = "htsr-prune.json"
+SCHEMA = "htsr.prune/1"
 # Model files of other frameworks and exports: copying them would ship dense weights beside the pruned ones.
 OTHER_WEIGHT_SUFFIXES = (".gguf", ".onnx", ".onnx_data", ".h5", ".msgpack", ".tflite", ".ot", ".mlmodel", ".pb", ".npz")
 _HEADER_LIMIT = 100_000_000  # safetensors' own cap on the JSON header
@@ -49,9 +52,16 @@ _HEADER_LIMIT = 100_000_000  # safetensors' own cap on the JSON header
 Pruner = Callable[[str, Callable[[], torch.Tensor]], "torch.Tensor | None"]
 
 
-def output_checks(output: Path, inputs: list[Path], overwrite: bool, record: str = RECORD) -> None:
-    """Refuse an output that would overwrite an input, or a directory that is not ours to replace
-    (one without `record`, the file the command writing it leaves there)."""
+def output_checks(
+    output: Path, inputs: list[Path | None], overwrite: bool, record: str = RECORD, schema: str = SCHEMA
+) -> list[str]:
+    """Refuse an output that would overwrite an input, or a directory that is not ours to replace.
+
+    `record` is the file the writing command leaves in its output (htsr-prune.json,
+    htsr-quantize.json), an htsr document of `schema` with the manifest of what it
+    wrote. Returns the files an earlier output of that command holds (what
+    --overwrite replaces), or [] for a new or empty directory.
+    """
     check_output_paths({"-o": output}, inputs)
     if not output.parent.is_dir():
         raise HtsrError(f"-o {output}: directory {output.parent} does not exist")
@@ -60,20 +70,85 @@ def output_checks(output: Path, inputs: list[Path], overwrite: bool, record: str
     if output.is_dir() and any(output.iterdir()):
         if not overwrite:
             raise HtsrError(f"-o {output}: exists and is not empty; pass --overwrite to replace it")
-        if not (output / record).is_file():
-            # --overwrite deletes the old directory: only ever one that this command wrote.
-            command = record.removesuffix(".json").replace("-", " ")
-            raise HtsrError(
-                f"-o {output}: --overwrite replaces only an earlier {command} output (one with {record}); "
-                "remove this directory yourself"
-            )
+        # --overwrite deletes the old directory: only ever one that this command wrote, file for file.
+        return earlier_output(output, record, schema)
+    return []
+
+
+def earlier_output(output: Path, record_name: str = RECORD, schema: str = SCHEMA) -> list[str]:
+    """The files of an earlier output in `output` (the record last), checked against the record its command wrote.
+
+    The record (`record_name`, a regular file, not a link) must be a `schema`
+    document whose manifest (`files.written`) lists every other file in the
+    directory, each a regular file of the recorded size: a directory holding
+    anything else, a link, or a record without a manifest is not recognised.
+    """
+    command = record_name.removesuffix(".json").replace("-", " ")
+
+    def refuse(why: str) -> HtsrError:
+        return HtsrError(
+            f"-o {output}: --overwrite replaces only an earlier {command} output (one with {record_name} "
+            f"listing every file in it); {why}; remove this directory yourself"
+        )
+
+    record = output / record_name
+    if not stat.S_ISREG(_lstat_mode(record)):
+        raise refuse(f"{record_name} is missing or not a regular file")
+    try:
+        document = parse_json(read_document(record), str(record))
+    except HtsrError as error:
+        raise refuse(str(error)) from None
+    files = document.get("files") if isinstance(document, dict) else None
+    manifest = files.get("written") if isinstance(files, dict) else None
+    if not isinstance(manifest, list) or document.get("schema") != schema:
+        raise refuse(f"{record_name} is not an {schema} record with a manifest")
+    sizes: dict[str, int] = {}
+    for entry in manifest:
+        name, size = (entry.get("path"), entry.get("bytes")) if isinstance(entry, dict) else (None, None)
+        if not isinstance(name, str) or not isinstance(size, int) or _outside(name):
+            raise refuse(f"{record_name} has a malformed manifest entry")
+        sizes[name] = size
+    found = []
+    for directory, subdirectories, files in os.walk(output):
+        for name in subdirectories + files:
+            path = Path(directory) / name
+            relative = path.relative_to(output).as_posix()
+            mode = _lstat_mode(path)
+            if stat.S_ISDIR(mode) and any(listed.startswith(relative + "/") for listed in sizes):
+                continue
+            if relative == record_name:
+                continue
+            if relative not in sizes:
+                raise refuse(f"it holds {relative}, which htsr did not write")
+            if not stat.S_ISREG(mode) or path.stat().st_size != sizes[relative]:
+                raise refuse(f"{relative} is not the file htsr wrote (changed, or not a regular file)")
+            found.append(relative)
+    return [*found, record_name]
+
+
+def _lstat_mode(path: Path) -> int:
+    try:
+        return os.lstat(path).st_mode
+    except OSError:
+        return 0
+
+
+def _outside(name: str) -> bool:
+    return os.path.isabs(name) or ".." in Path(name).parts or "\0" in name
+
+
+def manifest(staging: Path, written: list[str]) -> list[dict[str, object]]:
+    """Every file written into the output (path relative to it, size): what a later --overwrite may delete."""
+    return [{"path": name, "bytes": (staging / name).stat().st_size} for name in written]
 
 
 @contextmanager
-def staged_output(output: Path) -> Iterator[Path]:
+def staged_output(output: Path, earlier: list[str] = ()) -> Iterator[Path]:
     """A fresh directory beside `output`; renamed to `output` when the block ends without error.
 
-    SIGTERM is turned into an exception for the duration, so `kill` cleans up like Ctrl-C does.
+    `earlier` are the files of an earlier output being replaced, its record
+    included (`output_checks`): only those are deleted. SIGTERM is turned into an exception
+    for the duration, so `kill` cleans up like Ctrl-C does.
     """
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".htsr-tmp", dir=output.parent))
     previous = None
@@ -82,7 +157,7 @@ def staged_output(output: Path) -> Iterator[Path]:
     try:
         yield staging
         os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private
-        _replace_directory(staging, output)
+        _replace_directory(staging, output, earlier)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -95,7 +170,7 @@ def _terminate(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def _replace_directory(staging: Path, output: Path) -> None:
+def _replace_directory(staging: Path, output: Path, earlier: list[str]) -> None:
     if not output.exists():
         os.rename(staging, output)
         return
@@ -106,33 +181,93 @@ def _replace_directory(staging: Path, output: Path) -> None:
     except BaseException:
         os.rename(old / "previous", output)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    _remove_written(old / "previous", earlier)
+    try:
+        os.rmdir(old)
+    except OSError:
+        pass  # something htsr did not write appeared meanwhile: kept there, never deleted
 
 
-def copy_other_files(root: Path, weight_files: list[Path], staging: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Copy every file under `root` but the weights being rewritten; returns (copied, left out with reasons)."""
+def _remove_written(directory: Path, files: list[str]) -> None:
+    """Delete `files` (relative paths) and the directories they leave empty; nothing else."""
+    folders = {directory}
+    for name in files:
+        path = directory / name
+        folders.update(parent for parent in path.parents if parent.is_relative_to(directory))
+        try:
+            path.unlink()
+        except OSError:
+            pass
+    for folder in sorted(folders, key=lambda folder: len(folder.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
+@dataclass(frozen=True)
+class Copies:
+    """The files of a model directory the output gets as they are, planned before anything is written."""
+
+    files: list[tuple[Path, str]]  # (the regular file to read, its path relative to the directory)
+    left_out: list[dict[str, str]]  # {"path", "reason"}
+
+
+def plan_copies(root: Path, weight_files: list[Path], source: str) -> Copies:
+    """Every file under `root` but the weights being rewritten, without following a link out of it.
+
+    Regular files are copied. A link is followed only to a regular file inside
+    the directory (or, in a hub cache snapshot, its repository's blobs); a link
+    leaving it is refused, so a link to a secret (or /dev/zero) never reaches
+    OUT. FIFOs, devices, sockets and links to directories are left out and listed.
+    """
     rewritten = {path.resolve() for path in weight_files}
-    copied: list[str] = []
+    allowed = allowed_roots(root)
+    files: list[tuple[Path, str]] = []
     left_out: list[dict[str, str]] = []
-    for directory, subdirectories, files in os.walk(root):
+    for directory, subdirectories, names in os.walk(root):
         relative_dir = Path(directory).relative_to(root)
         if ".git" in subdirectories:
             subdirectories.remove(".git")
             left_out.append({"path": str(relative_dir / ".git"), "reason": "version control data"})
         subdirectories.sort()
-        for name in sorted(files):
+        for name in list(subdirectories):
+            if (Path(directory) / name).is_symlink():  # os.walk does not descend into it
+                left_out.append({"path": str(relative_dir / name), "reason": "a link to a directory, not followed"})
+        for name in sorted(names):
             path = Path(directory) / name
-            relative = relative_dir / name
-            if path.resolve() in rewritten:
+            relative = str(relative_dir / name)
+            try:
+                info = os.lstat(path)
+                target = Path(os.path.realpath(path))
+                if stat.S_ISLNK(info.st_mode):
+                    if not any(target.is_relative_to(inside) for inside in allowed):
+                        raise HtsrError(
+                            f"{source}: {relative} is a link to {target}, outside the model directory; "
+                            "htsr prune does not follow it (replace the link with the file, or remove it)"
+                        )
+                    info = os.stat(path)
+            except OSError as error:
+                raise HtsrError(f"{source}: {relative}: {os_reason(error)}") from None
+            if not stat.S_ISREG(info.st_mode):
+                left_out.append({"path": relative, "reason": "not a regular file, not copied"})
+                continue
+            if target in rewritten:
                 continue
             reason = _weights_elsewhere(path)
             if reason is not None:
-                left_out.append({"path": str(relative), "reason": reason})
+                left_out.append({"path": relative, "reason": reason})
                 continue
-            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, staging / relative)  # follows hub-cache symlinks to the blobs
-            copied.append(str(relative))
-    return copied, left_out
+            files.append((target, relative))
+    return Copies(files, left_out)
+
+
+def copy_files(copies: Copies, staging: Path) -> list[str]:
+    """Copy the planned files into `staging`; returns their relative paths."""
+    for target, relative in copies.files:
+        (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+        copy_regular_file(target, staging / relative)
+    return [relative for _, relative in copies.files]
 
 
 def _weights_elsewhere(path: Path) -> str | None:
@@ -169,6 +304,43 @@ def _rewrite_safetensors(source: Path, target: Path, prune: Pruner) -> dict[str,
             handle.seek(data_start + begin)
             handle.write(memoryview(data))
             zeros[key] = int((pruned == 0).sum())
+    return zeros
+
+
+def _safetensors_ranges(path: Path) -> tuple[int, dict[str, tuple[int, int]]]:
+    """Where each tensor's bytes are: (start of the data section, {key: (begin, end)} within it)."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if not 0 < length <= min(_HEADER_LIMIT, size - 8):
+            raise HtsrError(f"{path}: safetensors header claims {length} bytes, the file has {size}")
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError as error:
+            raise HtsrError(f"{path}: not a valid safetensors header ({error})") from None
+    data_size = size - 8 - length
+    ranges = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        if not 0 <= begin <= end <= data_size:
+            raise HtsrError(f"{path}: tensor {key!r} claims bytes {begin}..{end} beyond the file")
+        ranges[key] = (begin, end)
+    return 8 + length, ranges
+
+
+def _rewrite_torch_file(source: Path, target: Path, prune: Pruner) -> dict[str, int]:
+    saved = load_torch_object(source)
+    zeros: dict[str, int] = {}
+    # The same tensor objects as inside `saved`: pruning them in place prunes what is saved.
+    for key, tensor in unwrap_state_dict(saved, str(source)).items():
+        pruned = prune(key, lambda tensor=tensor: tensor)
+        if pruned is None:
+            continue
+        tensor.copy_(pruned)
+        zeros[key] = int((tensor == 0).sum())
+    torch.save(saved, target)
     return zeros
 
 

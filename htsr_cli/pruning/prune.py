@@ -38,7 +38,18 @@ from htsr_cli.pruning.sparsities import (
     uniform_allocation,
 )
 from htsr_cli.pruning.calibration import HookedLinear, run_blocks
-from htsr_cli.pruning.layout import RECORD, Pruner, copy_other_files, output_checks, rewrite_weights, staged_output
+from htsr_cli.pruning.layout import (
+    RECORD,
+    SCHEMA,
+    Copies,
+    Pruner,
+    copy_files,
+    manifest,
+    output_checks,
+    plan_copies,
+    rewrite_weights,
+    staged_output,
+)
 from htsr_cli.pruning.masks import magnitude_mask, outlier_ratio, row_balanced_mask, wanda_scores
 from htsr_cli.pruning.settings import PruneSettings
 from htsr_cli.settings import ProgressCallback
@@ -63,14 +74,16 @@ def prune_checkpoint(
         if not isinstance(checkpoint, ShardedCheckpoint):
             raise HtsrError(f"{source}: htsr prune needs a checkpoint on disk")
         root = _root_directory(source, checkpoint)
-        output_checks(output, [root or checkpoint.paths[0]], settings.overwrite)
+        calibration = settings.calibration.text if settings.calibration is not None else None
+        earlier = output_checks(output, [root or checkpoint.paths[0], settings.plan_file, calibration], settings.overwrite)
+        copies = plan_copies(root, checkpoint.paths, source) if root is not None else Copies([], [])
         directory = None
         if settings.needs_calibration:
             read_text(settings.calibration.text, "--calibration", limit=4096)  # missing or empty: fail now
             directory = model_directory(source, "calibration")
         device = resolve_device(settings.device)
         entries, target = _allocate(source, checkpoint, settings, progress)
-        with staged_output(output) as staging, tempfile.TemporaryDirectory(dir=staging, prefix=".scratch-") as scratch:
+        with staged_output(output, earlier) as staging, tempfile.TemporaryDirectory(dir=staging, prefix=".scratch-") as scratch:
             if settings.allocation == "owl":
                 ratios = _outlier_ratios(directory, source, checkpoint, entries, settings, device, progress)
                 owl_allocation(entries, ratios, settings)
@@ -87,9 +100,13 @@ def prune_checkpoint(
                 if progress is not None:
                     progress(index, len(checkpoint.paths), f"writing {path.name}")
                 zeros.update(rewrite_weights(path, staging / path.name, pruner))
-            copied, left_out = copy_other_files(root, checkpoint.paths, staging) if root is not None else ([], [])
+            copied = copy_files(copies, staging)
+            weights = [path.name for path in checkpoint.paths]
             document = _record(source, output, settings, device, entries, target, counts, zeros)
-            document["files"] = {"weights": [path.name for path in checkpoint.paths], "copied": copied, "left_out": left_out}
+            document["files"] = {
+                "weights": weights, "copied": copied, "left_out": copies.left_out,
+                "written": manifest(staging, weights + copied),  # what a later --overwrite may delete
+            }
             write_atomic(staging / RECORD, dumps_json(document))
     return document
 

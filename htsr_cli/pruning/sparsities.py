@@ -17,8 +17,8 @@ name, tensor, kind, block, params, the scores the allocation used,
 
 from __future__ import annotations
 
-import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypedDict, cast
@@ -32,6 +32,7 @@ from htsr_cli.allocations.sparsity import (
 )
 from htsr_cli.checkpoints import TensorInfo
 from htsr_cli.errors import HtsrError
+from htsr_cli.io import read_json
 from htsr_cli.spectra.matrices import describe
 from htsr_cli.pruning.settings import PruneSettings
 from htsr_cli.results.report import Report
@@ -176,12 +177,9 @@ def plan_file_allocation(
     The target is the file's parameter-weighted mean sparsity; a `--target` given
     beside it must agree. Weight matrices the file does not list are not pruned.
     """
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise HtsrError(f"--allocation {path}: no such file (expected alphapruning, uniform, owl or an htsr.sparsity/1 file)") from None
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise HtsrError(f"--allocation {path}: not a readable JSON file ({error})") from None
+    if not os.path.lexists(path):
+        raise HtsrError(f"--allocation {path}: no such file (expected alphapruning, uniform, owl or an htsr.sparsity/1 file)")
+    document = read_json(path, f"--allocation {path}")  # a regular file, bounded in size and depth
     if not isinstance(document, dict) or document.get("schema") != SPARSITY_SCHEMA:
         raise HtsrError(f"--allocation {path}: not an {SPARSITY_SCHEMA} file (from `htsr allocate sparsity -f json`)")
     layers = document.get("layers")

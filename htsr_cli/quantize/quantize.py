@@ -30,7 +30,7 @@ from htsr_cli.checkpoints.safetensors_file import read_header
 from htsr_cli.checkpoints.sharded import ShardedCheckpoint
 from htsr_cli.errors import HtsrError, InvalidSetting
 from htsr_cli.io import write_atomic
-from htsr_cli.pruning.layout import copy_other_files, output_checks, staged_output, write_replaced_safetensors
+from htsr_cli.pruning.layout import copy_files, manifest, output_checks, plan_copies, staged_output, write_replaced_safetensors
 from htsr_cli.quantize.compressed import compressed_parts, part_layout, quantization_config
 from htsr_cli.quantize.rtn import rtn_dequantize, rtn_quantize
 from htsr_cli.results.documents import dumps_json
@@ -104,10 +104,11 @@ def quantize_checkpoint(
     with closing(checkpoint):
         root = _source_directory(source, checkpoint)
         chosen = _chosen(plan, checkpoint, settings, group_size)
-        output_checks(output, [root, settings.plan], settings.overwrite, RECORD)
+        earlier = output_checks(output, [root, settings.plan], settings.overwrite, RECORD, SCHEMA)
+        copies = plan_copies(root, checkpoint.paths, source)
         errors: dict[str, float] = {}
         total = sum(1 for item in chosen.values() if item["quantize"])
-        with staged_output(output) as staging:
+        with staged_output(output, earlier) as staging:
             done = 0
             for path in checkpoint.paths:
                 shard = {info.key for info in read_header(path)}
@@ -123,11 +124,15 @@ def quantize_checkpoint(
                     return parts
 
                 write_replaced_safetensors(path, staging / path.name, layouts, replace)
-            copied, left_out = copy_other_files(root, checkpoint.paths, staging)
+            copied = copy_files(copies, staging)
             _write_config(staging, chosen, group_size, settings.symmetric)
             _rewrite_index(staging, chosen)
             document = _record(source, output, settings, group_size, chosen, errors)
-            document["files"] = {"weights": [path.name for path in checkpoint.paths], "copied": copied, "left_out": left_out}
+            written = sorted({*(path.name for path in checkpoint.paths), *copied})
+            document["files"] = {
+                "weights": [path.name for path in checkpoint.paths], "copied": copied, "left_out": copies.left_out,
+                "written": manifest(staging, written),  # what a later --overwrite may delete
+            }
             write_atomic(staging / RECORD, dumps_json(document))
     return document
 

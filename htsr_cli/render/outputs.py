@@ -33,8 +33,14 @@ class Column:
 # paragraph separators, lone surrogates (undecodable file names) and the
 # Unicode noncharacters XML forbids.
 _UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Cn"})
-# A spreadsheet runs a cell that starts with one of these as a formula.
-_FORMULA_STARTS = ("=", "+", "-", "@")
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP's list:
+# tab and carriage return never start a cell here, `printable` writes them as escapes).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# A CI runner (GitHub Actions) takes a line of a job's log as a command when it
+# starts, after blanks, with `::` (`::set-output name=verdict::pass`), or when it
+# holds `##[` anywhere (the older syntax).
+_WORKFLOW_COMMAND = "::"
+_OLD_WORKFLOW_COMMAND = "##["
 
 
 def printable(text: str, keep_newlines: bool = False) -> str:
@@ -42,8 +48,11 @@ def printable(text: str, keep_newlines: bool = False) -> str:
 
     The one sanitiser for text meant for people and line-based tools: tables,
     CSV, markdown, JUnit XML, GitHub annotations and error messages all pass
-    checkpoint- and report-controlled strings through it.
+    checkpoint- and report-controlled strings through it. The old `##[` workflow-command
+    marker is escaped too (`#\\x23[`); a line starting with `::` is `workflow_safe`'s business.
     """
+    if _OLD_WORKFLOW_COMMAND in text:
+        text = text.replace(_OLD_WORKFLOW_COMMAND, "#\\x23[")
     if text.isprintable():
         return text
     out = []
@@ -95,8 +104,29 @@ def _csv_cell(value: Any) -> Any:
         return repr(value)
     if isinstance(value, str):
         text = printable(value)
-        return "'" + text if text.startswith(_FORMULA_STARTS) else text
+        neutralise = text.startswith(_FORMULA_STARTS) or text.lstrip().startswith(_WORKFLOW_COMMAND)
+        return "'" + text if neutralise else text  # OWASP: a leading ' makes the cell text
     return value
+
+
+def workflow_safe(text: str, commands: bool = False) -> str:
+    """`text` (a whole output) with no line a CI runner would run as a workflow command.
+
+    A line that starts with `::` after blanks gets a backslash before it; `##[`
+    anywhere becomes `#\\x23[`. With `commands`, lines are the output's own
+    commands (`htsr gate -f github`): those keep their `::` and only `##[` is escaped.
+    Machine formats stay valid: JSON never has either (`dumps_json` escapes `##[`
+    in its strings, and no JSON line starts with `::`), YAML is written unfolded,
+    one entry a line, and CSV cells starting with `::` are quoted text already.
+    """
+    lines = text.split("\n")
+    for index, line in enumerate(lines):
+        if _OLD_WORKFLOW_COMMAND in line:
+            line = line.replace(_OLD_WORKFLOW_COMMAND, "#\\x23[")
+        if not commands and line.lstrip().startswith(_WORKFLOW_COMMAND):
+            line = "\\" + line
+        lines[index] = line
+    return "\n".join(lines)
 
 
 def to_csv(columns: Sequence[Column], rows: Sequence[dict[str, Any]]) -> str:

@@ -36,7 +36,8 @@ from matplotlib.ticker import NullFormatter, NullLocator
 from htsr_cli.results.report import LayerSpectra
 from htsr_cli.errors import HtsrError
 from htsr_cli.spectra.fit import KS_MIN_EIGENVALUE, candidate_grid, hill_alphas, ks_distances
-from htsr_cli.io import write_atomic
+from htsr_cli.io import staged_directory, write_atomic
+from htsr_cli.names import readable
 from htsr_cli.results.report import QUALITY_CLASSES, LayerResult, Report, quality_of
 from htsr_cli.render.terminal import shorten_middle
 from htsr_cli.settings import ProgressCallback
@@ -76,7 +77,7 @@ def checkpoint_name(checkpoint: str) -> str:
         and not text.endswith(FILE_SUFFIXES)
         and not os.path.exists(text)
     )
-    return text if looks_like_hub_id else (os.path.basename(text) or text)
+    return readable(text if looks_like_hub_id else (os.path.basename(text) or text))
 
 
 # ---------------------------------------------------------------- rendering
@@ -506,33 +507,33 @@ def write_plots(
     report: Report, directory: str | Path, fmt: str = "png", dpi: int = DEFAULT_DPI,
     progress: ProgressCallback | None = None,
 ) -> list[Path]:
-    """Write overview.<fmt> first, then one ESD per analyzed layer into `directory` and
-    one fit-diagnostics figure per layer into `directory/fit/` (created if missing).
+    """Write overview.<fmt>, one ESD per analyzed layer into `directory` and one
+    fit-diagnostics figure per layer into `directory/fit/` (created if missing).
 
-    The overview comes first so that a run stopped half way still leaves it.
+    Everything is drawn into a staged directory beside it and moved in at the
+    end (`staged_directory`): an error or a stop leaves `directory` as it was.
     """
     if fmt not in FORMATS:
         raise HtsrError(f"plot format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     directory = Path(directory)
-    try:
-        (directory / FIT_DIRECTORY).mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise HtsrError(f"{directory}: exists and is not a directory (plots need a directory)") from None
+    if os.path.lexists(directory) and not directory.is_dir():
+        raise HtsrError(f"{directory}: exists and is not a directory (plots need a directory)")
     analysed = overview_layers(report)
     files = plot_file_names((layer.name for layer in analysed), fmt)
-    path = directory / f"{OVERVIEW_STEM}.{fmt}"
-    write_atomic(path, figure_bytes(overview_figure(report), fmt, dpi))
-    written = [path]
     method = report.settings.get("xmin", "ks")
-    for done, layer in enumerate(analysed):
+    names = [f"{OVERVIEW_STEM}.{fmt}"]
+    # Drawn into a directory beside it and moved in at the end: a stopped run leaves no half.
+    with staged_directory(directory) as staging:
+        (staging / FIT_DIRECTORY).mkdir()
+        write_atomic(staging / names[0], figure_bytes(overview_figure(report), fmt, dpi))
+        for done, layer in enumerate(analysed):
+            if progress is not None:
+                progress(done, len(analysed), layer.name)
+            spectra = report.spectra_of(layer)
+            esd, fit = files[layer.name], f"{FIT_DIRECTORY}/{files[layer.name]}"
+            write_atomic(staging / esd, figure_bytes(esd_figure(layer, spectra, report.checkpoint), fmt, dpi))
+            write_atomic(staging / fit, figure_bytes(fit_diagnostics_figure(layer, spectra, method, report.checkpoint), fmt, dpi))
+            names += [esd, fit]
         if progress is not None:
-            progress(done, len(analysed), layer.name)
-        spectra = report.spectra_of(layer)
-        esd_path = directory / files[layer.name]
-        write_atomic(esd_path, figure_bytes(esd_figure(layer, spectra, report.checkpoint), fmt, dpi))
-        fit_path = directory / FIT_DIRECTORY / files[layer.name]
-        write_atomic(fit_path, figure_bytes(fit_diagnostics_figure(layer, spectra, method, report.checkpoint), fmt, dpi))
-        written += [esd_path, fit_path]
-    if progress is not None:
-        progress(len(analysed), len(analysed), "")
-    return written
+            progress(len(analysed), len(analysed), "")
+    return [directory / name for name in names]

@@ -20,22 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from htsr_cli.errors import HtsrError
+from htsr_cli.io import parse_json  # one parser for every document: size, depth, UTF-8 checked
 
 _shown = reprlib.Repr()
 _shown.maxstring = 60
 _shown.maxother = 60
-
-
-def parse_json(data: bytes, source: str) -> Any:
-    """The JSON value in `data`; malformed, undecodable or absurdly nested input is an HtsrError."""
-    try:
-        return json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise HtsrError(f"{source}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    except RecursionError:
-        raise HtsrError(f"{source}: JSON nested too deeply to be an htsr document") from None
-    except ValueError as error:  # JSONDecodeError, and integers too long to convert
-        raise HtsrError(f"{source}: not valid JSON ({error})") from None
 
 
 @dataclass(frozen=True)
@@ -49,8 +38,13 @@ class Kind:
         return Kind(lambda value: value is None or self.test(value), f"{self.expected} or null")
 
 
+# The largest whole number a document may hold: counts of parameters, eigenvalues
+# and layers are far below it, and every one fits a float and a 64-bit integer.
+MAX_COUNT = 2**63 - 1
+
+
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, int) and not isinstance(value, bool) and -MAX_COUNT <= value <= MAX_COUNT
 
 
 def number(low: float = -math.inf, high: float = math.inf, *, above: bool = False) -> Kind:
@@ -106,7 +100,9 @@ def check_fields(
 
 
 def dumps_json(data: Any) -> str:
-    return json.dumps(_finite_or_null(data), indent=2) + "\n"
+    """Indented JSON, NaN/Inf as null. `##[` (a workflow command to a CI runner, wherever it
+    stands in a line) only occurs inside strings, where `#\\u0023[` reads back the same."""
+    return json.dumps(_finite_or_null(data), indent=2).replace("##[", "#\\u0023[") + "\n"
 
 
 def _finite_or_null(value: Any) -> Any:

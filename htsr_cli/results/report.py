@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from htsr_cli.results.documents import COUNT, IDENTIFIER, LIST, NAME, OBJECT, SHAPE, TEXT, check_fields, number, one_of, parse_json
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import read_document
+from htsr_cli.names import readable
 from htsr_cli.results.documents import dumps_json
 from htsr_cli.settings import XMIN_METHODS, AnalyzeSettings
 
@@ -212,6 +213,13 @@ class LayerResult:
     # --precision float32: whether the float32 eigensolve was redone in float64
     # (the guard found it not accurate enough); null in the other modes.
     eigensolver_redone: bool | None = None
+
+    def __post_init__(self) -> None:
+        # A lone surrogate in a name (a JSON `\ud800`) cannot be encoded, drawn or written:
+        # the report holds, shows and saves it as U+FFFD.
+        self.name = readable(self.name)
+        if self.block is not None:
+            self.block = readable(self.block)
 
     @property
     def analysed(self) -> bool:
@@ -441,6 +449,9 @@ LAYER_FIELDS = {
     "farms_windows": COUNT.or_null(), "farms_num_evals": COUNT.or_null(),
 }
 REQUIRED_LAYER_FIELDS = ("name", "tensor", "kind", "shape", "block", "params")
+# What a layer of each status other than ok cannot carry: no alpha without a fit
+# (a fit-failed layer may still have its FARMS alpha).
+NOT_FITTED = {SKIPPED: ("alpha", "alpha_farms"), FAILED: ("alpha", "alpha_farms"), FIT_FAILED: ("alpha",)}
 SETTINGS_FIELDS = {
     "xmin": one_of(XMIN_METHODS), "xmin_candidates": one_of(("exact", "grid")),
     "farms": OBJECT.or_null(), "device": IDENTIFIER, "precision": IDENTIFIER,
@@ -484,6 +495,14 @@ def check_report(data: Any, source: str) -> None:
     for index, entry in enumerate(data["layers"]):
         where = f"{source}: layer {index}"
         check_fields(entry, LAYER_FIELDS, where, required=REQUIRED_LAYER_FIELDS)
+        status = entry.get("status", OK)
+        if status != OK:  # the status is trusted: a layer that failed or was skipped has no fitted numbers
+            carried = next((key for key in NOT_FITTED[status] if entry.get(key) is not None), None)
+            if carried is not None:
+                raise HtsrError(
+                    f"{where}: status {status!r} but it carries {carried} {entry[carried]!r}; "
+                    "the report is inconsistent (edited or damaged)"
+                )
         if entry["name"] in names:
             raise HtsrError(f"{where}: the name {entry['name']!r} is used by an earlier layer")
         names.add(entry["name"])

@@ -55,7 +55,7 @@ def test_flags_override_config(tmp_path):
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ({"alpha_mn": 2}, "unknown key 'alpha_mn' (known: metric, alpha_min, alpha_max, max_flagged, mean_alpha_max, max_alpha_drift, require_layers, allow_empty)"),
+        ({"alpha_mn": 2}, "unknown key 'alpha_mn' (known: metric, alpha_min, alpha_max, max_flagged, mean_alpha_max, max_alpha_drift, require_layers, allow_empty, allow_failed)"),
         ({"alpha_min": "two"}, "'alpha_min' must be a number, got 'two'"),
         ({"alpha_min": True}, "'alpha_min' must be a number, got True"),
         ({"require_layers": 1}, "'require_layers' must be true or false, got 1"),

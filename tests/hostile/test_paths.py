@@ -277,7 +277,7 @@ def test_documents_are_size_checked_before_reading(tmp_path, monkeypatch):
 
     big = tmp_path / "r.json"
     big.write_text(" " * 2000)
-    monkeypatch.setattr(htsr_cli.io, "MAX_DOCUMENT_BYTES", 1000)
+    monkeypatch.setenv("HTSR_MAX_DOCUMENT_BYTES", "1000")
     with pytest.raises(HtsrError, match=r"r\.json: 2,000 bytes is too large for this kind of file"):
         read_document(big)
 

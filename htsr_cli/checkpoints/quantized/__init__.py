@@ -16,7 +16,6 @@ one matrix at a time. One module per format family:
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -29,7 +28,8 @@ from htsr_cli.checkpoints.quantized.compressed_tensors import find_compressed
 from htsr_cli.checkpoints.quantized.fp8 import find_fp8
 from htsr_cli.checkpoints.quantized.gptq import find_gptq_awq
 from htsr_cli.checkpoints.quantized.mxfp4 import find_mxfp4
-from htsr_cli.checkpoints.quantized.packed import PackedWeight, QuantizedCheckpoint, StoredTensors
+from htsr_cli.checkpoints.quantized.packed import ImpossibleParts, PackedWeight, QuantizedCheckpoint, StoredTensors
+from htsr_cli.checkpoints.sources import SIDECAR_FILES, read_sidecar
 from htsr_cli.errors import HtsrError
 
 FINDERS = (find_gptq_awq, find_compressed, find_bitsandbytes, find_fp8, find_mxfp4)
@@ -38,19 +38,16 @@ FINDERS = (find_gptq_awq, find_compressed, find_bitsandbytes, find_fp8, find_mxf
 SMALL_TENSOR_BYTES = 1 << 20
 # Where quantizers keep their settings: transformers' config.json, then the
 # files AutoGPTQ and AutoAWQ write beside the weights (they name no method).
-CONFIG_FILES = (("config.json", None), ("quantize_config.json", "gptq"), ("quant_config.json", "awq"))
+CONFIG_FILES = tuple(zip(SIDECAR_FILES, (None, "gptq", "awq")))
 
 
 def quantization_config(directory: Path | None) -> dict:
-    """The checkpoint's quantization settings, {} when it has none (or they cannot be read)."""
+    """The checkpoint's quantization settings, {} when it has none."""
     if directory is None:
         return {}
     for name, method in CONFIG_FILES:
-        try:
-            data = json.loads((directory / name).read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(data, dict):
+        data = read_sidecar(directory, name)  # bounded, regular files only; None when absent
+        if data is None:
             continue
         if method is None:
             config = data.get("quantization_config")
@@ -80,7 +77,11 @@ def with_quantized_weights(checkpoint: Checkpoint, config_dir: Path | None) -> C
     weights: list[PackedWeight] = []
     claimed: set[str] = set()
     for finder in FINDERS:
-        for weight in finder(stored):
+        try:
+            found = finder(stored)
+        except ImpossibleParts as error:
+            raise HtsrError(f"{checkpoint.source}: {error}") from None
+        for weight in found:
             keys = {weight.main, *weight.parts.values(), *weight.hidden}
             if keys & claimed:  # an earlier, more specific format took these tensors
                 continue

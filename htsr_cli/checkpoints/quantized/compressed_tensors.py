@@ -21,7 +21,7 @@ from functools import partial
 import torch
 
 from htsr_cli.checkpoints.base import TensorInfo
-from htsr_cli.checkpoints.quantized.packed import PackedWeight, StoredTensors, unreadable
+from htsr_cli.checkpoints.quantized.packed import ImpossibleParts, PackedWeight, StoredTensors, unreadable
 from htsr_cli.checkpoints.quantized.packing import dequantize_affine, packed_words, unpack_codes
 
 INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.uint8)
@@ -136,22 +136,27 @@ def _checked(stored, logical, main, parts, extra, shape, bits, fmt, stored_shape
     label = f"compressed-tensors {fmt} {width}"
     problem = None
     layout = None
+    packed = tuple(stored_shape) != tuple(shape)  # weight_packed: codes packed into int32 words
+    scale_shape = stored.infos[parts["weight_scale"]].shape
+    # The packed data must hold the shape it claims, checked before anything is allocated for it.
     if len(shape) != 2 or min(shape) < 1:
-        problem = f"compressed-tensors weight_shape {list(shape)} is not a matrix shape"
+        problem = f"weight_shape {list(shape)} is not a matrix shape"
+    elif packed and bits is None:
+        problem = f"weight_packed {list(stored_shape)} cannot hold weight_shape {list(shape)} at any width of 1 to 8 bits"
     elif bits is not None and not (1 <= bits <= 8 and tuple(stored_shape) == (shape[0], packed_words(shape[1], bits))):
-        problem = f"compressed-tensors weight_packed {list(stored_shape)} does not hold {list(shape)} at {bits} bits"
-    elif (layout := _layout(shape, stored.infos[parts["weight_scale"]].shape)) is None:
-        problem = f"compressed-tensors weight_scale {list(stored.infos[parts['weight_scale']].shape)} fits no tensor, channel or group layout of {list(shape)}"
+        problem = f"weight_packed {list(stored_shape)} does not hold {list(shape)} at {bits} bits"
+    elif (layout := _layout(shape, scale_shape)) is None:
+        problem = f"weight_scale {list(scale_shape)} fits no tensor, channel or group layout of {list(shape)}"
     elif "weight_zero_point" in parts and tuple(stored.infos[parts["weight_zero_point"]].shape) not in _zero_point_shapes(
-        shape, stored.infos[parts["weight_scale"]].shape, bits
+        shape, scale_shape, bits
     ):
-        problem = f"compressed-tensors weight_zero_point {list(stored.infos[parts['weight_zero_point']].shape)} does not fit weight_scale"
-    elif any(key.endswith("weight_g_idx") for key in extra):
-        problem = "compressed-tensors weight_g_idx (activation-ordered groups) is not supported"
-    if layout is not None:
-        label += f" {layout[1]}" + (" asym" if "weight_zero_point" in parts else "")
+        problem = f"weight_zero_point {list(stored.infos[parts['weight_zero_point']].shape)} does not fit weight_scale"
     if problem:
-        return unreadable(logical, main, tuple(shape), label, problem, [*parts.values(), *extra])
+        raise ImpossibleParts(f"{main}: compressed-tensors {problem}")
+    if any(key.endswith("weight_g_idx") for key in extra):
+        reason = "compressed-tensors weight_g_idx (activation-ordered groups) is not supported"
+        return unreadable(logical, main, tuple(shape), label, reason, [*parts.values(), *extra])
+    label += f" {layout[1]}" + (" asym" if "weight_zero_point" in parts else "")
     decode = partial(_decode, shape=tuple(shape), bits=bits, col_step=layout[0])
     info = TensorInfo(logical, tuple(shape), torch.float32, label)
     return PackedWeight(info, main, parts, decode, hidden=tuple(extra))

@@ -22,7 +22,7 @@ from functools import partial
 import torch
 
 from htsr_cli.checkpoints.base import TensorInfo
-from htsr_cli.checkpoints.quantized.packed import PackedWeight, StoredTensors, unreadable
+from htsr_cli.checkpoints.quantized.packed import ImpossibleParts, PackedWeight, StoredTensors, unreadable
 from htsr_cli.checkpoints.quantized.packing import dequantize_affine, packed_words, unpack_codes
 
 GPTQ_BITS = (2, 3, 4, 8)
@@ -88,12 +88,18 @@ def find_gptq_awq(stored: StoredTensors) -> list[PackedWeight]:
         logical = prefix + "weight"
         missing = [role for role in ("qzeros", "scales") if role not in parts]
         scales_shape = stored.infos[parts["scales"]].shape if "scales" in parts else (info.shape[1],)
+        scales_shape = scales_shape or (None,)  # a scalar scale: refused below, named
         method = _method(stored.config, info.shape, scales_shape)
         if missing:
             reason = f"{method} qweight without {' and '.join(missing)}"
             found.append(unreadable(logical, key, info.shape, method, reason, parts.values()))
             continue
         shapes = {role: stored.infos[stored_key].shape for role, stored_key in parts.items()}
+        for role in ("qzeros", "scales"):
+            if len(shapes[role]) != 2:
+                raise ImpossibleParts(f"{parts[role]}: {method} {role} of shape {list(shapes[role])}, expected a matrix")
+        if "g_idx" in shapes and len(shapes["g_idx"]) != 1:
+            raise ImpossibleParts(f"{parts['g_idx']}: gptq g_idx of shape {list(shapes['g_idx'])}, expected a vector")
         reader = _gptq_weight if method == "gptq" else _awq_weight
         found.append(reader(logical, key, parts, shapes, stored.config))
     return found
@@ -119,27 +125,35 @@ def _gptq_weight(logical: str, main: str, parts: dict[str, str], shapes: dict, c
         group_size = math.ceil(in_features / groups) if groups else 0
     act_order = bool(config.get("desc_act"))
     label = f"gptq int{bits} " + (f"g{group_size}" if groups > 1 else "per-channel") + (" act-order" if act_order else "")
-    problem = None
-    if bits not in GPTQ_BITS:
+    shape = (out_features, in_features)
+    if bits not in GPTQ_BITS:  # a width htsr does not decode: the layer is skipped, with the reason
         problem = f"gptq bits {bits} not one of {', '.join(map(str, GPTQ_BITS))} (set `bits` in quantization_config)"
-    elif in_features * bits != words * 32 or in_features % 32:
+        return unreadable(logical, main, shape, label, problem, parts.values())
+    problem = None
+    if in_features * bits != words * 32 or in_features % 32:
         problem = f"gptq qweight {list(shapes['qweight'])} does not hold whole 32-row groups of {bits}-bit codes"
-    elif tuple(shapes["scales"]) != (groups, out_features) or groups != math.ceil(in_features / group_size):
+    elif group_size <= 0 or tuple(shapes["scales"]) != (groups, out_features) or groups != math.ceil(in_features / group_size):
         problem = f"gptq scales {list(shapes['scales'])} do not fit qweight {list(shapes['qweight'])} with group size {group_size}"
     elif tuple(shapes["qzeros"]) != (groups, packed_words(out_features, bits)):
         problem = f"gptq qzeros {list(shapes['qzeros'])} do not fit scales {list(shapes['scales'])} at {bits} bits"
     elif "g_idx" in shapes and tuple(shapes["g_idx"]) != (in_features,):
         problem = f"gptq g_idx {list(shapes['g_idx'])} does not have one entry per input row ({in_features})"
-    shape = (out_features, in_features)
     if problem:
-        return unreadable(logical, main, shape, label, problem, parts.values())
+        raise ImpossibleParts(f"{main}: {problem}")
     # The original GPTQ format stores zero points minus one (AutoGPTQ's pack); v2 does not.
     zero_offset = 0 if str(config.get("checkpoint_format", "gptq")).lower() == "gptq_v2" else 1
-    decode = partial(_decode_gptq, bits=bits, group_size=group_size, zero_offset=zero_offset)
+    decode = partial(_decode_gptq, bits=bits, group_size=group_size, zero_offset=zero_offset, key=parts.get("g_idx"))
     return PackedWeight(TensorInfo(logical, shape, torch.float32, label), main, parts, decode)
 
 
-def _decode_gptq(parts, bits: int, group_size: int, zero_offset: int) -> torch.Tensor:
+def _decode_gptq(parts, bits: int, group_size: int, zero_offset: int, key: str | None) -> torch.Tensor:
+    g_idx = parts.get("g_idx")
+    if g_idx is not None and g_idx.numel():
+        # Each entry names the group of an input row: one outside the scales would index past them.
+        groups = parts["scales"].shape[0]
+        low, high = int(g_idx.min()), int(g_idx.max())
+        if low < 0 or high >= groups:
+            raise ImpossibleParts(f"{key}: gptq g_idx names group {low if low < 0 else high}, but there are {groups} groups")
     return dequantize_gptq(
         parts["qweight"], parts["qzeros"], parts["scales"], parts.get("g_idx"), bits, group_size, zero_offset
     )
@@ -154,18 +168,21 @@ def _awq_weight(logical: str, main: str, parts: dict[str, str], shapes: dict, co
         group_size = math.ceil(in_features / groups) if groups else 0
     label = f"awq int{bits} " + (f"g{group_size}" if groups > 1 else "per-channel")
     version = str(config.get("version", "gemm")).lower()
-    problem = None
-    if version != "gemm":
-        problem = f"awq version {version!r} is not supported (only gemm)"
-    elif bits != 4:
-        problem = f"awq bits {bits}: only 4-bit AWQ is supported"
-    elif out_features * bits != words * 32:
-        problem = f"awq qweight {list(shapes['qweight'])} does not fit scales {list(shapes['scales'])}"
-    elif groups != math.ceil(in_features / group_size) or tuple(shapes["qzeros"]) != (groups, words):
-        problem = f"awq scales {list(shapes['scales'])} / qzeros {list(shapes['qzeros'])} do not fit qweight {list(shapes['qweight'])} with group size {group_size}"
     shape = (out_features, in_features)
-    if problem:
-        return unreadable(logical, main, shape, label, problem, parts.values())
+    unsupported = None
+    if version != "gemm":
+        unsupported = f"awq version {version!r} is not supported (only gemm)"
+    elif bits != 4:
+        unsupported = f"awq bits {bits}: only 4-bit AWQ is supported"
+    if unsupported:
+        return unreadable(logical, main, shape, label, unsupported, parts.values())
+    if out_features * bits != words * 32:
+        raise ImpossibleParts(f"{main}: awq qweight {list(shapes['qweight'])} does not fit scales {list(shapes['scales'])}")
+    if group_size <= 0 or groups != math.ceil(in_features / group_size) or tuple(shapes["qzeros"]) != (groups, words):
+        raise ImpossibleParts(
+            f"{main}: awq scales {list(shapes['scales'])} / qzeros {list(shapes['qzeros'])} do not fit "
+            f"qweight {list(shapes['qweight'])} with group size {group_size}"
+        )
     decode = partial(_decode_awq, group_size=group_size)
     return PackedWeight(TensorInfo(logical, shape, torch.float32, label), main, parts, decode)
 

@@ -22,6 +22,12 @@ from htsr_cli.errors import HtsrError
 Decoder = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
 
 
+class ImpossibleParts(HtsrError):
+    """A packed weight whose parts contradict each other (a scale of the wrong rank, a g_idx
+    naming a group that does not exist, a shape its packed data cannot hold): a damaged or
+    crafted file, refused before anything is allocated for it. The message names the tensor."""
+
+
 @dataclass(frozen=True)
 class PackedWeight:
     """A weight stored in parts; `decode(parts)` gives its logical float32 tensor."""
@@ -71,7 +77,10 @@ class QuantizedCheckpoint(RelistedCheckpoint):
         # Only the packed parts travel; the float matrix is made where they arrive.
         parts = {role: move(self._inner.load(stored)) for role, stored in weight.parts.items()}
         with torch.no_grad():
-            return weight.decode(parts)
+            try:
+                return weight.decode(parts)
+            except ImpossibleParts as error:
+                raise HtsrError(f"{self.source}: {error}") from None
 
     def format_info(self) -> dict[str, object]:
         return dict(self._format)
