@@ -26,7 +26,7 @@ import torch
 from hypothesis import given, strategies as st
 from safetensors.torch import save_file
 
-from conftest import FIXTURES, small_state_dict, tiny_text, write_tiny_language_model
+from tests.conftest import FIXTURES, small_state_dict, tiny_text, write_tiny_language_model
 from fixtures.quantized import gptq_parts
 from tests.hostile.harness import assert_refused, batches, run_cases, snapshot
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hypothesis import given, strategies as st
 
-from conftest import FIXTURES
+from tests.conftest import FIXTURES
 from tests.hostile.harness import assert_refused, batches, run_cases, snapshot
 
 KINDS = ["file", "link inside", "link to a secret", "link to /dev/zero", "fifo", "link to a fifo", "link to a directory", "loop"]

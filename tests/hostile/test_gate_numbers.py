@@ -18,7 +18,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from conftest import FIXTURES, small_state_dict
+from tests.conftest import FIXTURES, small_state_dict
 from tests.hostile.harness import assert_refused, batches, run_cases
 
 

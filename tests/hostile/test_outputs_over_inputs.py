@@ -19,7 +19,7 @@ import torch
 from hypothesis import given, strategies as st
 from safetensors.torch import save_file
 
-from conftest import FIXTURES, small_state_dict
+from tests.conftest import FIXTURES, small_state_dict
 from tests.hostile.harness import assert_refused, batches, run_cases, snapshot
 
 SIDECARS = ("config.json", "quantize_config.json", "quant_config.json")
