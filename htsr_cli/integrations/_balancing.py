@@ -114,7 +114,7 @@ def computed_on_rank_zero(compute: Callable[[], T]) -> T:
             box = [(True, compute())]
         except Exception as error:  # every rank must still reach the broadcast
             failure = error
-            box = [(False, brief(error))]
+            box = [(False, str(error) if isinstance(error, HtsrError) else brief(error))]
     dist.broadcast_object_list(box, src=0)
     if failure is not None:
         raise failure
