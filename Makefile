@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 CORE := $(VENV)/.core-installed
 TESTDEPS := $(VENV)/.test-installed
 
-.PHONY: demo test bench bench-prune bench-noise fixtures browser clean
+.PHONY: demo test bench bench-prune bench-noise bench-training fixtures browser clean
 
 $(CORE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,13 @@ bench-prune: $(CORE)
 # model checked against what really happens (a few minutes on 2 CPU cores).
 bench-noise: $(TESTDEPS)
 	$(BIN)/python benchmarks/float32_noise.py
+
+# Model Balancing on a low-data MiniLM fine-tune (Trainer) and TempBalance on a small CNN on
+# scikit-learn's digits (Lightning), each with and without the callback over several seeds;
+# writes the training section of BENCHMARKS.md (about fifteen minutes on 2 busy CPU cores).
+bench-training: $(CORE)
+	$(BIN)/python -m pip install --quiet -e ".[bench-training]"
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/training.py
 
 fixtures: $(CORE)
 	$(BIN)/python fixtures/make_fixtures.py

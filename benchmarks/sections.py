@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-SECTIONS = ("bench-prune", "bench-float32-noise")
+SECTIONS = ("bench-prune", "bench-float32-noise", "bench-training")
 
 
 def _pattern(name: str) -> re.Pattern:

@@ -288,10 +288,6 @@ class ScaledLearningRates:
 
         scheduler.step = step
 
-    def scheduled_lr(self, part: dict) -> float:
-        """The LR the scheduler set for the group this sub-group came from."""
-        return next(group for group, _, each in self.parts if each is part)["lr"]
-
     def apply(self, factors: dict[str, float] | None = None) -> None:
         """Each sub-group: its group's options as the scheduler left them, lr = factor x scheduled LR."""
         if factors is not None:
@@ -331,8 +327,8 @@ class TrainingBalancer:
 
     def recompute(self, step: int, epoch: int) -> None:
         """New factors from the live weights, applied to the current scheduled LRs."""
-        if self._balance is None or step == self._last_step:
-            return  # not started, or this step was just done (gradient accumulation, an epoch ending on it)
+        if step == self._last_step:
+            return  # done at this step already (micro-batches of one step, an epoch ending on a due step)
         self._balance.factors = self._balance.compute_factors()
         self._record(step, epoch)
 
