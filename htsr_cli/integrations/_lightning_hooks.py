@@ -20,7 +20,8 @@ class TempBalanceHooks:
     - `method`: "tempbalance" (per layer, linear map of alpha to [min_ratio, max_ratio])
       or "model-balancing" (per block, the sigmoid map); algorithms.md section 6.
     - `every_n_epochs` (default 1, as the published methods) or `every_n_steps`
-      (optimizer steps, `trainer.global_step`). What a recompute costs: BENCHMARKS.md.
+      (optimizer steps, `trainer.global_step`). A recompute analyses every trained
+      matrix once (0.01 s for the benchmark's small CNN; BENCHMARKS.md, "Training integrations").
     - Each parameter group's LR becomes factor x the LR the module's scheduler
       (`configure_optimizers`) sets; the scheduler is untouched otherwise.
       One optimizer per module.
