@@ -164,13 +164,15 @@ def test_a_peft_lora_layer_is_its_adapted_module_with_the_merged_weight(tmp_path
 def test_alpha_logger_values_equal_htsr_analyze_of_the_saved_checkpoints(tmp_path, cli):
     run = arguments(tmp_path, 4, save_strategy="steps", save_steps=2)
     trainer = Trainer(tiny_bert(4), run, train_dataset=token_data(16))
-    AlphaLogger(trainer, every_n_steps=2, layers=r"encoder")
+    AlphaLogger(trainer, every_n_steps=2, layers=r"encoder", farms=True)
     trainer.train()
 
     logged = {entry["step"]: entry for entry in trainer.state.log_history if "htsr/mean_alpha" in entry}
     assert sorted(logged) == [2, 4]
     for step, entry in logged.items():
-        result = cli("analyze", tmp_path / "run" / f"checkpoint-{step}", "--layers", "encoder", "--format", "json")
+        result = cli(
+            "analyze", tmp_path / "run" / f"checkpoint-{step}", "--layers", "encoder", "--farms", "--format", "json"
+        )
         assert result.exit_code == 0, result.output
         report = json.loads(result.stdout)
         alphas = {layer["name"]: layer["alpha"] for layer in report["layers"] if layer["alpha"] is not None}
@@ -178,6 +180,9 @@ def test_alpha_logger_values_equal_htsr_analyze_of_the_saved_checkpoints(tmp_pat
         assert {key.removeprefix("htsr/alpha/"): value for key, value in entry.items()
                 if key.startswith("htsr/alpha/")} == pytest.approx(alphas, rel=1e-9)
         assert entry["htsr/mean_alpha"] == pytest.approx(report["summary"]["mean_alpha"], rel=1e-9)
+        farms = {layer["name"]: layer["alpha_farms"] for layer in report["layers"] if layer["alpha_farms"] is not None}
+        assert farms and {key.removeprefix("htsr/alpha_farms/"): value for key, value in entry.items()
+                          if key.startswith("htsr/alpha_farms/")} == pytest.approx(farms, rel=1e-9)
         assert math.isfinite(entry["htsr/analysis_seconds"])
 
 
