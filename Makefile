@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 CORE := $(VENV)/.core-installed
 TESTDEPS := $(VENV)/.test-installed
 
-.PHONY: demo test bench bench-prune bench-bits bench-noise bench-diagnose gpu-check gpu-check-deps fixtures browser clean
+.PHONY: demo test bench bench-prune bench-bits bench-noise bench-diagnose bench-training gpu-check gpu-check-deps fixtures browser clean
 
 $(CORE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +82,13 @@ gpu-check-deps:
 	$(PYTHON) -m pip install --quiet --no-deps --target .gpu-check-deps --only-binary=:all: --platform any \
 		--implementation py --python-version 3.10 pytest pluggy iniconfig "hypothesis>=6.100,<6.156" \
 		sortedcontainers exceptiongroup tomli
+
+# Model Balancing on a low-data MiniLM fine-tune (Trainer) and TempBalance on a small CNN on
+# scikit-learn's digits (Lightning), each with and without the callback over several seeds;
+# writes the training section of BENCHMARKS.md (about fifteen minutes on 2 busy CPU cores).
+bench-training: $(CORE)
+	$(BIN)/python -m pip install --quiet -e ".[bench-training]"
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/training.py
 
 fixtures: $(CORE)
 	$(BIN)/python fixtures/make_fixtures.py

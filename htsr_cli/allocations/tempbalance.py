@@ -22,6 +22,7 @@ import yaml
 
 from htsr_cli.allocations.learning_rates import SCHEMA, LrSettings, bn_partner, layer_factors
 from htsr_cli.engine.pipeline import analyze
+from htsr_cli.results.report import Report
 from htsr_cli.results.documents import LIST, NAME, OBJECT, TEXT, check_fields, number, parse_json
 from htsr_cli.errors import HtsrError, brief
 from htsr_cli.io import check_depth, read_document
@@ -112,7 +113,10 @@ class TempBalance:
         if parameter is None:
             raise HtsrError(f"{type(self.model).__name__} has no parameters: there are no learning rates to balance")
         device = parameter.device.type
-        report = analyze(self.model, AnalyzeSettings(xmin=self.xmin, device=device))
+        return self.factors_from(analyze(self.model, AnalyzeSettings(xmin=self.xmin, device=device)))
+
+    def factors_from(self, report: Report) -> dict[str, float]:
+        """Each analysed layer's factor (module name -> factor) under these settings."""
         return {name: entry.factor for name, entry in layer_factors(report.layers, self.settings).items()}
 
     def factor(self, group_name: str) -> float:

@@ -22,11 +22,17 @@ from htsr_cli.checkpoints.transformers_model import TransformersModelCheckpoint,
 from htsr_cli.errors import HtsrError
 from htsr_cli.checkpoints.sources import HubId, MergedAdapter, is_adapter_directory, locate
 
-CheckpointSource = str | os.PathLike | torch.nn.Module | Mapping[str, torch.Tensor] | MergedAdapter
+CheckpointSource = str | os.PathLike | torch.nn.Module | Mapping[str, torch.Tensor] | MergedAdapter | Checkpoint
 
 
 def open_checkpoint(source: CheckpointSource) -> Checkpoint:
-    """A reader for `source`; raises `HtsrError` (one line) when it cannot be read."""
+    """A reader for `source`; raises `HtsrError` (one line) when it cannot be read.
+
+    A `Checkpoint` is its own reader (a caller that serves tensors it computes,
+    such as a LoRA layer's effective weight, passes one).
+    """
+    if isinstance(source, Checkpoint):
+        return source
     if is_transformers_model(source):  # keyed as its save_pretrained directory would be
         return TransformersModelCheckpoint(source)
     if isinstance(source, MergedAdapter):

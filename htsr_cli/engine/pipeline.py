@@ -54,7 +54,7 @@ from htsr_cli.spectra.solver import GRAM_BUDGET_BYTES, Eigensolver, SolverPrecis
 FIT_THREADS = 8  # CPU threads fitting beside a GPU's solves, at most
 FIT_BACKLOG = 4  # per fit thread: fits waiting before the GPU solves wait for them
 
-Source = str | PathLike | torch.nn.Module | Mapping[str, torch.Tensor] | MergedAdapter
+Source = str | PathLike | torch.nn.Module | Mapping[str, torch.Tensor] | MergedAdapter | Checkpoint
 
 
 def select_layers(specs: list[MatrixSpec], pattern: str | None) -> list[MatrixSpec]:
@@ -442,6 +442,7 @@ def analyze(
     progress: ProgressCallback | None = None,
     keep_spectra: bool = False,
     profile: bool = False,
+    collective: bool = True,
 ) -> Report:
     """Analyse every weight matrix of a checkpoint, module or state dict.
 
@@ -470,6 +471,8 @@ def analyze(
     with the same arguments, the ranks share the matrices, and every rank
     returns the same report; spectra (`keep_spectra`) and stage times summed
     over the ranks are on rank 0 only. See `htsr_cli.engine.distributed`.
+    With `collective=False` this process analyses everything alone even under
+    torchrun (a training callback analyses on rank 0 and broadcasts the result).
     """
     keywords = {
         "xmin": xmin,
@@ -487,7 +490,7 @@ def analyze(
         settings = AnalyzeSettings(**given)
     elif given:
         raise TypeError(f"pass either settings or keyword settings ({', '.join(given)}), not both")
-    cluster = distributed.current()
+    cluster = distributed.current() if collective else None
     if cluster is None:
         return _analyze(source, settings, None, progress, keep_spectra, profile)
     run = cluster.begin(source, settings, keep_spectra, profile)
