@@ -37,8 +37,7 @@ ROOT = HERE.parent
 sys.path.append(str(ROOT))
 
 from machine import result_header  # noqa: E402
-from sections import with_section  # noqa: E402
-from smollm import DEFAULT_CACHE, EVALUATION_TEXT, MODEL_FILE, MODEL_PACKAGE, TEXT_PACKAGE, dense_model, perplexity, texts  # noqa: E402
+from smollm import DEFAULT_CACHE, EVALUATION_TEXT, MODEL_FILE, MODEL_PACKAGE, TEXT_PACKAGE, dense_model, perplexity, save_results, texts  # noqa: E402
 
 from htsr_cli.io import write_atomic  # noqa: E402
 from htsr_cli.results.documents import dumps_json  # noqa: E402
@@ -242,11 +241,7 @@ def main() -> None:
 
 
 def save(result: dict, path: Path, out: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, dumps_json(result))
-    if result["runs"]:
-        previous = out.read_text() if out.is_file() else "# htsr benchmarks\n"
-        write_atomic(out, with_section(previous, "bench-bits", markdown(result)))
+    save_results(result, path, out, "bench-bits", markdown)
 
 
 if __name__ == "__main__":

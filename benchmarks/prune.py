@@ -32,9 +32,9 @@ ROOT = HERE.parent
 sys.path.append(str(ROOT))
 
 from machine import result_header  # noqa: E402
-from sections import with_section  # noqa: E402
 from smollm import (  # noqa: E402
-    CALIBRATION_TEXT, DEFAULT_CACHE, EVALUATION_TEXT, MODEL_FILE, MODEL_PACKAGE, TEXT_PACKAGE, dense_model, texts,
+    CALIBRATION_TEXT, DEFAULT_CACHE, EVALUATION_TEXT, MODEL_FILE, MODEL_PACKAGE, TEXT_PACKAGE, dense_model, save_results,
+    texts,
 )
 from smollm import perplexity as smollm_perplexity  # noqa: E402
 
@@ -210,12 +210,7 @@ def main() -> None:
 
 
 def save(result: dict, path: Path, out: Path) -> None:
-    """The raw runs and BENCHMARKS.md after every cell, so an interrupted grid keeps what it measured."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, dumps_json(result))
-    if result["runs"]:
-        previous = out.read_text() if out.is_file() else "# htsr benchmarks\n"
-        write_atomic(out, with_section(previous, "bench-prune", markdown(result)))
+    save_results(result, path, out, "bench-prune", markdown)
 
 
 if __name__ == "__main__":

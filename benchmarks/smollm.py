@@ -86,3 +86,16 @@ def perplexity(model: Path, text: Path, seq_len: int, eval_tokens: int, device: 
     from htsr_cli.lm.perplexity import PerplexitySettings, evaluate_perplexity
 
     return evaluate_perplexity(str(model), text, PerplexitySettings(seq_len, eval_tokens, device))
+
+
+def save_results(result: dict, path: Path, out: Path, section: str, markdown: Callable[[dict], str]) -> None:
+    """The raw runs and BENCHMARKS.md's `section` after every cell, so an interrupted grid keeps what it measured."""
+    from htsr_cli.io import write_atomic
+    from htsr_cli.results.documents import dumps_json
+    from sections import with_section
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, dumps_json(result))
+    if result["runs"]:
+        previous = out.read_text() if out.is_file() else "# htsr benchmarks\n"
+        write_atomic(out, with_section(previous, section, markdown(result)))

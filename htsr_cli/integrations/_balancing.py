@@ -89,6 +89,16 @@ class BalanceSettings:
             raise InvalidSetting("method", self.method, f"must be one of {', '.join(METHODS)}")
         AnalyzeSettings(xmin=self.xmin)  # checks xmin
 
+    @classmethod
+    def from_callback(
+        cls, method: str, every_n_epochs: int | None, every_n_steps: int | None,
+        min_ratio: float, max_ratio: float, xmin: str,
+    ) -> "BalanceSettings":
+        """The settings of a callback's keyword arguments: once per epoch when neither interval is given."""
+        if every_n_steps is None and every_n_epochs is None:
+            every_n_epochs = 1
+        return cls(method, Every(every_n_steps, every_n_epochs), min_ratio, max_ratio, xmin)
+
     @property
     def map(self) -> str:
         return METHODS[self.method][0]

@@ -18,7 +18,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from htsr_cli.integrations._alpha_logging import AlphaLogSettings, live_alpha_metrics
-from htsr_cli.integrations._balancing import BalanceSettings, Every, Recompute, ScaledLearningRates, TrainingBalancer
+from htsr_cli.integrations._balancing import BalanceSettings, Recompute, ScaledLearningRates, TrainingBalancer
 
 
 class TempBalanceCallback(TrainerCallback):
@@ -48,10 +48,9 @@ class TempBalanceCallback(TrainerCallback):
         max_ratio: float = 1.5,
         xmin: str = "median",
     ) -> None:
-        if every_n_steps is None and every_n_epochs is None:
-            every_n_epochs = 1
-        every = Every(every_n_steps, every_n_epochs)
-        self._balancer = TrainingBalancer(BalanceSettings(method, every, min_ratio, max_ratio, xmin))
+        self._balancer = TrainingBalancer(
+            BalanceSettings.from_callback(method, every_n_epochs, every_n_steps, min_ratio, max_ratio, xmin)
+        )
         self._epochs_done = 0
 
     @property

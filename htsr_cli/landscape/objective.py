@@ -17,9 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from htsr_cli.errors import InvalidSetting
+from htsr_cli.settings import ProgressCallback
 
 Batch = tuple[Any, Tensor]  # (inputs: a tensor, or a mapping of keyword tensors, targets)
-ProgressCallback = Callable[[int, int, str], None]
 LossFunction = Callable[[Tensor, Tensor], Tensor]  # (outputs, targets) -> the batch's mean loss
 
 

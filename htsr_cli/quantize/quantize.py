@@ -34,6 +34,7 @@ from htsr_cli.pruning.layout import copy_files, manifest, output_checks, plan_co
 from htsr_cli.quantize.compressed import compressed_parts, part_layout, quantization_config
 from htsr_cli.quantize.rtn import rtn_dequantize, rtn_quantize
 from htsr_cli.results.documents import dumps_json
+from htsr_cli.settings import ProgressCallback
 
 SCHEMA = "htsr.quantize/1"
 RECORD = "htsr-quantize.json"
@@ -41,7 +42,6 @@ METHODS = ("rtn",)
 PACKED_MAX_BITS = 8  # pack-quantized holds 1..8-bit codes
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INDEX_SUFFIX = ".safetensors.index.json"
-ProgressCallback = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,7 @@ def test_overwrite_replaces_only_an_earlier_quantize_output(cli, tmp_path, base_
     (other / "keep.txt").write_text("mine")
     assert_user_error(
         cli("quantize", TINY_LLAMA, "--plan", base_plan, "-o", other, "--overwrite", "-q"),
-        "--overwrite replaces only an earlier htsr quantize output (one with htsr-quantize.json)",
+        "--overwrite replaces only an earlier htsr quantize output (one with htsr-quantize.json listing every file in it)",
     )
 
 
