@@ -183,7 +183,7 @@ def test_image_classifier_on_pixel_arrays(cli, tmp_path):
 
 
 def test_the_schema_is_strict(cli, digits):
-    from test_schemas import errors
+    from tests.results.test_schemas import errors
 
     result = cli("landscape", digits["seed0"], "--trust-pickle", "--data", digits["npz"], "--max-batches", "1",
                  "--metrics", "sharpness", "--ascent-steps", "1", "-f", "json")
