@@ -66,7 +66,7 @@ PATH_COLUMNS = [
 
 def diagnose(
     models: Annotated[Optional[list[str]], typer.Argument(
-        metavar="[MODEL_A MODEL_B]",
+        metavar="MODEL",
         help="Two seeds of one configuration (whole-model torch files with --trust-pickle, or Hugging Face directories): "
         "their features are computed on --data (training error, Bezier mode-connectivity peak, log Hessian trace).",
         show_default=False,
