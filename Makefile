@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 CORE := $(VENV)/.core-installed
 TESTDEPS := $(VENV)/.test-installed
 
-.PHONY: demo test bench bench-prune bench-bits bench-noise bench-diagnose bench-training gpu-check gpu-check-deps fixtures browser clean
+.PHONY: demo test bench bench-prune bench-bits bench-noise bench-diagnose bench-training bench-sharpbalance gpu-check gpu-check-deps fixtures browser clean
 
 $(CORE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ bench-noise: $(TESTDEPS)
 bench-diagnose: $(TESTDEPS)
 	$(BIN)/python -m pip install --quiet -e ".[bench-diagnose]"
 	$(BIN)/python benchmarks/diagnose.py
+
+# Deep ensemble vs SAM ensemble vs SharpBalance on scikit-learn's digits: 3 members, same budget,
+# 5 seeds (a few minutes on 2 shared CPU cores); the table goes into BENCHMARKS.md.
+bench-sharpbalance: $(TESTDEPS)
+	$(BIN)/python benchmarks/sharpbalance.py
 
 # htsr's CUDA path on one GPU, 8 minutes at most (benchmarks/gpu_check.py says what it runs):
 # the CUDA tests, alphas against the float64 CPU path, a --profile of a generated 7B-shaped

@@ -22,7 +22,7 @@ LAYERS = [
     {"results"},
     {"engine", "render", "lm"},
     {"allocations", "gate", "diagnosis"},
-    {"pruning", "quantize", "integrations"},
+    {"pruning", "quantize", "integrations", "training"},
     {"cli"},
 ]
 LEVEL = {stage: level for level, stages in enumerate(LAYERS) for stage in stages}

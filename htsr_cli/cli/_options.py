@@ -83,6 +83,7 @@ MetricOpt = Annotated[Metric, typer.Option("--metric", help="Which alpha to use 
 PlotFormatOpt = Annotated[PlotFormat, typer.Option("--plot-format", help="Image format of the plot files.")]
 DpiOpt = Annotated[int, typer.Option("--dpi", help="Resolution of raster plots (png), in dots per inch.", min=10, max=1200)]
 
+PLOT_SUFFIXES = {".png": "png", ".svg": "svg", ".pdf": "pdf"}  # a single-file --plot: its format from its name
 DEFAULT_DPI = 150  # plots.DEFAULT_DPI, here too so the CLI starts without matplotlib (a test keeps them equal)
 
 # Settings whose command-line flag is not just the parameter name with dashes.

@@ -15,7 +15,7 @@ from htsr_cli.cli import analyze, report
 from htsr_cli.cli import compare, gate
 from htsr_cli.cli import allocate, lr_schedule
 from htsr_cli.cli import diagnose, evaluate, prune
-from htsr_cli.cli import landscape
+from htsr_cli.cli import ensemble, landscape
 from htsr_cli.cli import allocate_bits, quantize
 from htsr_cli.cli import track
 from htsr_cli.cli._errors import USAGE_ERROR, FunnelGroup
@@ -82,6 +82,7 @@ app.command("quantize", cls=HtsrCommand)(quantize.quantize)
 app.add_typer(evaluate.app, name="eval")
 app.command("diagnose", cls=HtsrCommand)(diagnose.diagnose)
 app.command("landscape", cls=HtsrCommand)(landscape.landscape)
+app.command("ensemble", cls=HtsrCommand)(ensemble.ensemble)
 app.command("track", cls=HtsrCommand)(track.track)
 
 __all__ = ["app"]

@@ -12,8 +12,25 @@ import typer
 from rich.console import Group
 from rich.text import Text
 
-from htsr_cli.cli._output import emit_renderable, emit_text
-from htsr_cli.cli._options import OutputOpt, QuietOpt
+from htsr_cli.cli._landscape_options import (
+    BatchSizeOpt,
+    CurveLrOpt,
+    CurveStepsOpt,
+    DataOpt,
+    LabelOpt,
+    MaxBatchesOpt,
+    MaxIterationsOpt,
+    PointsOpt,
+    RunDeviceOpt,
+    SeedOpt,
+    SeqLenOpt,
+    TextOpt,
+    ToleranceOpt,
+    TrustPickleOpt,
+    load_workload,
+)
+from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress
+from htsr_cli.cli._options import Device, OutputOpt, QuietOpt
 from htsr_cli.diagnosis.md_tree import MAX_DEPTH, Diagnosis, FitSettings, diagnose_features, fit_population, load_tree
 from htsr_cli.diagnosis.questions import CONNECTIVITY, HESSIAN_TRACE, TRAIN_ERROR
 from htsr_cli.diagnosis.table import read_population
@@ -48,6 +65,12 @@ PATH_COLUMNS = [
 
 
 def diagnose(
+    models: Annotated[Optional[list[str]], typer.Argument(
+        metavar="MODEL",
+        help="Two seeds of one configuration (whole-model torch files with --trust-pickle, or Hugging Face directories): "
+        "their features are computed on --data (training error, Bezier mode-connectivity peak, log Hessian trace).",
+        show_default=False,
+    )] = None,
     features_file: Annotated[Optional[Path], typer.Option("--features", help="A JSON object of feature values, named as the dataset's columns (train_error, mode_connectivity_peak, hessian_t).", dir_okay=False, show_default="none")] = None,
     train_error: Annotated[Optional[float], typer.Option("--train-error", help="Training error, in percent (0-100).", show_default="none")] = None,
     mode_connectivity_peak: Annotated[Optional[float], typer.Option("--mode-connectivity-peak", help="Minus the highest training error (percent) along a Bezier curve joining two seeds' models (<= 0).", show_default="none")] = None,
@@ -57,6 +80,20 @@ def diagnose(
     method: Annotated[Optional[FitMethod], typer.Option("--method", help="With --fit: md-tree keeps the paper's tree shapes and fits their thresholds; cart grows a free CART tree (Gini) on the same features.", show_default="md-tree")] = None,
     max_depth: Annotated[Optional[int], typer.Option("--max-depth", help="With --fit --method cart: the deepest the tree may grow.", min=1, max=MAX_DEPTH, show_default="4")] = None,
     data_min_width: Annotated[Optional[int], typer.Option("--data-min-width", help="With --fit: the data-vs-temperature question learns from models at least this wide (0: all).", min=0, show_default="32")] = None,
+    data: DataOpt = None,
+    text: TextOpt = None,
+    label_column: LabelOpt = "label",
+    batch_size: BatchSizeOpt = 32,
+    max_batches: MaxBatchesOpt = None,
+    seq_len: SeqLenOpt = 128,
+    seed: SeedOpt = 0,
+    max_iterations: MaxIterationsOpt = 100,
+    tolerance: ToleranceOpt = 1e-3,
+    curve_steps: CurveStepsOpt = 200,
+    curve_learning_rate: CurveLrOpt = 0.01,
+    points: PointsOpt = 5,
+    trust_pickle: TrustPickleOpt = False,
+    device: RunDeviceOpt = Device.auto,
     output_format: Annotated[DiagnoseFormat, typer.Option("--format", "-f", help="table for people, json (htsr.diagnosis/1), csv (one row per comparison).")] = DiagnoseFormat.table,
     output: OutputOpt = None,
     quiet: QuietOpt = False,
@@ -75,11 +112,19 @@ def diagnose(
     [bold]Examples:[/bold]
       htsr diagnose --train-error 40.5 --mode-connectivity-peak -34.9 --hessian-t 5.3
       htsr diagnose --features features.json -f json -o diagnosis.json
+      htsr diagnose seed0.pth seed1.pth --trust-pickle --data train.npz
+      htsr diagnose seed0.pth seed1.pth --trust-pickle --data train.npz --max-batches 2 --max-iterations 5 --curve-steps 10
       htsr diagnose --fit my-population.csv -o my-tree.json
       htsr diagnose --fit my-population.csv --method cart --max-depth 4 -o my-cart.json
       htsr diagnose --features features.json --tree my-tree.json
     """
     flags = {"--train-error": train_error, "--mode-connectivity-peak": mode_connectivity_peak, "--hessian-t": hessian_t}
+    if models:
+        given = [name for name, value in {**flags, "--features": features_file, "--fit": fit}.items() if value is not None]
+        if given:
+            raise HtsrError(f"the features come from the two models; {given[0]} does not apply with MODEL_A MODEL_B")
+    elif data is not None or text is not None:
+        raise HtsrError("--data and --text are for computing the features of two models: give MODEL_A MODEL_B")
     if fit is not None:
         given = [name for name, value in {**flags, "--features": features_file, "--tree": tree_file}.items() if value is not None]
         if given:
@@ -102,11 +147,19 @@ def diagnose(
     for flag, value in {"--method": method, "--max-depth": max_depth, "--data-min-width": data_min_width}.items():
         if value is not None:
             raise HtsrError(f"{flag} applies only with --fit")
-    # Features come from a file or flags here; computing them from two seeds' models (htsr_cli.landscape)
-    # will produce the same mapping and go through diagnose_features unchanged.
-    features = _features(features_file, flags)
-    check_output_paths({"--output": output}, [features_file, tree_file])
-    tree = load_tree(tree_file) if tree_file is not None else None
+    if models:
+        if len(models) != 2:
+            raise HtsrError(f"give two models (two seeds of one configuration: the MD tree needs their mode connectivity); got {len(models)}")
+        check_output_paths({"--output": output}, [tree_file])
+        tree = load_tree(tree_file) if tree_file is not None else None
+        workload, where = load_workload(
+            models, data, text, label_column, batch_size, seq_len, max_batches, trust_pickle, device, {"--output": output}
+        )
+        features = _computed_features(workload, where, seed, max_iterations, tolerance, curve_steps, curve_learning_rate, points, quiet)
+    else:
+        features = _features(features_file, flags)
+        check_output_paths({"--output": output}, [features_file, tree_file])
+        tree = load_tree(tree_file) if tree_file is not None else None
     diagnosis = diagnose_features(features, tree)
     if output_format is DiagnoseFormat.json:
         emit_text(dumps_json(diagnosis.to_json()), output, quiet)
@@ -114,6 +167,33 @@ def diagnose(
         emit_text(to_csv(PATH_COLUMNS, _path_rows(diagnosis)), output, quiet)
     else:
         emit_renderable(_table(diagnosis), output, quiet)
+
+
+def _computed_features(
+    workload: Any, where: Any, seed: int, max_iterations: int, tolerance: float, curve_steps: int,
+    curve_learning_rate: float, points: int, quiet: bool,
+) -> dict[str, float]:
+    """The MD tree's features of two seeds, as the landscape document computes them (the dataset's
+    definitions: docs/algorithms.md, sections 12 and 13): only the Hessian trace and the Bezier curve."""
+    from htsr_cli.landscape.connectivity import ConnectivitySettings
+    from htsr_cli.landscape.hessian import HessianSettings
+    from htsr_cli.landscape.measure import LandscapeSettings, measure
+
+    settings = LandscapeSettings(
+        metrics=("trace", "connectivity"),
+        hessian=HessianSettings(max_iterations=max_iterations, tolerance=tolerance, seed=seed),
+        connectivity=ConnectivitySettings(points=points, curve_steps=curve_steps, curve_learning_rate=curve_learning_rate, seed=seed),
+    )
+    with layer_progress(quiet, "diagnose", unit="steps") as progress:
+        document = measure(workload.subjects, workload.objective, workload.batches, settings, workload.data, where.type, progress)
+    computed = document["pair"]["md_tree_features"]
+    if computed[HESSIAN_TRACE] is None:
+        traces = ", ".join(f"{entry['hessian']['trace']:.4g}" for entry in document["models"])
+        raise HtsrError(
+            f"the Hessian trace estimates ({traces}) are not positive, so their logarithm (hessian_t) is undefined; "
+            "raise --max-iterations or use more batches"
+        )
+    return {name: float(computed[name]) for name in (TRAIN_ERROR, CONNECTIVITY, HESSIAN_TRACE)}
 
 
 def _features(path: Path | None, flags: dict[str, float | None]) -> dict[str, float]:

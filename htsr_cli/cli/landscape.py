@@ -8,11 +8,31 @@
 from __future__ import annotations
 
 from enum import Enum
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from htsr_cli.cli._landscape_options import (
+    AscentStepsOpt,
+    BatchSizeOpt,
+    CurveLrOpt,
+    CurveStepsOpt,
+    DataOpt,
+    LabelOpt,
+    MaxBatchesOpt,
+    MaxIterationsOpt,
+    Norm,
+    NormOpt,
+    PointsOpt,
+    RhoOpt,
+    RunDeviceOpt,
+    SeedOpt,
+    SeqLenOpt,
+    TextOpt,
+    ToleranceOpt,
+    TrustPickleOpt,
+    load_workload,
+)
 from htsr_cli.cli._options import Device, OutputOpt, QuietOpt
 from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress
 
@@ -27,11 +47,6 @@ class Kernel(str, Enum):
     rbf = "rbf"
 
 
-class Norm(str, Enum):
-    l2 = "2"
-    linf = "inf"
-
-
 ModelsArg = Annotated[
     list[str],
     typer.Argument(
@@ -41,28 +56,11 @@ ModelsArg = Annotated[
         show_default=False,
     ),
 ]
-DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Labelled samples for a classifier: .npz, .csv, .jsonl or a datasets.save_to_disk directory.", show_default="none: --data or --text is needed")]
-TextOpt = Annotated[Optional[Path], typer.Option("--text", dir_okay=False, help="UTF-8 text for a causal LM, cut into windows of --seq-len tokens.", show_default="none: --data or --text is needed")]
-LabelOpt = Annotated[str, typer.Option("--label-column", help="The label column/key of --data.")]
 MetricsOpt = Annotated[Optional[str], typer.Option("--metrics", help="Comma-separated: hessian, trace, density, sharpness; with two models also connectivity, cka, diversity.", show_default="hessian,trace,sharpness (+connectivity,cka for two models)")]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Samples (or text windows) per batch.")]
-MaxBatchesOpt = Annotated[Optional[int], typer.Option("--max-batches", help="Use only the first N batches (a dry run takes seconds).", show_default="all")]
-SeqLenOpt = Annotated[int, typer.Option("--seq-len", help="Tokens per window (causal LM) or per text (sequence classifier).")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random probe, start and curve sample.")]
 TopKOpt = Annotated[int, typer.Option("--top-k", help="Hessian eigenvalues of largest magnitude.")]
-MaxIterationsOpt = Annotated[int, typer.Option("--max-iterations", help="Cap on power iterations per eigenvalue and on trace probes.")]
-ToleranceOpt = Annotated[float, typer.Option("--tolerance", help="Relative change that stops power iteration and the trace estimate.")]
 DensityStepsOpt = Annotated[int, typer.Option("--density-steps", help="Lanczos steps per SLQ run (density).")]
 DensityRunsOpt = Annotated[int, typer.Option("--density-runs", help="SLQ runs (density).")]
-RhoOpt = Annotated[float, typer.Option("--rho", help="Radius of the adaptive sharpness ball.")]
-NormOpt = Annotated[Norm, typer.Option("--norm", help="Norm of the sharpness ball.")]
-AscentStepsOpt = Annotated[int, typer.Option("--ascent-steps", help="Gradient-ascent steps per batch (sharpness).")]
-CurveStepsOpt = Annotated[int, typer.Option("--curve-steps", help="SGD steps training the Bezier curve's middle point (0: the midpoint).")]
-CurveLrOpt = Annotated[float, typer.Option("--curve-learning-rate", help="SGD learning rate of the Bezier middle point.")]
-PointsOpt = Annotated[int, typer.Option("--points", help="Points along each path, ends included (the MD tree dataset uses 5).")]
 KernelOpt = Annotated[Kernel, typer.Option("--kernel", help="CKA kernel.")]
-TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading whole-model torch files (unpickling can run code).")]
-RunDeviceOpt = Annotated[Device, typer.Option("--device", help="Where the models run.")]
 FormatOpt = Annotated[LandscapeFormat, typer.Option("--format", "-f", help="Output format.")]
 
 
@@ -103,15 +101,12 @@ def landscape(
       htsr landscape ./gpt2 --text wiki.test.txt --seq-len 128 --max-batches 2 --metrics hessian,trace
     """
     from htsr_cli.errors import HtsrError
-    from htsr_cli.io import check_output_paths
     from htsr_cli.landscape.connectivity import ConnectivitySettings
     from htsr_cli.landscape.hessian import HessianSettings
     from htsr_cli.landscape.measure import DEFAULT_PAIR, DEFAULT_SINGLE, LandscapeSettings, measure
     from htsr_cli.landscape.sharpness import SharpnessSettings
     from htsr_cli.landscape.similarity import SimilaritySettings
-    from htsr_cli.lm.landscape_inputs import InputSettings, prepare
     from htsr_cli.results.documents import dumps_json
-    from htsr_cli.spectra.solver import resolve_device
 
     if len(models) > 2:
         raise HtsrError(f"give one model, or two of one architecture; got {len(models)}")
@@ -126,10 +121,7 @@ def landscape(
         connectivity=ConnectivitySettings(points=points, curve_steps=curve_steps, curve_learning_rate=curve_learning_rate, seed=seed),
         similarity=SimilaritySettings(kernel=kernel.value),
     )
-    inputs = InputSettings(data, text, label_column, batch_size, seq_len, max_batches, trust_pickle)
-    check_output_paths({"-o": output}, [path for path in (data, text) if path is not None])
-    where = resolve_device(device.value)
-    workload = prepare(list(models), inputs, where)
+    workload, where = load_workload(models, data, text, label_column, batch_size, seq_len, max_batches, trust_pickle, device, {"-o": output})
     with layer_progress(quiet, "landscape", unit="steps") as progress:
         document = measure(workload.subjects, workload.objective, workload.batches, settings, workload.data, where.type, progress)
     if output_format is LandscapeFormat.json:

@@ -12,7 +12,7 @@ from rich.console import Group
 from rich.text import Text
 
 from htsr_cli.cli._analysis_options import analysis_options
-from htsr_cli.cli._options import DEFAULT_DPI, DpiOpt, MergedOpt, Metric, OutputOpt, QuietOpt
+from htsr_cli.cli._options import DEFAULT_DPI, PLOT_SUFFIXES, DpiOpt, MergedOpt, Metric, OutputOpt, QuietOpt
 from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress, stderr_console, table_width, wrote
 from htsr_cli.checkpoints.sources import check_source
 from htsr_cli.errors import HtsrError
@@ -22,7 +22,6 @@ from htsr_cli.render.terminal import fit_columns
 from htsr_cli.results.documents import dumps_json
 from htsr_cli.settings import AnalyzeSettings
 
-PLOT_SUFFIXES = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 LAYER_COLUMNS = (
     "checkpoint", "step", "layer", "block", "kind", "num_evals", "alpha", "alpha_weighted", "log_spectral_norm",
     "stable_rank", "ks_distance", "quality", "status",

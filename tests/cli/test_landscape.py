@@ -161,7 +161,7 @@ def test_option_mistakes(cli, digits, tmp_path):
 def test_image_classifier_on_pixel_arrays(cli, tmp_path):
     import transformers
 
-    from landscape.digits import digits_arrays
+    from tests.landscape.digits import digits_arrays
 
     torch.manual_seed(0)
     config = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=1,
@@ -183,7 +183,7 @@ def test_image_classifier_on_pixel_arrays(cli, tmp_path):
 
 
 def test_the_schema_is_strict(cli, digits):
-    from test_schemas import errors
+    from tests.results.test_schemas import errors
 
     result = cli("landscape", digits["seed0"], "--trust-pickle", "--data", digits["npz"], "--max-batches", "1",
                  "--metrics", "sharpness", "--ascent-steps", "1", "-f", "json")
