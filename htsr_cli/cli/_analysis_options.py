@@ -40,6 +40,7 @@ PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="mixed: flo
 MaxMemoryOpt = Annotated[Optional[str], typer.Option("--max-memory", help="Memory one layer's solve may use (8GB, 512MiB, 16G); layers needing more are skipped.", show_default="the memory available")]
 
 Command = TypeVar("Command", bound=Callable[..., Any])
+Settings = TypeVar("Settings")
 
 
 def _option_defaults(defaults: AnalyzeSettings) -> dict[str, tuple[Any, Any]]:
@@ -58,6 +59,7 @@ def _option_defaults(defaults: AnalyzeSettings) -> dict[str, tuple[Any, Any]]:
         "precision": (PrecisionOpt, Precision(defaults.precision)),
         "max_memory": (MaxMemoryOpt, defaults.max_memory),
     }
+
 
 
 OPTION_NAMES = tuple(_option_defaults(AnalyzeSettings()))
@@ -79,30 +81,50 @@ def settings_from_options(defaults: AnalyzeSettings, values: dict[str, Any]) -> 
     )
 
 
-def analysis_options(command: Command) -> Command:
-    """Give a command the shared analysis options, in place of its one parameter whose default is an `AnalyzeSettings`."""
-    signature = inspect.signature(command, eval_str=True)  # typer needs the annotations themselves
-    targets = [parameter for parameter in signature.parameters.values() if isinstance(parameter.default, AnalyzeSettings)]
-    if len(targets) != 1:
-        raise TypeError(f"{command.__name__} needs one parameter whose default is an AnalyzeSettings, not {len(targets)}")
-    [target] = targets
-    defaults = target.default
-    parameters = []
-    for parameter in signature.parameters.values():
-        if parameter is target:
-            parameters += [
-                inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
-                for name, (annotation, default) in _option_defaults(defaults).items()
-            ]
-        else:
-            # keyword-only: typer passes every value by name, and keyword-only options may sit anywhere
-            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+def option_group(
+    kind: type[Settings],
+    options: Callable[[Settings], dict[str, tuple[Any, Any]]],
+    build: Callable[[Settings, dict[str, Any]], Settings],
+) -> Callable[[Command], Command]:
+    """A decorator that gives a command a group of options declared once.
 
-    @functools.wraps(command)
-    def run(**values: Any) -> Any:
-        options = {name: values.pop(name) for name in OPTION_NAMES}
-        return command(**values, **{target.name: settings_from_options(defaults, options)})
+    It puts the options `options(default)` lists (name -> (annotation, default))
+    where the command's one parameter whose default is a `kind` stands, and calls
+    the command with `build(default, values)`: one typed settings object instead
+    of the options one by one.
+    """
+    names = tuple(options(kind()))
 
-    run.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
-    run.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
-    return run  # type: ignore[return-value]
+    def decorate(command: Command) -> Command:
+        signature = inspect.signature(command, eval_str=True)  # typer needs the annotations themselves
+        targets = [parameter for parameter in signature.parameters.values() if isinstance(parameter.default, kind)]
+        if len(targets) != 1:
+            article = "an" if kind.__name__[0] in "AEIOU" else "a"
+            raise TypeError(f"{command.__name__} needs one parameter whose default is {article} {kind.__name__}, not {len(targets)}")
+        [target] = targets
+        defaults = target.default
+        parameters = []
+        for parameter in signature.parameters.values():
+            if parameter is target:
+                parameters += [
+                    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+                    for name, (annotation, default) in options(defaults).items()
+                ]
+            else:
+                # keyword-only: typer passes every value by name, and keyword-only options may sit anywhere
+                parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+
+        @functools.wraps(command)
+        def run(**values: Any) -> Any:
+            grouped = {name: values.pop(name) for name in names}
+            return command(**values, **{target.name: build(defaults, grouped)})
+
+        run.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        run.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+        return run  # type: ignore[return-value]
+
+    return decorate
+
+
+# Give a command the shared analysis options, in place of its one parameter whose default is an `AnalyzeSettings`.
+analysis_options = option_group(AnalyzeSettings, _option_defaults, settings_from_options)

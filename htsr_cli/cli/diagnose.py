@@ -13,24 +13,16 @@ from rich.console import Group
 from rich.text import Text
 
 from htsr_cli.cli._landscape_options import (
-    BatchSizeOpt,
     CurveLrOpt,
     CurveStepsOpt,
-    DataOpt,
-    LabelOpt,
-    MaxBatchesOpt,
+    InputOptions,
     MaxIterationsOpt,
     PointsOpt,
-    RunDeviceOpt,
-    SeedOpt,
-    SeqLenOpt,
-    TextOpt,
     ToleranceOpt,
-    TrustPickleOpt,
-    load_workload,
+    input_options,
 )
 from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress
-from htsr_cli.cli._options import Device, OutputOpt, QuietOpt
+from htsr_cli.cli._options import OutputOpt, QuietOpt
 from htsr_cli.diagnosis.md_tree import MAX_DEPTH, Diagnosis, FitSettings, diagnose_features, fit_population, load_tree
 from htsr_cli.diagnosis.questions import CONNECTIVITY, HESSIAN_TRACE, TRAIN_ERROR
 from htsr_cli.diagnosis.table import read_population
@@ -64,6 +56,7 @@ PATH_COLUMNS = [
 ]
 
 
+@input_options
 def diagnose(
     models: Annotated[Optional[list[str]], typer.Argument(
         metavar="MODEL",
@@ -80,20 +73,12 @@ def diagnose(
     method: Annotated[Optional[FitMethod], typer.Option("--method", help="With --fit: md-tree keeps the paper's tree shapes and fits their thresholds; cart grows a free CART tree (Gini) on the same features.", show_default="md-tree")] = None,
     max_depth: Annotated[Optional[int], typer.Option("--max-depth", help="With --fit --method cart: the deepest the tree may grow.", min=1, max=MAX_DEPTH, show_default="4")] = None,
     data_min_width: Annotated[Optional[int], typer.Option("--data-min-width", help="With --fit: the data-vs-temperature question learns from models at least this wide (0: all).", min=0, show_default="32")] = None,
-    data: DataOpt = None,
-    text: TextOpt = None,
-    label_column: LabelOpt = "label",
-    batch_size: BatchSizeOpt = 32,
-    max_batches: MaxBatchesOpt = None,
-    seq_len: SeqLenOpt = 128,
-    seed: SeedOpt = 0,
+    inputs: InputOptions = InputOptions(),
     max_iterations: MaxIterationsOpt = 100,
     tolerance: ToleranceOpt = 1e-3,
     curve_steps: CurveStepsOpt = 200,
     curve_learning_rate: CurveLrOpt = 0.01,
     points: PointsOpt = 5,
-    trust_pickle: TrustPickleOpt = False,
-    device: RunDeviceOpt = Device.auto,
     output_format: Annotated[DiagnoseFormat, typer.Option("--format", "-f", help="table for people, json (htsr.diagnosis/1), csv (one row per comparison).")] = DiagnoseFormat.table,
     output: OutputOpt = None,
     quiet: QuietOpt = False,
@@ -123,7 +108,7 @@ def diagnose(
         given = [name for name, value in {**flags, "--features": features_file, "--fit": fit}.items() if value is not None]
         if given:
             raise HtsrError(f"the features come from the two models; {given[0]} does not apply with MODEL_A MODEL_B")
-    elif data is not None or text is not None:
+    elif inputs.data is not None or inputs.text is not None:
         raise HtsrError("--data and --text are for computing the features of two models: give MODEL_A MODEL_B")
     if fit is not None:
         given = [name for name, value in {**flags, "--features": features_file, "--tree": tree_file}.items() if value is not None]
@@ -152,10 +137,8 @@ def diagnose(
             raise HtsrError(f"give two models (two seeds of one configuration: the MD tree needs their mode connectivity); got {len(models)}")
         check_output_paths({"--output": output}, [tree_file])
         tree = load_tree(tree_file) if tree_file is not None else None
-        workload, where = load_workload(
-            models, data, text, label_column, batch_size, seq_len, max_batches, trust_pickle, device, {"--output": output}
-        )
-        features = _computed_features(workload, where, seed, max_iterations, tolerance, curve_steps, curve_learning_rate, points, quiet)
+        workload, where = inputs.load(models, {"--output": output})
+        features = _computed_features(workload, where, inputs.seed, max_iterations, tolerance, curve_steps, curve_learning_rate, points, quiet)
     else:
         features = _features(features_file, flags)
         check_output_paths({"--output": output}, [features_file, tree_file])

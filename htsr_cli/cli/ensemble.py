@@ -12,21 +12,13 @@ from rich.console import Group
 
 from htsr_cli.cli._landscape_options import (
     AscentStepsOpt,
-    BatchSizeOpt,
-    DataOpt,
-    LabelOpt,
-    MaxBatchesOpt,
+    InputOptions,
     Norm,
     NormOpt,
     RhoOpt,
-    RunDeviceOpt,
-    SeedOpt,
-    SeqLenOpt,
-    TextOpt,
-    TrustPickleOpt,
-    load_workload,
+    input_options,
 )
-from htsr_cli.cli._options import DEFAULT_DPI, PLOT_SUFFIXES, Device, DpiOpt, OutputOpt, QuietOpt
+from htsr_cli.cli._options import DEFAULT_DPI, PLOT_SUFFIXES, DpiOpt, OutputOpt, QuietOpt
 from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress, wrote
 from htsr_cli.errors import HtsrError
 
@@ -36,24 +28,17 @@ class EnsembleFormat(str, Enum):
     json = "json"
 
 
+@input_options
 def ensemble(
     models: Annotated[list[str], typer.Argument(
         metavar="MODEL",
         help="Two or more members: whole-model torch files (with --trust-pickle) or Hugging Face directories, all of one kind.",
         show_default=False,
     )],
-    data: DataOpt = None,
-    text: TextOpt = None,
-    label_column: LabelOpt = "label",
-    batch_size: BatchSizeOpt = 32,
-    max_batches: MaxBatchesOpt = None,
-    seq_len: SeqLenOpt = 128,
-    seed: SeedOpt = 0,
+    inputs: InputOptions = InputOptions(),
     rho: RhoOpt = 0.5,
     norm: NormOpt = Norm.l2,
     ascent_steps: AscentStepsOpt = 20,
-    trust_pickle: TrustPickleOpt = False,
-    device: RunDeviceOpt = Device.auto,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw each member's sharpness against its disagreement with the others (.png, .svg or .pdf).", dir_okay=False, show_default="no plot")] = None,
     dpi: DpiOpt = DEFAULT_DPI,
     output_format: Annotated[EnsembleFormat, typer.Option("--format", "-f", help="table for people, json (htsr.ensemble/1).")] = EnsembleFormat.table,
@@ -77,10 +62,8 @@ def ensemble(
         raise HtsrError(f"an ensemble needs at least two models; got {len(models)}")
     if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
         raise HtsrError(f"--plot {plot}: the file name must end in .png, .svg or .pdf")
-    sharpness = SharpnessSettings(rho=rho, norm=norm.value, ascent_steps=ascent_steps, seed=seed)
-    workload, where = load_workload(
-        models, data, text, label_column, batch_size, seq_len, max_batches, trust_pickle, device, {"-o": output, "--plot": plot}
-    )
+    sharpness = SharpnessSettings(rho=rho, norm=norm.value, ascent_steps=ascent_steps, seed=inputs.seed)
+    workload, where = inputs.load(models, {"-o": output, "--plot": plot})
     with layer_progress(quiet, "ensemble", unit="batches") as progress:
         document = measure_ensemble(workload.subjects, workload.objective, workload.batches, sharpness, workload.data, where.type, progress)
     if output_format is EnsembleFormat.json:

@@ -14,26 +14,18 @@ import typer
 
 from htsr_cli.cli._landscape_options import (
     AscentStepsOpt,
-    BatchSizeOpt,
     CurveLrOpt,
     CurveStepsOpt,
-    DataOpt,
-    LabelOpt,
-    MaxBatchesOpt,
+    InputOptions,
     MaxIterationsOpt,
     Norm,
     NormOpt,
     PointsOpt,
     RhoOpt,
-    RunDeviceOpt,
-    SeedOpt,
-    SeqLenOpt,
-    TextOpt,
     ToleranceOpt,
-    TrustPickleOpt,
-    load_workload,
+    input_options,
 )
-from htsr_cli.cli._options import Device, OutputOpt, QuietOpt
+from htsr_cli.cli._options import OutputOpt, QuietOpt
 from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress
 
 
@@ -64,16 +56,11 @@ KernelOpt = Annotated[Kernel, typer.Option("--kernel", help="CKA kernel.")]
 FormatOpt = Annotated[LandscapeFormat, typer.Option("--format", "-f", help="Output format.")]
 
 
+@input_options
 def landscape(
     models: ModelsArg,
-    data: DataOpt = None,
-    text: TextOpt = None,
-    label_column: LabelOpt = "label",
+    inputs: InputOptions = InputOptions(),
     metrics: MetricsOpt = None,
-    batch_size: BatchSizeOpt = 32,
-    max_batches: MaxBatchesOpt = None,
-    seq_len: SeqLenOpt = 128,
-    seed: SeedOpt = 0,
     top_k: TopKOpt = 1,
     max_iterations: MaxIterationsOpt = 100,
     tolerance: ToleranceOpt = 1e-3,
@@ -86,8 +73,6 @@ def landscape(
     curve_learning_rate: CurveLrOpt = 0.01,
     points: PointsOpt = 5,
     kernel: KernelOpt = Kernel.linear,
-    trust_pickle: TrustPickleOpt = False,
-    device: RunDeviceOpt = Device.auto,
     output_format: FormatOpt = LandscapeFormat.table,
     output: OutputOpt = None,
     quiet: QuietOpt = False,
@@ -115,13 +100,13 @@ def landscape(
         metrics=chosen,
         hessian=HessianSettings(
             top_k=top_k, max_iterations=max_iterations, tolerance=tolerance, density_steps=density_steps,
-            density_runs=density_runs, seed=seed,
+            density_runs=density_runs, seed=inputs.seed,
         ),
-        sharpness=SharpnessSettings(rho=rho, norm=norm.value, ascent_steps=ascent_steps, seed=seed),
-        connectivity=ConnectivitySettings(points=points, curve_steps=curve_steps, curve_learning_rate=curve_learning_rate, seed=seed),
+        sharpness=SharpnessSettings(rho=rho, norm=norm.value, ascent_steps=ascent_steps, seed=inputs.seed),
+        connectivity=ConnectivitySettings(points=points, curve_steps=curve_steps, curve_learning_rate=curve_learning_rate, seed=inputs.seed),
         similarity=SimilaritySettings(kernel=kernel.value),
     )
-    workload, where = load_workload(models, data, text, label_column, batch_size, seq_len, max_batches, trust_pickle, device, {"-o": output})
+    workload, where = inputs.load(models, {"-o": output})
     with layer_progress(quiet, "landscape", unit="steps") as progress:
         document = measure(workload.subjects, workload.objective, workload.batches, settings, workload.data, where.type, progress)
     if output_format is LandscapeFormat.json:

@@ -31,6 +31,7 @@ COMMANDS = {
     "compare": (["compare", TINY_CNN, TINY_CNN], AnalyzeSettings()),
     "allocate sparsity": (["allocate", "sparsity", TINY_CNN, "--target", "0.5"], AnalyzeSettings(xmin="peak")),
     "allocate experts": (["allocate", "experts", TINY_CNN], AnalyzeSettings(xmin="peak")),
+    "allocate bits": (["allocate", "bits", TINY_CNN, "--average", "4"], AnalyzeSettings(xmin="peak")),
     "lr-schedule export": (["lr-schedule", "export", TINY_CNN, "--base-lr", "0.1"], AnalyzeSettings(xmin="median")),
 }
 
