@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 CORE := $(VENV)/.core-installed
 TESTDEPS := $(VENV)/.test-installed
 
-.PHONY: demo test bench bench-prune bench-bits bench-noise bench-diagnose bench-training bench-sharpbalance gpu-check gpu-check-deps fixtures browser clean
+.PHONY: demo test bench bench-prune bench-bits bench-noise bench-diagnose bench-training bench-sharpbalance bench-diagnose-digits gpu-check gpu-check-deps fixtures browser clean
 
 $(CORE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,13 @@ bench-diagnose: $(TESTDEPS)
 # 5 seeds (a few minutes on 2 shared CPU cores); the table goes into BENCHMARKS.md.
 bench-sharpbalance: $(TESTDEPS)
 	$(BIN)/python benchmarks/sharpbalance.py
+
+# The shipped MD tree on a population trained here: MLPs on digits, widths x batch sizes x data
+# fractions, 2 seeds each, diagnosed from the features `htsr diagnose MODEL_A MODEL_B` computes and
+# scored against the known cause (the dataset's labels from this population's test errors); a few
+# minutes on 2 shared CPU cores, the table goes into BENCHMARKS.md.
+bench-diagnose-digits: $(TESTDEPS)
+	$(BIN)/python benchmarks/diagnose_digits.py
 
 # htsr's CUDA path on one GPU, 8 minutes at most (benchmarks/gpu_check.py says what it runs):
 # the CUDA tests, alphas against the float64 CPU path, a --profile of a generated 7B-shaped
