@@ -149,8 +149,9 @@ def input_error(path: PathLike, error: OSError) -> HtsrError:
     return HtsrError(f"{os.fsdecode(path)}: {os_reason(error)}")
 
 
-def open_input(path: PathLike, name: str | None = None) -> int:
-    """A read-only descriptor of a regular file, registered as an input of the running command.
+def open_input(path: PathLike, name: str | None = None, *, register: bool = True) -> int:
+    """A read-only descriptor of a regular file, registered as an input of the running command
+    (`register=False` only for a command's own state that it rewrites, such as a cache).
 
     The file is opened without blocking, so a FIFO or a device named by mistake
     (or reached through a symlink) is refused instead of waiting forever or
@@ -169,14 +170,17 @@ def open_input(path: PathLike, name: str | None = None) -> int:
     except BaseException:
         os.close(fd)
         raise
-    register_input(path)
+    if register:
+        register_input(path)
     return fd
 
 
-def read_bounded(path: PathLike, limit: Limit, name: str | None = None, what: str = "this kind of file") -> bytes:
+def read_bounded(
+    path: PathLike, limit: Limit, name: str | None = None, what: str = "this kind of file", *, register: bool = True
+) -> bytes:
     """The bytes of a regular file no larger than `limit`, checked before reading (`open_input`)."""
     shown = name or os.fsdecode(path)
-    fd = open_input(path, name)
+    fd = open_input(path, name, register=register)
     cap = limit.value()
     try:
         size = os.fstat(fd).st_size
@@ -193,10 +197,10 @@ def read_bounded(path: PathLike, limit: Limit, name: str | None = None, what: st
     return data
 
 
-def read_document(path: PathLike, name: str | None = None) -> bytes:
+def read_document(path: PathLike, name: str | None = None, *, register: bool = True) -> bytes:
     """The bytes of a small input document (report, schedule, plan, config, index): regular files
-    only, at most `DOCUMENT_BYTES`."""
-    return read_bounded(path, DOCUMENT_BYTES, name)
+    only, at most `DOCUMENT_BYTES` (`register`: see `open_input`)."""
+    return read_bounded(path, DOCUMENT_BYTES, name, register=register)
 
 
 def read_text(path: PathLike, name: str | None = None, limit: int | None = None) -> str:
@@ -563,7 +567,7 @@ def staged_directory(target: PathLike) -> Iterator[Path]:
     _live_temp_directories.add(str(staging))
     try:
         yield staging
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private
         if not os.path.lexists(target):
             os.rename(staging, target)
         else:

@@ -58,10 +58,18 @@ CONV_SCALE_RANGE = (1e-6, 1e6)
 FARMS_Q_RANGE = (1e-3, 1e3)
 
 
+# The largest whole number a document htsr writes may hold (results.documents reads
+# no larger): counts of parameters, eigenvalues and layers are far below it, and
+# a setting above it would be written into a report htsr could not read back.
+MAX_COUNT = 2**63 - 1
+
+
 def require_int(value: object, parameter: str) -> None:
     """Counts are whole numbers: a library caller's 2.5 or NaN is refused, not compared."""
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidSetting(parameter, value, "must be a whole number")
+    if abs(value) > MAX_COUNT:
+        raise InvalidSetting(parameter, value, f"must be at most {MAX_COUNT:,} in size")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,10 @@ FIXTURES = REPO / "fixtures"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # htsr caches module orders per architecture; tests keep theirs out of ~/.cache.
 os.environ.setdefault("HTSR_CACHE_DIR", tempfile.mkdtemp(prefix="htsr-test-cache-"))
+# matplotlib's font list too: one written elsewhere (by another venv, or while one was being
+# deleted) can lack its bundled fonts, and its "findfont" warnings would reach the stderr
+# that tests compare line by line. Built once per run, shared by the tests' subprocesses.
+os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="htsr-test-matplotlib-")
 
 
 # Every test that skips without a GPU says so with this reason; it also gets the `cuda` marker,

@@ -165,7 +165,7 @@ class TrackCache:
         if path is None or not path.exists():
             return cls(path)
         try:
-            data = json.loads(read_document(path))
+            data = json.loads(read_document(path, register=False))  # its own cache: rewritten by this command
             if data.get("schema") != CACHE_SCHEMA or not isinstance(data.get("entries"), dict):
                 raise ValueError(f"not an {CACHE_SCHEMA} file")
         except (ValueError, AttributeError, RecursionError) as error:

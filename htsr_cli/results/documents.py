@@ -21,6 +21,7 @@ from typing import Any
 
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import parse_json  # one parser for every document: size, depth, UTF-8 checked
+from htsr_cli.settings import MAX_COUNT
 
 _shown = reprlib.Repr()
 _shown.maxstring = 60
@@ -38,9 +39,6 @@ class Kind:
         return Kind(lambda value: value is None or self.test(value), f"{self.expected} or null")
 
 
-# The largest whole number a document may hold: counts of parameters, eigenvalues
-# and layers are far below it, and every one fits a float and a 64-bit integer.
-MAX_COUNT = 2**63 - 1
 
 
 def _is_int(value: Any) -> bool:
