@@ -46,6 +46,7 @@ sys.path.append(str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from digits_data import digits  # noqa: E402
 from machine import result_header  # noqa: E402
 from sections import with_section  # noqa: E402
 from torch import nn  # noqa: E402
@@ -58,7 +59,6 @@ from htsr_cli.io import write_atomic  # noqa: E402
 from htsr_cli.landscape import CLASSIFICATION, ConnectivitySettings, HessianSettings, LandscapeSettings, Subject, measure  # noqa: E402
 from htsr_cli.results.documents import dumps_json  # noqa: E402
 
-TEST_SAMPLES = 600
 FEATURES = (TRAIN_ERROR, CONNECTIVITY, HESSIAN_TRACE)
 
 
@@ -161,17 +161,6 @@ def score(rows: list[dict]) -> dict[str, dict]:
             "majority_accuracy": 100.0 * majority[1] / len(labelled) if labelled else None,
         }
     return table
-
-
-def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.from_numpy(data.data / 16.0).float()
-    y = torch.from_numpy(data.target).long()
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1234))
-    test, train = order[:TEST_SAMPLES], order[TEST_SAMPLES:]
-    return x[train], y[train], x[test], y[test]
 
 
 def train(config: Configuration, seed: int, x: torch.Tensor, y: torch.Tensor, epochs: int, learning_rate: float) -> nn.Module:

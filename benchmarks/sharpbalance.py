@@ -27,6 +27,7 @@ ROOT = HERE.parent
 sys.path.append(str(ROOT))
 
 import torch  # noqa: E402
+from digits_data import digits  # noqa: E402
 from machine import result_header  # noqa: E402
 from sections import with_section  # noqa: E402
 from torch import nn  # noqa: E402
@@ -38,18 +39,6 @@ from htsr_cli.training import SharpBalance, SharpBalanceSettings  # noqa: E402
 
 METHODS = ("deep-ensemble", "sam", "sharpbalance")
 METRICS = ("ensemble_accuracy", "member_accuracy", "sharpness", "disagreement", "kl")
-TEST_SAMPLES = 600
-
-
-def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.from_numpy(data.data / 16.0).float()
-    y = torch.from_numpy(data.target).long()
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1234))
-    test, train = order[:TEST_SAMPLES], order[TEST_SAMPLES:]
-    return x[train], y[train], x[test], y[test]
 
 
 def mlp() -> nn.Module:
