@@ -350,3 +350,31 @@ class TrainingBalancer:
     @property
     def rates(self) -> ScaledLearningRates | None:
         return self._rates
+
+
+class BalancingCallback:
+    """What the Trainer's and Lightning's TempBalance callbacks share: their keyword arguments, the
+    balancer they drive, and what they expose (each adds its framework's hooks)."""
+
+    def __init__(
+        self,
+        method: str = "tempbalance",
+        *,
+        every_n_epochs: int | None = None,
+        every_n_steps: int | None = None,
+        min_ratio: float = 0.5,
+        max_ratio: float = 1.5,
+        xmin: str = "median",
+    ) -> None:
+        self._balancer = TrainingBalancer(
+            BalanceSettings.from_callback(method, every_n_epochs, every_n_steps, min_ratio, max_ratio, xmin)
+        )
+
+    @property
+    def history(self) -> list[Recompute]:
+        return self._balancer.history
+
+    @property
+    def learning_rates(self) -> ScaledLearningRates | None:
+        """The split groups and their factors (None before training starts)."""
+        return self._balancer.rates

@@ -11,10 +11,10 @@ from typing import Any
 
 from htsr_cli.errors import HtsrError
 from htsr_cli.integrations._alpha_logging import AlphaLogSettings, live_alpha_metrics
-from htsr_cli.integrations._balancing import BalanceSettings, Recompute, ScaledLearningRates, TrainingBalancer
+from htsr_cli.integrations._balancing import BalancingCallback
 
 
-class TempBalanceHooks:
+class TempBalanceHooks(BalancingCallback):
     """Layer-wise LR factors from alpha, recomputed during training (TempBalance or Model Balancing).
 
     - `method`: "tempbalance" (per layer, linear map of alpha to [min_ratio, max_ratio])
@@ -29,29 +29,6 @@ class TempBalanceHooks:
 
     `history` lists every recompute (step, epoch, factors, seconds).
     """
-
-    def __init__(
-        self,
-        method: str = "tempbalance",
-        *,
-        every_n_epochs: int | None = None,
-        every_n_steps: int | None = None,
-        min_ratio: float = 0.5,
-        max_ratio: float = 1.5,
-        xmin: str = "median",
-    ) -> None:
-        self._balancer = TrainingBalancer(
-            BalanceSettings.from_callback(method, every_n_epochs, every_n_steps, min_ratio, max_ratio, xmin)
-        )
-
-    @property
-    def history(self) -> list[Recompute]:
-        return self._balancer.history
-
-    @property
-    def learning_rates(self) -> ScaledLearningRates | None:
-        """The split groups and their factors (None before training starts)."""
-        return self._balancer.rates
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if len(trainer.optimizers) != 1:

@@ -18,10 +18,10 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from htsr_cli.integrations._alpha_logging import AlphaLogSettings, live_alpha_metrics
-from htsr_cli.integrations._balancing import BalanceSettings, Recompute, ScaledLearningRates, TrainingBalancer
+from htsr_cli.integrations._balancing import BalancingCallback
 
 
-class TempBalanceCallback(TrainerCallback):
+class TempBalanceCallback(BalancingCallback, TrainerCallback):
     """Layer-wise LR factors from alpha, recomputed during training (TempBalance or Model Balancing).
 
     - `method`: "tempbalance" (per layer, linear map of alpha to [min_ratio, max_ratio])
@@ -38,29 +38,7 @@ class TempBalanceCallback(TrainerCallback):
     `history` lists every recompute (step, epoch, factors, seconds).
     """
 
-    def __init__(
-        self,
-        method: str = "tempbalance",
-        *,
-        every_n_epochs: int | None = None,
-        every_n_steps: int | None = None,
-        min_ratio: float = 0.5,
-        max_ratio: float = 1.5,
-        xmin: str = "median",
-    ) -> None:
-        self._balancer = TrainingBalancer(
-            BalanceSettings.from_callback(method, every_n_epochs, every_n_steps, min_ratio, max_ratio, xmin)
-        )
-        self._epochs_done = 0
-
-    @property
-    def history(self) -> list[Recompute]:
-        return self._balancer.history
-
-    @property
-    def learning_rates(self) -> ScaledLearningRates | None:
-        """The split groups and their factors (None before training starts)."""
-        return self._balancer.rates
+    _epochs_done = 0  # epochs finished in this run (set again at train begin)
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
