@@ -350,12 +350,12 @@ def _weight_uses(nodes: list[Any], initializers: dict[str, _Initializer]) -> dic
             if transpose is None:
                 other.setdefault(name, node.op_type)
                 continue
-            key = _layer_key(name, node, taken)
+            key = _layer_key(name, node, taken, initializers)
             taken.add(key)
             uses[name] = _Use(key, transpose)
     for name, op_type in other.items():
         if name not in uses:
-            key = _layer_key(name, None, taken)
+            key = _layer_key(name, None, taken, initializers)
             taken.add(key)
             uses[name] = _Use(key, False, f"an input of {op_type}, not a weight matrix (weights: {WEIGHT_OPS})")
     return uses
@@ -383,16 +383,17 @@ def _weight_operand(op_type: str, position: int, attributes: dict[str, Any], dim
     return None
 
 
-def _layer_key(name: str, node: Any, taken: set[str]) -> str:
+def _layer_key(name: str, node: Any, taken: set[str], initializers: dict[str, _Initializer]) -> str:
     """The layer's key: the initializer's name when it names a weight; else the module path the
-    exporter gave the node (`/encoder/layer.0/query/MatMul` -> `encoder.layer.0.query.weight`)."""
+    exporter gave the node (`/encoder/layer.0/query/MatMul` -> `encoder.layer.0.query.weight`),
+    never another layer's key or another initializer's name."""
     if name.endswith(WEIGHT_SUFFIX) and name not in taken:
         return name
     module = ""
     if node is not None and node.name.startswith("/") and node.name.count("/") >= 2:
         module = ".".join(part for part in node.name.split("/")[1:-1] if part)
     key = f"{module or name}{WEIGHT_SUFFIX}"
-    while key in taken:
+    while key in taken or key in initializers:
         key = f"{key[: -len(WEIGHT_SUFFIX)]}_{WEIGHT_SUFFIX}"
     return key
 

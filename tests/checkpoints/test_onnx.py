@@ -199,3 +199,13 @@ def test_without_the_onnx_package_the_error_says_how_to_install_it(exported, mon
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError
     with pytest.raises(HtsrError, match=r"net\.onnx: reading ONNX models needs the onnx package: pip install 'htsr-cli\[onnx\]'$"):
         open_checkpoint(exported[1])
+
+
+def test_a_derived_name_never_hides_another_initializer(tmp_path):
+    """A MatMul weight named after its node's module must not take the name of a stored initializer."""
+    generator = np.random.default_rng(1)
+    folded = initializer("onnx::MatMul_7", generator.standard_normal((16, 12)).astype(np.float32))
+    unused = initializer("fc.weight", generator.standard_normal((12, 16)).astype(np.float32))
+    save_graph(tmp_path / "m.onnx", [helper.make_node("MatMul", ["x", "onnx::MatMul_7"], ["y"], name="/fc/MatMul")], [folded, unused])
+    with open_checkpoint(tmp_path / "m.onnx") as checkpoint:
+        assert [(info.key, info.shape) for info in checkpoint.tensors()] == [("fc_.weight", (12, 16)), ("fc.weight", (12, 16))]
