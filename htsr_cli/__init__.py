@@ -2,6 +2,7 @@
 
     import htsr_cli
     report = htsr_cli.analyze("model.safetensors", xmin="ks", keep_spectra=True)
+    htsr_cli.describe("model.safetensors").layers  # what analyze would solve, from the headers alone
     report = htsr_cli.analyze(my_module, farms=htsr_cli.FarmsSettings())
     print(report.summary["mean_alpha"])
     report.to_pandas()                       # one row per layer (pip install htsr-cli[pandas])
@@ -21,6 +22,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "analyze": "htsr_cli.engine.pipeline",
+    "describe": "htsr_cli.engine.describe",
+    "Description": "htsr_cli.engine.describe",
+    "PlannedLayer": "htsr_cli.engine.describe",
     "LayerSpectra": "htsr_cli.results.report",
     "AnalyzeSettings": "htsr_cli.settings",
     "FarmsSettings": "htsr_cli.settings",

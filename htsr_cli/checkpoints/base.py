@@ -75,6 +75,11 @@ class Checkpoint(ABC):
         and file type, a quantization method); None for plain weights."""
         return None
 
+    def listing_reads(self) -> str:
+        """What listing the tensors read from disk (`htsr describe` says it): headers only,
+        a torch file's pickle, or a whole legacy file. Readers of files override this."""
+        return "nothing from disk (the weights are in memory)"
+
     @abstractmethod
     def close(self) -> None:
         """Release open files and mappings."""
@@ -117,6 +122,9 @@ class RelistedCheckpoint(Checkpoint):
 
     def format_info(self) -> dict[str, object] | None:
         return self._inner.format_info()
+
+    def listing_reads(self) -> str:
+        return self._inner.listing_reads()
 
     def close(self) -> None:
         self._inner.close()

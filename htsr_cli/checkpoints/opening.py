@@ -11,6 +11,7 @@ import torch
 from htsr_cli.checkpoints.base import Checkpoint
 from htsr_cli.checkpoints.hf_directory import open_directory
 from htsr_cli.checkpoints.hub import resolve_repo
+from htsr_cli.checkpoints.onnx_file import is_onnx_file
 from htsr_cli.checkpoints.parametrized import with_effective_weights
 from htsr_cli.checkpoints.peft_adapter import ADAPTER_FILES, AdapterCheckpoint, MergedCheckpoint, PeftAdapter
 from htsr_cli.checkpoints.quantized import with_quantized_weights
@@ -87,6 +88,10 @@ def _open_source(source: CheckpointSource) -> Checkpoint:
 
 
 def _open_file(path: Path, source: str) -> Checkpoint:
+    if is_onnx_file(path):
+        from htsr_cli.checkpoints.onnx_file import OnnxCheckpoint  # imports the onnx package
+
+        return OnnxCheckpoint(path, source)
     if is_gguf_file(path):
         from htsr_cli.checkpoints.quantized.gguf_file import GgufCheckpoint  # imports the gguf package
 
@@ -102,5 +107,5 @@ def _open_weight_file(path: Path, source: str) -> Checkpoint:
         return ShardedCheckpoint(source, [path], sorted_storage=False)
     raise HtsrError(
         f"{source}: unknown checkpoint format '{path.suffix}' (expected .safetensors, .pt, .pth, "
-        ".bin, .ckpt, .gguf, or a Hugging Face directory)"
+        ".bin, .ckpt, .gguf, .onnx, or a Hugging Face directory)"
     )

@@ -3,10 +3,12 @@
 `torch.nn.utils.parametrizations.weight_norm` stores a layer's weight as two
 tensors, `<module>.parametrizations.weight.original0` (the magnitude g) and
 `.original1` (the direction v); the older `torch.nn.utils.weight_norm` as
-`<module>.weight_g` and `<module>.weight_v`. Neither name ends in `weight`, so
-without this such layers would vanish from the analysis. The wrapper lists
-one `<module>.weight` in place of the pair and composes it on load, per output
-row as torch does (`torch._weight_norm`), on the solver's device.
+`<module>.weight_g` and `<module>.weight_v` (FCPE's and many vocoders' and OCR
+models' checkpoints; `weight_hh_l0_g` for an LSTM's weight). Neither name ends
+in `weight`, so without this such layers would vanish from the analysis. The
+wrapper lists one `<module>.weight` in place of the pair and composes it on
+load as torch does (`torch._weight_norm`: the norm over every dimension but the
+one g keeps, which the shapes give), on the solver's device.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ import torch
 
 from htsr_cli.checkpoints.base import Checkpoint, RelistedCheckpoint, TensorInfo
 
-# (magnitude key pattern, direction suffix replacing the magnitude suffix)
-_PAIRS = (
-    (re.compile(r"^(?P<module>(?:.*\.)?)parametrizations\.weight\.original0$"), "parametrizations.weight.original1"),
-    (re.compile(r"^(?P<module>(?:.*\.)?)weight_g$"), "weight_v"),
-)
+# Magnitude keys: the parametrization's `original0`, and the old API's `<name>_g` for
+# any weight parameter (`weight_g`, an LSTM's `weight_hh_l0_g`); the direction is
+# the same key with `original1` / `_v`, and the weight they stand for `<module>.<name>`.
+_PARAMETRIZED = re.compile(r"^(?P<module>(?:.*\.)?)parametrizations\.(?P<name>[^.]*weight[^.]*)\.original0$")
+_OLD_STYLE = re.compile(r"^(?P<module>(?:.*\.)?)(?P<name>[^.]*weight[^.]*)_g$")
 
 
 def norm_dim(g_shape: tuple[int, ...], v_shape: tuple[int, ...]) -> int | None:
@@ -71,16 +73,17 @@ def with_effective_weights(checkpoint: Checkpoint) -> Checkpoint:
     infos = {info.key: info for info in checkpoint.stored()}
     parts: dict[str, tuple[str, str, int]] = {}
     for key, info in infos.items():
-        for pattern, direction_suffix in _PAIRS:
-            match = pattern.match(key)
-            if match is None:
-                continue
-            v_key = match["module"] + direction_suffix
-            effective = match["module"] + "weight"
-            direction = infos.get(v_key)
-            if direction is None or effective in infos or not direction.dtype.is_floating_point:
-                continue
-            dim = norm_dim(info.shape, direction.shape)
-            if dim is not None:
-                parts[effective] = (key, v_key, dim)
+        if match := _PARAMETRIZED.match(key):
+            v_key = key.removesuffix("original0") + "original1"
+        elif match := _OLD_STYLE.match(key):
+            v_key = key.removesuffix("_g") + "_v"
+        else:
+            continue
+        effective = match["module"] + match["name"]
+        direction = infos.get(v_key)
+        if direction is None or effective in infos or not direction.dtype.is_floating_point:
+            continue
+        dim = norm_dim(info.shape, direction.shape)
+        if dim is not None:
+            parts[effective] = (key, v_key, dim)
     return WeightNormCheckpoint(checkpoint, parts) if parts else checkpoint

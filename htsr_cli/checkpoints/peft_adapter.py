@@ -340,6 +340,9 @@ class AdapterCheckpoint(Checkpoint):
         b, a = self._adapter.factors(module)
         return low_rank_core(b, a, module.scale)
 
+    def listing_reads(self) -> str:
+        return f"adapter_config.json; {self._adapter.file.listing_reads()}"
+
     def close(self) -> None:
         self._adapter.file.close()
 
@@ -395,6 +398,9 @@ class MergedCheckpoint(RelistedCheckpoint):
         update = dense_update(module, move(b), move(a), fan_in_fan_out)
         magnitude = move(self._adapter.file.load(module.magnitude_key)) if module.magnitude_key else None
         return merged_weight(weight, update, magnitude, module, fan_in_fan_out)
+
+    def listing_reads(self) -> str:
+        return f"{self._inner.listing_reads()}; the adapter: {self._adapter.file.listing_reads()}"
 
     def close(self) -> None:
         try:

@@ -61,8 +61,13 @@ class ShardedCheckpoint(Checkpoint):
         self._infos: dict[str, TensorInfo] = {}
         self._shard_of: dict[str, Path] = {}
         self._ordered: list[TensorInfo] | None = None
+        self._torch_reads: dict[Path, str] = {}  # what listing each torch file read
         for path in paths:
-            listed = read_header(path) if _is_safetensors(path) else self._shard(path).tensors()
+            if _is_safetensors(path):
+                listed = read_header(path)
+            else:
+                listed = self._shard(path).tensors()
+                self._torch_reads[path] = self._shard(path).listing_reads()
             for info in listed:
                 if info.key in self._shard_of:
                     raise HtsrError(
@@ -84,6 +89,13 @@ class ShardedCheckpoint(Checkpoint):
 
     def stored(self) -> list[TensorInfo]:
         return list(self._infos.values())  # shard by shard, each in its file's order
+
+    def listing_reads(self) -> str:
+        headers = sum(1 for path in self.paths if _is_safetensors(path))
+        files = f"each of the {headers} safetensors files" if headers > 1 else "the safetensors file"
+        parts = [f"the header of {files}; no tensor data"] if headers else []
+        parts += [self._torch_reads[path] for path in self.paths if not _is_safetensors(path)]
+        return "; ".join(parts)
 
     def load(self, key: str) -> torch.Tensor:
         if key not in self._shard_of:

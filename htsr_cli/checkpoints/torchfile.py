@@ -84,6 +84,10 @@ class TorchFile(StateDictCheckpoint):
         tensors, self._records = read_torch_file(path)
         super().__init__(tensors, str(path))
         self._verified: set[int] = set()
+        self._reads = _listing_reads(path)
+
+    def listing_reads(self) -> str:
+        return self._reads
 
     def load(self, key: str) -> torch.Tensor:
         tensor = super().load(key)
@@ -92,6 +96,17 @@ class TorchFile(StateDictCheckpoint):
             _verify_crc(tensor, record, self.source)
             self._verified.add(record.offset)
         return tensor
+
+
+def _listing_reads(path: Path) -> str:
+    """What listing a torch file read: a zip file's pickle (its tensors are mapped, not
+    read), or all of a legacy file, which cannot be mapped."""
+    size = os.path.getsize(path)
+    if not _is_zip(path):
+        return f"{path.name}: the whole file ({size:,} bytes; the legacy torch format cannot be memory-mapped)"
+    with zipfile.ZipFile(path) as archive:
+        pickled = sum(info.file_size for info in archive.infolist() if info.filename.endswith(".pkl"))
+    return f"{path.name}: its pickle ({pickled:,} of {size:,} bytes); tensor data is memory-mapped, not read"
 
 
 def open_torch_file(path: Path) -> TorchFile:

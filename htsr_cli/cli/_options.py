@@ -64,7 +64,7 @@ CheckpointArg = Annotated[
     str,
     typer.Argument(
         metavar="CHECKPOINT",
-        help="A .safetensors/.pt/.pth/.bin/.ckpt file, a Hugging Face directory, or a cached hub id.",
+        help="A .safetensors/.pt/.pth/.bin/.ckpt/.gguf/.onnx file, a Hugging Face directory, or a cached hub id.",
         show_default=False,
     ),
 ]

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from htsr_cli import __version__
-from htsr_cli.cli import analyze, report
+from htsr_cli.cli import analyze, describe, report
 from htsr_cli.cli import compare, gate
 from htsr_cli.cli import allocate, lr_schedule
 from htsr_cli.cli import diagnose, evaluate, prune
@@ -54,6 +54,7 @@ def root(
 
     [bold]Examples:[/bold]
       htsr analyze fixtures/tiny-cnn-trained.pth
+      htsr describe ./my-hf-model
       htsr report ./my-hf-model -o report.html
       htsr allocate sparsity ./llama-7b --target 0.7
       htsr lr-schedule export model.pth --base-lr 0.1 -o schedule.json
@@ -71,6 +72,7 @@ def root(
 # the command functions, so `htsr --version`, `--help` and the commands that only
 # read saved reports (gate, compare) start in a fraction of torch's import time.
 app.command("analyze", cls=HtsrCommand)(analyze.analyze)
+app.command("describe", cls=HtsrCommand)(describe.describe)
 app.command("report", cls=HtsrCommand)(report.report)
 app.command("gate", cls=HtsrCommand)(gate.gate)
 app.command("compare", cls=HtsrCommand)(compare.compare)

@@ -152,16 +152,16 @@ def memory_budget(settings: AnalyzeSettings, solver: Eigensolver) -> tuple[int, 
     return available, f"{where}; --max-memory sets it"
 
 
-def _work_bytes(spec: MatrixSpec, settings: AnalyzeSettings, solver: Eigensolver) -> int:
+def work_bytes(spec: MatrixSpec, settings: AnalyzeSettings, solver: Eigensolver) -> int:
     count, rows, cols = spec.slice_grid
     return solver.work_bytes(count, rows, cols, spec.dtype or torch.float32, settings.farms is not None)
 
 
-def _within_budget(
+def within_budget(
     spec: MatrixSpec, settings: AnalyzeSettings, solver: Eigensolver, budget: tuple[int, str]
 ) -> MatrixSpec:
     """The spec, or the spec skipped with a reason when solving it needs more memory than the budget."""
-    need = _work_bytes(spec, settings, solver)
+    need = work_bytes(spec, settings, solver)
     limit, source = budget
     if spec.skip_reason is not None or need <= limit:
         return spec
@@ -202,7 +202,7 @@ def _read_and_batch(
             if not batch.fits(stack, gram_bytes, cap_bytes):
                 yield batch
                 batch = Batch()
-            batch.add(index, spec, stack, _work_bytes(spec, settings, solver), gram_bytes)
+            batch.add(index, spec, stack, work_bytes(spec, settings, solver), gram_bytes)
         weight = stack = None  # the batch holds what it needs: do not pin it while reading the next
         position = end
     if batch.specs:
@@ -360,7 +360,7 @@ def solve_layers(
     between stages so each is timed alone).
     """
     budget = memory_budget(settings, solver)
-    specs = [_within_budget(spec, settings, solver, budget) for spec in specs]
+    specs = [within_budget(spec, settings, solver, budget) for spec in specs]
     outcomes: list[_Outcome | Future] = [
         _Outcome(replace(_layer_result(spec), status=SKIPPED, reason=spec.skip_reason)) for spec in specs
     ]

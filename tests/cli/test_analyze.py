@@ -110,9 +110,9 @@ def test_directory_without_weights(cli, tmp_path):
 
 
 def test_unknown_format(cli, tmp_path):
-    model = tmp_path / "model.onnx"
+    model = tmp_path / "model.h5"  # not .onnx: that is a format now (tests/checkpoints/test_onnx.py)
     model.write_bytes(b"\x08\x07")
-    assert_user_error(cli("analyze", model), str(model), ".onnx")
+    assert_user_error(cli("analyze", model), str(model), "unknown checkpoint format '.h5'", ".onnx")
 
 
 def test_uncached_hub_id_offline(cli, tmp_path, monkeypatch):

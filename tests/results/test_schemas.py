@@ -39,7 +39,7 @@ def errors(document: dict, schema: str) -> list[str]:
 
 def test_every_schema_is_a_valid_2020_12_schema_with_its_own_id():
     assert sorted(SCHEMAS) == [
-        "bits/1", "compare/1", "diagnosis/1", "ensemble/1", "experts/1", "gate/1", "landscape/1", "lr_schedule/1", "md_tree/1",
+        "bits/1", "compare/1", "describe/1", "diagnosis/1", "ensemble/1", "experts/1", "gate/1", "landscape/1", "lr_schedule/1", "md_tree/1",
         "perplexity/1", "prune/1", "quantize/1", "report/1", "sparsity/1", "spectra/1", "track/1",
     ]
     for name, schema in SCHEMAS.items():
@@ -79,6 +79,7 @@ def documents(tmp_path_factory):
         "gate": ["gate", TINY_CNN, "--alpha-max", "3", "--max-flagged", "1", "--format", "json"],
         "compare": ["compare", TINY_CNN, statuses, "-f", "json"],
         "track": ["track", TINY_CNN, TINY_CNN, "--no-cache", "--max-alpha-drift", "0.5", "-f", "json"],
+        "describe": ["describe", statuses, "-f", "json"],
     }
     out = {}
     for name, args in runs.items():
@@ -108,7 +109,7 @@ def documents(tmp_path_factory):
 def test_every_document_htsr_writes_validates(documents):
     assert {doc.get("schema") for doc in documents.values()} >= {
         "htsr.report/1", "htsr.sparsity/1", "htsr.lr_schedule/1", "htsr.experts/1", "htsr.gate/1", "htsr.compare/1",
-        "htsr.track/1",
+        "htsr.track/1", "htsr.describe/1",
     }
     for name, document in documents.items():
         validate(document, "spectra/1" if name.startswith("spectra-") else None)

@@ -185,6 +185,9 @@ class GgufCheckpoint(Checkpoint):
     def format_info(self) -> dict[str, object]:
         return dict(self._meta)
 
+    def listing_reads(self) -> str:
+        return "the GGUF header and metadata; tensor data is memory-mapped, not read"
+
     def close(self) -> None:
         # Dropping the reader and its tensors' views unmaps the file.
         self._tensors = {}
