@@ -4,7 +4,7 @@
     report = htsr_cli.analyze("model.safetensors", xmin="ks", keep_spectra=True)
     report = htsr_cli.analyze(my_module, farms=htsr_cli.FarmsSettings())
     print(report.summary["mean_alpha"])
-    report.to_pandas()                       # one row per layer (pip install htsr-cli[pandas])
+    report.to_pandas()                       # one row per layer (pip install pandas, or ".[pandas]" in a clone)
     report.plot_overview()                   # matplotlib Figures
     plan = htsr_cli.sparsity_plan(report, htsr_cli.SparsitySettings(target=0.7))
 
