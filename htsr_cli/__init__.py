@@ -5,7 +5,7 @@
     htsr_cli.describe("model.safetensors").layers  # what analyze would solve, from the headers alone
     report = htsr_cli.analyze(my_module, farms=htsr_cli.FarmsSettings())
     print(report.summary["mean_alpha"])
-    report.to_pandas()                       # one row per layer (pip install htsr-cli[pandas])
+    report.to_pandas()                       # one row per layer (pip install pandas, or ".[pandas]" in a clone)
     report.plot_overview()                   # matplotlib Figures
     plan = htsr_cli.sparsity_plan(report, htsr_cli.SparsitySettings(target=0.7))
 

@@ -45,7 +45,7 @@ class Limit:
 
     variable: str  # the environment variable that raises it
     default: int
-    what: str  # what it bounds, for the README and messages
+    what: str  # what it bounds, for docs/input-safety.md and messages
     unit: str = ""  # "bytes" is shown in KiB/MiB/GiB
 
     def value(self) -> int:

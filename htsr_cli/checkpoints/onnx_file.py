@@ -66,7 +66,7 @@ def import_onnx(source: str) -> Any:
     try:
         import onnx
     except ImportError:
-        raise HtsrError(f"{source}: reading ONNX models needs the onnx package: pip install 'htsr-cli[onnx]'") from None
+        raise HtsrError(f'{source}: reading ONNX models needs the onnx package: pip install onnx (or, in a clone of htsr, pip install ".[onnx]")') from None
     return onnx
 
 

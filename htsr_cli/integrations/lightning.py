@@ -5,7 +5,8 @@
     trainer = lightning.pytorch.Trainer(callbacks=[TempBalanceCallback(), AlphaLogger(every_n_steps=50)])
 
 For the older `pytorch_lightning` import name use `htsr_cli.integrations.pytorch_lightning`
-(a Trainer accepts only callbacks of its own package). Install with `pip install 'htsr-cli[lightning]'`.
+(a Trainer accepts only callbacks of its own package). Install with `pip install lightning`
+(or `pip install ".[lightning]"` in a clone of htsr).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ try:
     from lightning.pytorch import Callback
 except ImportError:
     raise ImportError(
-        "htsr_cli.integrations.lightning needs the lightning package: pip install 'htsr-cli[lightning]' "
+        "htsr_cli.integrations.lightning needs the lightning package: pip install lightning "
         "(with pytorch_lightning use htsr_cli.integrations.pytorch_lightning)"
     ) from None
 

@@ -347,13 +347,15 @@ class Report:
         layer (`name`, `kind`, `alpha`, `ks_distance`, ...; FARMS fields when
         analysed with FARMS), and WeightWatcher's `N` and `M` (the long and short
         side of the layer's matrices). WeightWatcher calls `kind` `layer_type`
-        and `ks_distance` `D`. Needs pandas: `pip install "htsr-cli[pandas]"`.
+        and `ks_distance` `D`. Needs pandas (`pip install pandas`, or
+        `pip install ".[pandas]"` in a clone of htsr).
         """
         try:
             import pandas
         except ImportError:
             raise HtsrError(
-                'Report.to_pandas needs pandas, an optional dependency: pip install "htsr-cli[pandas]"'
+                "Report.to_pandas needs pandas, an optional dependency: pip install pandas "
+                '(or, in a clone of htsr, pip install ".[pandas]")'
             ) from None
         rows = []
         for index, layer in enumerate(self.layers):

@@ -112,7 +112,7 @@ def test_report_repr_html_and_pandas():
 def test_to_pandas_without_pandas_says_how_to_install_it(monkeypatch):
     report = htsr_cli.analyze(TINY_CNN, layers="fc1")
     monkeypatch.setitem(sys.modules, "pandas", None)
-    with pytest.raises(HtsrError, match=r'pip install "htsr-cli\[pandas\]"'):
+    with pytest.raises(HtsrError, match=r'pip install pandas \(or, in a clone of htsr, pip install "\.\[pandas\]"\)'):
         report.to_pandas()
 
 
