@@ -197,7 +197,7 @@ def test_damaged_files_are_one_line(tmp_path, cli, exported):
 
 def test_without_the_onnx_package_the_error_says_how_to_install_it(exported, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError
-    with pytest.raises(HtsrError, match=r"net\.onnx: reading ONNX models needs the onnx package: pip install 'htsr-cli\[onnx\]'$"):
+    with pytest.raises(HtsrError, match=r'net\.onnx: reading ONNX models needs the onnx package: pip install onnx \(or, in a clone of htsr, pip install "\.\[onnx\]"\)$'):
         open_checkpoint(exported[1])
 
 
