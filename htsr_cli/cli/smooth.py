@@ -34,7 +34,7 @@ OutDirOpt = Annotated[
 PercentOpt = Annotated[
     Optional[float],
     typer.Option(
-        "--percent", show_default=False,
+        "--percent", show_default="none",
         help="Keep this fraction of each matrix's singular values, in (0, 1) (WeightWatcher's percent).",
     ),
 ]
@@ -61,8 +61,8 @@ def smooth(
     """Replace each weight matrix by its best low-rank approximation (SVD smoothing, as WeightWatcher 0.7.7's
     SVDSmoothing) and save the checkpoint in the same layout; `htsr eval perplexity` measures the effect.
 
-    Linear, embedding and conv weights with 8 to 15,000 eigenvalues are smoothed (conv kernels one
-    kernel position at a time); everything else is copied. Memory: one matrix at a time.
+    Linear, embedding and conv weights with 8 to 15,000 eigenvalues are smoothed, a conv kernel
+    one kernel position at a time; everything else is copied. Memory: one matrix at a time.
 
     [bold]Examples:[/bold]
       htsr smooth ./llama-7b --percent 0.8 -o llama-7b-smoothed
