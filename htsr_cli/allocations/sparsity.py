@@ -31,6 +31,7 @@ class SparsitySettings:
     granularity: str = "block"
     clip: bool = True
     metric: str = "alpha"  # or "alpha_farms"
+    include_ends: bool = False  # also prune the first and last weight layer (stem and head)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target < 1.0:
@@ -100,22 +101,44 @@ def has_blocks(layers: Sequence[LayerResult | MatrixSpec]) -> bool:
     return any(layer.block is not None for layer in layers if layer.kind in PRUNABLE_KINDS)
 
 
-def excluded_note(layer: LayerResult | MatrixSpec, index: int, count: int, any_blocks: bool) -> str | None:
+def model_ends(layers: Sequence[LayerResult | MatrixSpec]) -> dict[int, str]:
+    """The stem and the head: {index: "first" | "last"} of the first and last weight layer (module order).
+
+    An end layer that shares its numbered block with another weight matrix is
+    not a stem or head but part of a repeated block, and is left out: a
+    tied-embedding LM's last weight matrix is its last decoder layer's down_proj.
+    """
+    if not layers:
+        return {}
+    per_block: dict[str, int] = {}
+    for layer in layers:
+        if layer.block is not None:
+            per_block[layer.block] = per_block.get(layer.block, 0) + 1
+    ends = {}
+    for index, end in ((0, "first"), (len(layers) - 1, "last")):
+        block = layers[index].block
+        if block is None or per_block[block] == 1:
+            ends.setdefault(index, end)
+    return ends
+
+
+def excluded_note(layer: LayerResult | MatrixSpec, end: str | None, any_blocks: bool, include_ends: bool) -> str | None:
     """Why a layer is outside AlphaPruning's scope; None when it is prunable.
 
     The scope is the linear and conv matrices inside numbered blocks (decoder
-    layers, residual blocks). A model with no numbered block at all (only
-    reachable with `--granularity matrix`) prunes every matrix but its first and
-    last, the stem and the classifier, as TempBalance does.
+    layers, residual blocks); a model with no numbered block at all (only
+    reachable with `--granularity matrix`) has every matrix in scope. The first
+    and last weight layers (`end`, from `model_ends`: the stem and the
+    classifier) keep their weights, as TempBalance keeps their learning rate,
+    unless `include_ends`. For an LLM they are the embeddings and the output
+    head, which lie outside the decoder layers anyway.
     """
     if layer.kind not in PRUNABLE_KINDS:
         return f"{layer.kind}, not pruned"
-    if any_blocks:
-        return "outside numbered blocks, not pruned" if layer.block is None else None
-    if index == 0:
-        return "first layer, not pruned"
-    if index == count - 1:
-        return "last layer, not pruned"
+    if any_blocks and layer.block is None:
+        return "outside numbered blocks, not pruned"
+    if end is not None and not include_ends:
+        return f"{end} layer, not pruned (--include-ends prunes it)"
     return None
 
 
@@ -130,6 +153,7 @@ def sparsity_plan(report: Report, settings: SparsitySettings) -> dict[str, Any]:
     """
     metric = settings.metric
     blocks = has_blocks(report.layers)
+    ends = model_ends(report.layers)
     if settings.granularity == "block" and not blocks:
         raise InvalidSetting(
             "granularity", "block", f"no weight matrix of {report.checkpoint} lies in a numbered block "
@@ -139,7 +163,7 @@ def sparsity_plan(report: Report, settings: SparsitySettings) -> dict[str, Any]:
     allocated: list[dict[str, Any]] = []
     for index, layer in enumerate(report.layers):
         score = score_of(layer, metric)
-        note = excluded_note(layer, index, len(report.layers), blocks)
+        note = excluded_note(layer, ends.get(index), blocks, settings.include_ends)
         if note is None and score is None:
             note = missing_score_note(layer, metric)
         entry = {
@@ -184,6 +208,7 @@ def sparsity_plan(report: Report, settings: SparsitySettings) -> dict[str, Any]:
             "clip": settings.clip,
             "max_sparsity": MAX_SPARSITY if settings.clip else None,
             "metric": metric,
+            "include_ends": settings.include_ends,
             "analysis": report.settings,
         },
         "layers": entries,

@@ -114,3 +114,10 @@ GranularityOpt = Annotated[
     Granularity, typer.Option("--granularity", help="One sparsity per block (its mean alpha) or per matrix.")
 ]
 NoClipOpt = Annotated[bool, typer.Option("--no-clip", help="Do not cap sparsities at 0.99 (the reference output).")]
+IncludeEndsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--include-ends",
+        help="Prune the first and last weight layers too (a CNN's stem conv and classifier); kept by default.",
+    ),
+]

@@ -19,6 +19,7 @@ from htsr_cli.cli._options import (
     GranularityOpt,
     HtsrCommand,
     HtsrGroup,
+    IncludeEndsOpt,
     MergedOpt,
     Metric,
     MetricOpt,
@@ -81,6 +82,7 @@ def sparsity(
     granularity: GranularityOpt = Granularity.block,
     metric: MetricOpt = Metric.alpha,
     no_clip: NoClipOpt = False,
+    include_ends: IncludeEndsOpt = False,
     output_format: FormatOpt = AllocationFormat.table,
     output: OutputOpt = None,
     analysis: AnalyzeSettings = PEAK,
@@ -97,7 +99,9 @@ def sparsity(
       htsr allocate sparsity run.json --target 0.7 --metric alpha_farms -f csv
       htsr allocate sparsity ./llama-7b --target 0.7 --farms --metric alpha_farms
     """
-    settings = SparsitySettings(target, epsilon, granularity.value, clip=not no_clip, metric=metric.value)
+    settings = SparsitySettings(
+        target, epsilon, granularity.value, clip=not no_clip, metric=metric.value, include_ends=include_ends
+    )
     check_output_paths({"-o": output}, [source])
     plan = sparsity_plan(analysis_report(source, metric.value, analysis, "AlphaPruning", PEAK, quiet), settings)
     columns = [

@@ -21,6 +21,7 @@ from htsr_cli.cli._options import (
     EpsilonOpt,
     Granularity,
     GranularityOpt,
+    IncludeEndsOpt,
     Metric,
     NoClipOpt,
     QuietOpt,
@@ -99,6 +100,7 @@ def prune(
     metric: PruneMetricOpt = Metric.alpha,
     xmin: XminOpt = Xmin.peak,
     no_clip: NoClipOpt = False,
+    include_ends: IncludeEndsOpt = False,
     owl_m: OwlMOpt = 5.0,
     owl_lambda: OwlLambdaOpt = 0.08,
     device: RunDeviceOpt = Device.auto,
@@ -133,6 +135,7 @@ def prune(
         owl=OwlSettings(owl_m, owl_lambda),
         calibration=CalibrationSettings(calibration, samples, seq_len) if calibration is not None else None,
         overwrite=overwrite,
+        include_ends=include_ends,
     )
     with layer_progress(quiet, "pruning", unit="") as progress:
         record = prune_checkpoint(checkpoint, output, settings, progress=progress)

@@ -122,14 +122,14 @@ def _root_directory(source: str, checkpoint: ShardedCheckpoint) -> Path | None:
 def _allocate(source: str, checkpoint: Checkpoint, settings: PruneSettings, progress) -> tuple[list[PruneEntry], float]:
     """The entries with their target ratios (OWL's come later, from calibration), and the global target."""
     if settings.plan_file is not None:
-        return plan_file_allocation(settings.plan_file, checkpoint.tensors(), settings.target)
+        return plan_file_allocation(settings.plan_file, checkpoint.tensors(), settings.target, settings.include_ends)
     assert settings.target is not None
     if settings.allocation == "alphapruning":
         from htsr_cli.engine.pipeline import analyze
 
         report = analyze(source, settings.analysis, progress=progress)
         return alphapruning_allocation(report, settings), settings.target
-    entries = require_prunable(scope_entries(checkpoint.tensors()), source)
+    entries = require_prunable(scope_entries(checkpoint.tensors(), settings.include_ends), source)
     if settings.allocation == "uniform":
         uniform_allocation(entries, settings.target)
     return entries, settings.target
@@ -243,6 +243,7 @@ def _settings_json(settings: PruneSettings, device: torch.device, target: float)
         "allocation": str(settings.plan_file) if settings.plan_file is not None else settings.allocation,
         "method": settings.method,
         "device": device.type,
+        "include_ends": settings.include_ends,
     }
     if settings.sparsity is not None:
         result["alphapruning"] = {

@@ -72,6 +72,7 @@ class PruneSettings:
     owl: OwlSettings
     calibration: CalibrationSettings | None
     overwrite: bool
+    include_ends: bool  # the first and last weight layers (stem, head) are pruned too
 
     def __init__(
         self,
@@ -86,13 +87,15 @@ class PruneSettings:
         calibration: CalibrationSettings | None = None,
         device: str | None = None,
         overwrite: bool = False,
+        include_ends: bool = False,
     ) -> None:
         if method not in METHODS:
             raise InvalidSetting("method", method, f"must be one of {', '.join(METHODS)}")
         if device is not None:
             analysis = replace(analysis, device=device)  # AnalyzeSettings checks the device
         fields = {"target": target, "allocation": allocation, "method": method, "analysis": analysis, "owl": owl,
-                  "calibration": calibration, "overwrite": overwrite, "sparsity": None}
+                  "calibration": calibration, "overwrite": overwrite, "sparsity": None,
+                  "include_ends": include_ends}
         for name, value in fields.items():
             object.__setattr__(self, name, value)
         if target is None:
@@ -107,7 +110,7 @@ class PruneSettings:
             raise InvalidSetting("calibration", None, f"is required with {needs} (a text file to collect input activations on)")
         if allocation == "alphapruning":
             metric = "alpha_farms" if analysis.farms is not None else "alpha"
-            sparsity = SparsitySettings(target, epsilon, granularity, clip, metric)  # type: ignore[arg-type]
+            sparsity = SparsitySettings(target, epsilon, granularity, clip, metric, include_ends)  # type: ignore[arg-type]
             object.__setattr__(self, "sparsity", sparsity)
 
     @property

@@ -28,6 +28,7 @@ from htsr_cli.allocations.sparsity import (
     SCHEMA as SPARSITY_SCHEMA,
     excluded_note,
     has_blocks,
+    model_ends,
     sparsity_plan,
 )
 from htsr_cli.checkpoints import TensorInfo
@@ -77,15 +78,16 @@ def prunable(entries: Sequence[PruneEntry]) -> list[PruneEntry]:
     return [item for item in entries if item["note"] is None]
 
 
-def scope_entries(infos: Sequence[TensorInfo]) -> list[PruneEntry]:
+def scope_entries(infos: Sequence[TensorInfo], include_ends: bool = False) -> list[PruneEntry]:
     """One entry per weight matrix of the checkpoint (module order); those outside the scope get a note."""
     specs = [
         spec for info in infos if (spec := describe(info.key, info.shape, info.dtype, 0, info.storage_label))
     ]
     any_blocks = has_blocks(specs)
+    ends = model_ends(specs)
     entries = []
     for index, spec in enumerate(specs):
-        note = excluded_note(spec, index, len(specs), any_blocks)
+        note = excluded_note(spec, ends.get(index), any_blocks, include_ends)
         if note is None and spec.skip_reason is not None:
             note = f"{spec.skip_reason}, not pruned"
         entries.append(entry(spec.name, spec.tensor, spec.kind, spec.block, spec.params, note))
@@ -94,7 +96,10 @@ def scope_entries(infos: Sequence[TensorInfo]) -> list[PruneEntry]:
 
 def require_prunable(entries: list[PruneEntry], source: str) -> list[PruneEntry]:
     if not prunable(entries):
-        raise HtsrError(f"{source}: no prunable weight matrix (linear or conv, inside numbered blocks)")
+        raise HtsrError(
+            f"{source}: no prunable weight matrix (linear or conv, inside numbered blocks, not the first or "
+            "last weight layer unless --include-ends)"
+        )
     return entries
 
 
@@ -170,7 +175,7 @@ def owl_allocation(
 
 
 def plan_file_allocation(
-    path: Path, infos: Sequence[TensorInfo], target: float | None
+    path: Path, infos: Sequence[TensorInfo], target: float | None, include_ends: bool = False
 ) -> tuple[list[PruneEntry], float]:
     """The entries of a saved `htsr.sparsity/1` file, checked against the checkpoint; and its target.
 
@@ -203,7 +208,7 @@ def plan_file_allocation(
     if not planned:
         raise HtsrError(f"--allocation {path}: no layer has a sparsity")
     entries = []
-    for item in scope_entries(infos):
+    for item in scope_entries(infos, include_ends):
         layer = planned.get(item["tensor"])
         if layer is None:
             if item["note"] is None:

@@ -180,7 +180,9 @@ def test_sparsity_plan_without_blocks():
     with pytest.raises(HtsrError, match=r"granularity='block': .*use matrix"):
         sparsity_plan(model, SparsitySettings(0.5))
     plan = sparsity_plan(model, SparsitySettings(0.5, epsilon=0.2, granularity="matrix"))
-    assert [entry["note"] for entry in plan["layers"]] == ["first layer, not pruned", None, None, "last layer, not pruned"]
+    assert [entry["note"] for entry in plan["layers"]] == [
+        "first layer, not pruned (--include-ends prunes it)", None, None, "last layer, not pruned (--include-ends prunes it)"
+    ]
     assert sparsities_of(plan) == {"conv1": None, "fc1": approx(0.4), "fc2": approx(0.6), "fc3": None}
 
 

@@ -40,3 +40,17 @@ def test_perplexity_on_cuda_matches_the_cpu(kind, tmp_path, tiny_lms):
     cuda = evaluate_perplexity(str(tiny_lms[kind]), text, PerplexitySettings(seq_len=24, device="cuda"))
     assert cuda["device"] == "cuda" and cuda["tokens_scored"] == cpu["tokens_scored"]
     assert cuda["perplexity"] == pytest.approx(cpu["perplexity"], rel=1e-4)
+
+
+def test_smoothing_on_cuda_matches_the_cpu(tmp_path):
+    from safetensors.torch import load_file
+
+    from htsr_cli.pruning.smoothing import SmoothSettings, smooth_checkpoint
+
+    for device in ("cpu", "cuda"):
+        record = smooth_checkpoint(str(FIXTURES / "tiny-llama"), tmp_path / device, SmoothSettings("detx", device=device))
+        assert record["settings"]["device"] == device
+    for shard in sorted((tmp_path / "cpu").glob("*.safetensors")):
+        cpu, cuda = load_file(str(shard)), load_file(str(tmp_path / "cuda" / shard.name))
+        for key, tensor in cpu.items():  # float64 on both; the stored float32 may differ in its last bit
+            assert torch.allclose(cuda[key], tensor, rtol=0, atol=1e-6 * float(tensor.abs().max())), key

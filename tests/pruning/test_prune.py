@@ -99,8 +99,10 @@ def test_single_safetensors_file_and_torch_file_with_its_container(tmp_path):
     record = prune_checkpoint(str(single), tmp_path / "a", PruneSettings(target=0.5, allocation="uniform"))
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["htsr-prune.json", "weights.safetensors"]
     after = _tensors(tmp_path / "a" / "weights.safetensors")
-    assert after["blocks.0.fc.weight"].dtype == torch.bfloat16
-    assert int((after["blocks.0.fc.weight"] == 0).sum()) == 600
+    assert after["blocks.1.fc.weight"].dtype == torch.bfloat16
+    assert int((after["blocks.1.fc.weight"] == 0).sum()) == 600
+    # the first weight layer (alone in its block: the stem) and the head keep their weights
+    assert _bytes(after["blocks.0.fc.weight"]) == _bytes(state["blocks.0.fc.weight"])
     assert _bytes(after["head.weight"]) == _bytes(state["head.weight"])
     assert record["files"]["weights"] == ["weights.safetensors"]
 
