@@ -252,8 +252,9 @@ def fit_truncated_power_law(eigenvalues: np.ndarray, fit: str) -> TruncatedPower
     if candidates.size < 2:
         return None
     bins, empirical = _empirical_cdf(data)
-    fits = [_fit_at(data, xmin) for xmin in candidates]
-    distances = np.array([_ks_distance(candidate, bins, empirical) for candidate in fits])
+    with np.errstate(all="ignore"):  # out-of-range trial parameters overflow; powerlaw silences this too
+        fits = [_fit_at(data, xmin) for xmin in candidates]
+        distances = np.array([_ks_distance(candidate, bins, empirical) for candidate in fits])
     valid = np.array([candidate.valid for candidate in fits])
     best = int(np.argmin(np.where(valid, distances, np.inf))) if valid.any() else int(np.argmin(distances))
     chosen = fits[best]
