@@ -18,14 +18,17 @@ htsr's. Two kinds of numbers go to `--out`, compact (17 significant digits):
   outliers ("fingers"), and two MiniLM layers' ESDs (WeightWatcher's own
   eigenvalues, so the fit functions can be compared bit for bit).
 
+Each TPL fit takes WeightWatcher seconds to minutes (a numerical fit per xmin
+candidate): TPL and E_TPL are fitted on the spectra of TPL_MAX_SIZE or fewer
+eigenvalues and the model layers in TPL_LAYERS only.
+
 fit="TPL" and "E_TPL" fail on every layer in WeightWatcher 0.7.7 as pip installs
 it today: its `pl_fit` passes `distribution=` to `powerlaw.Fit`, which powerlaw
 2.0.0 (the only version its unpinned requirement resolves to) refuses with a
 TypeError, caught as status "failed". The TPL numbers here are WeightWatcher's
 TPL with that one call bridged (`bridge_powerlaw_2`: the same call without the
 refused keyword, which powerlaw 1.x ignored); `tpl_unbridged` records the
-failure. Each TPL fit takes WeightWatcher seconds to minutes (a numerical fit per
-xmin candidate), so only the layers in TPL_LAYERS are fitted with it.
+failure.
 """
 
 from __future__ import annotations
@@ -43,12 +46,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 # The layers fitted with fit="TPL", per model, and the MiniLM layers whose ESDs are stored.
+# MiniLM's layers (384 eigenvalues) take WeightWatcher minutes each: its TPL is
+# compared on the small layers of the tiny models and on spectra of TPL_MAX_SIZE or fewer.
 TPL_LAYERS = {
-    "minilm": ("encoder.layer.0.attention.self.query", "encoder.layer.5.output.dense"),
-    "tiny-cnn-trained": ("conv1", "fc3", "fc2"),
+    "minilm": (),
+    "tiny-cnn-trained": ("conv1", "fc3"),
     "tiny-llama": ("model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.q_proj"),
 }
-STORED_MINILM_ESDS = TPL_LAYERS["minilm"]
+TPL_MAX_SIZE = 160
+STORED_MINILM_ESDS = ("encoder.layer.0.attention.self.query", "encoder.layer.5.output.dense")
 COMMON = {"plot": False, "randomize": False, "mp_fit": False, "vectors": False, "detX": False, "pool": True, "min_evals": 2}
 SMALL_SIZES = (2, 3, 5, 7, 8, 9, 12, 15, 19, 20)
 
@@ -97,7 +103,7 @@ def analyse_model(watcher, tpl_layers: list[int]) -> dict:
     tpl = _rows(
         watcher.analyze(**COMMON, fit="TPL", pl_package="powerlaw", layers=tpl_layers),
         ("alpha", "Lambda", "xmin", "D", "num_pl_spikes"),
-    )
+    ) if tpl_layers else {}
     layers = []
     for name, row in default.items():
         entry = {"name": name, "num_evals": row["num_evals"], "default": _drop(row), "clip_xmax": _drop(clipped[name])}
@@ -109,6 +115,22 @@ def analyse_model(watcher, tpl_layers: list[int]) -> dict:
 
 def _drop(row: dict) -> dict:
     return {key: value for key, value in row.items() if key != "num_evals"}
+
+
+def fit_all(watcher, name: str, evals: np.ndarray) -> dict:
+    """One spectrum's fits: WeightWatcher's default, clip_xmax and (up to TPL_MAX_SIZE) TPL and E_TPL."""
+    fits = {
+        "name": name,
+        "evals": [_number(v) for v in np.sort(evals)],
+        "default": fit_spectrum(watcher, evals),
+        "clip_xmax": fit_spectrum(watcher, evals, fix_fingers="clip_xmax"),
+    }
+    if evals.size <= TPL_MAX_SIZE:
+        fits["tpl"] = fit_spectrum(watcher, evals, fit_type="truncated_power_law", pl_package="powerlaw")
+        fits["e_tpl"] = fit_spectrum(
+            watcher, evals, fit_type="truncated_power_law", fix_fingers="xmin_peak", pl_package="powerlaw"
+        )
+    return fits
 
 
 def fit_spectrum(watcher, evals: np.ndarray, **options) -> dict:
@@ -164,17 +186,7 @@ def main() -> None:
     bridge_powerlaw_2()
     spectra = []
     for spectrum in planted_spectra():
-        evals = np.asarray(spectrum["evals"], dtype=np.float64)
-        spectra.append({
-            "name": spectrum["name"],
-            "evals": [_number(v) for v in evals],
-            "default": fit_spectrum(watcher, evals),
-            "clip_xmax": fit_spectrum(watcher, evals, fix_fingers="clip_xmax"),
-            "tpl": fit_spectrum(watcher, evals, fit_type="truncated_power_law", pl_package="powerlaw"),
-            "e_tpl": fit_spectrum(
-                watcher, evals, fit_type="truncated_power_law", fix_fingers="xmin_peak", pl_package="powerlaw"
-            ),
-        })
+        spectra.append(fit_all(watcher, spectrum["name"], np.asarray(spectrum["evals"], dtype=np.float64)))
 
     minilm = transformers.BertModel.from_pretrained(args.minilm)
     cnn = TinyCNN()
@@ -189,17 +201,7 @@ def main() -> None:
             for _, row in described.iterrows():
                 if row["longname"] in STORED_MINILM_ESDS:
                     evals = np.asarray(model_watcher.get_ESD(layer=int(row["layer_id"])), dtype=np.float64)
-                    spectra.append({
-                        "name": f"minilm:{row['longname']}",
-                        "evals": [_number(v) for v in np.sort(evals)],
-                        "default": fit_spectrum(watcher, evals),
-                        "clip_xmax": fit_spectrum(watcher, evals, fix_fingers="clip_xmax"),
-                        "tpl": fit_spectrum(watcher, evals, fit_type="truncated_power_law", pl_package="powerlaw"),
-                        "e_tpl": fit_spectrum(
-                            watcher, evals, fit_type="truncated_power_law", fix_fingers="xmin_peak",
-                            pl_package="powerlaw",
-                        ),
-                    })
+                    spectra.append(fit_all(watcher, f"minilm:{row['longname']}", evals))
         models[key] = analyse_model(model_watcher, tpl_ids)
 
     result = {
