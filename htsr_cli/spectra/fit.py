@@ -45,7 +45,6 @@ FLOAT32_NOISE_MIN_SIDE = 128
 # WeightWatcher 0.7.7's small-N path (WW_powerlaw.WWFit.fit_powerlaw_smallN):
 SMALL_N_CUTOFF = 20  # spectra with fewer eigenvalues (above KS_MIN_EIGENVALUE) take it
 SMALL_N_MIN_TAIL = 8  # tails shorter than this are not candidates
-SMALL_N_TAIL_BONUS = 0.868  # xmin minimises D - SMALL_N_TAIL_BONUS / sqrt(tail size)
 SMALL_N_DEGENERATE_LOG_SUM = 1e-12  # a tail whose sum ln(x_j / xmin) is at most this is skipped
 # WeightWatcher 0.7.7's finger clipping (RMT_Util.fit_clipped_powerlaw, with the
 # defaults analyze() passes: max_fingers is always 10 unless set to at least half
@@ -183,18 +182,20 @@ def _refined_grid(x: torch.Tensor) -> PowerLawFit | None:
 def fit_small_n_ww(x: torch.Tensor) -> PowerLawFit | None:
     """WeightWatcher 0.7.7's fit of a spectrum with fewer than SMALL_N_CUTOFF eigenvalues.
 
-    For each tail of n >= SMALL_N_MIN_TAIL eigenvalues (S = sum ln(x_j / x_i) > 1e-12):
-    the bias-corrected alpha = 1 + (n - 1) / S, D as usual, and the score
-    J = D - 0.868 / sqrt(n); xmin minimises J (first on ties). With no such tail
-    (fewer than 8 eigenvalues) the whole spectrum is the tail. numpy in
-    WeightWatcher's order of operations: these few values match its bit for bit.
-    WeightWatcher's sigma in that fallback is -1/sqrt(N) (its sigma array is
-    filled before the fallback fit); this reports (alpha - 1)/sqrt(N).
+    Candidates are the tails of n >= SMALL_N_MIN_TAIL eigenvalues with
+    S = sum ln(x_j / x_i) > 1e-12; each gets the bias-corrected alpha = 1 + (n - 1) / S
+    and its D, and xmin minimises D (first on ties). WeightWatcher's small-N code
+    also scores each tail by J = D - 0.868 / sqrt(n) and commits the J winner, but
+    its WWFit constructor then re-chooses by D over the same arrays, so D decides.
+    With no candidate (fewer than 8 eigenvalues) the whole spectrum is the tail.
+    numpy in WeightWatcher's order of operations: these few values match its bit
+    for bit. WeightWatcher's sigma in that fallback is -1/sqrt(N) (its sigma array
+    is filled before the fallback fit); this reports (alpha - 1)/sqrt(N).
     """
     data = x.detach().cpu().double().numpy()
     n_total = data.size
     log_data = np.log(data)
-    best: tuple[float, int, float, float] | None = None  # (J, i, alpha, D)
+    best: tuple[float, int, float] | None = None  # (D, i, alpha)
     for i in range(n_total - SMALL_N_MIN_TAIL + 1):
         n = float(n_total - i)
         log_sum = np.sum(log_data[i:]) - n * log_data[i]
@@ -202,17 +203,16 @@ def fit_small_n_ww(x: torch.Tensor) -> PowerLawFit | None:
             continue
         alpha = 1.0 + (n - 1.0) / log_sum
         distance = _small_n_distance(data[i:], alpha)
-        score = distance - SMALL_N_TAIL_BONUS / np.sqrt(n)
-        if best is None or score < best[0]:
-            best = (score, i, alpha, distance)
+        if best is None or distance < best[0]:
+            best = (distance, i, alpha)
     if best is None:
         n = float(n_total)
         log_sum = np.sum(log_data) - n * log_data[0] if n_total else 0.0
         if n_total < 2 or log_sum <= SMALL_N_DEGENERATE_LOG_SUM:
-            return None  # WeightWatcher: alpha 1 (no power law), or an error on one eigenvalue less
+            return None  # WeightWatcher: alpha 0 (no power law), or an error on one eigenvalue
         alpha = 1.0 + (n - 1.0) / log_sum
-        best = (0.0, 0, alpha, _small_n_distance(data, alpha))
-    _, i, alpha, distance = best
+        best = (_small_n_distance(data, alpha), 0, alpha)
+    distance, i, alpha = best
     tail = n_total - i
     return PowerLawFit(
         alpha=float(alpha), xmin=float(data[i]), ks_distance=float(distance),
