@@ -15,6 +15,12 @@ ProgressCallback = Callable[[int, int, str], None]
 `label` names the item about to be worked on ("" once all `total` are done)."""
 
 XMIN_METHODS: tuple[str, ...] = ("ks", "median", "peak")
+# WeightWatcher 0.7.7's variants (docs/weightwatcher.md): its truncated power-law fits
+# beside the power law, its finger clipping, and its small-N path for spectra of
+# fewer than 20 eigenvalues. The first value of each is the default.
+FITS: tuple[str, ...] = ("pl", "tpl", "e_tpl")
+FIX_FINGERS: tuple[str, ...] = ("none", "clip_xmax")
+SMALL_N_METHODS: tuple[str, ...] = ("htsr", "ww")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 # The names of the precision modes (`--precision`); what each computes in is
 # decided by spectra.solver.SolverPrecision alone.
@@ -110,10 +116,26 @@ class AnalyzeSettings:
     # Solve two matrices at once on a CPU with 2+ cores when memory allows; the
     # numbers are identical either way, so this is not part of the report.
     concurrent_solves: bool = True
+    # "tpl"/"e_tpl": also fit WeightWatcher's truncated power law (alpha_tpl, lambda_tpl, ...).
+    fit: str = "pl"
+    # "clip_xmax": WeightWatcher's finger clipping around the power-law fit, any xmin method.
+    fix_fingers: str = "none"
+    # "ww": spectra of fewer than 20 eigenvalues take WeightWatcher's small-N path (xmin=ks).
+    small_n: str = "htsr"
 
     def __post_init__(self) -> None:
         if self.xmin not in XMIN_METHODS:
             raise InvalidSetting("xmin", self.xmin, f"must be one of {', '.join(XMIN_METHODS)}")
+        if self.fit not in FITS:
+            raise InvalidSetting("fit", self.fit, f"must be one of {', '.join(FITS)}")
+        if self.fix_fingers not in FIX_FINGERS:
+            raise InvalidSetting("fix_fingers", self.fix_fingers, f"must be one of {', '.join(FIX_FINGERS)}")
+        if self.small_n not in SMALL_N_METHODS:
+            raise InvalidSetting("small_n", self.small_n, f"must be one of {', '.join(SMALL_N_METHODS)}")
+        if self.small_n == "ww" and self.xmin != "ks":
+            raise InvalidSetting(
+                "small_n", self.small_n, f"WeightWatcher's small-N path chooses xmin its own way: use it with xmin=ks, not {self.xmin}"
+            )
         if self.device not in DEVICES:
             raise InvalidSetting("device", self.device, f"must be one of {', '.join(DEVICES)}")
         if self.precision not in PRECISIONS:

@@ -7,7 +7,7 @@ and turned into one `AnalyzeSettings` in one call.
         ...  # `settings` holds --farms, --xmin, --layers, ... --max-memory as given
 
 typer builds a command from its function's signature, so the decorator puts the
-eleven options where the command's `AnalyzeSettings` parameter stands (the one
+fourteen options where the command's `AnalyzeSettings` parameter stands (the one
 whose default is an `AnalyzeSettings`) and calls the command with the settings
 they describe. That default is the command's own (AlphaPruning fits with
 xmin=peak): the help shows it, and `settings != default` says whether any
@@ -24,7 +24,7 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
-from htsr_cli.cli._options import Device, Precision, Xmin
+from htsr_cli.cli._options import Device, Fit, FixFingers, Precision, SmallN, Xmin
 from htsr_cli.settings import AnalyzeSettings, FarmsSettings
 
 FarmsOpt = Annotated[bool, typer.Option("--farms", help="Also compute alpha_farms (FARMS: fixed-aspect-ratio subsampling).")]
@@ -38,6 +38,9 @@ FarmsQOpt = Annotated[float, typer.Option("--farms-q", help="FARMS window aspect
 FarmsStepsOpt = Annotated[int, typer.Option("--farms-steps", help="FARMS windows per dimension.")]
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="mixed: float32 Gram, float64 eigensolver (alpha within 1e-3 of float64); float64: all float64; float32: float32 eigensolver, redone in float64 per layer when not accurate enough.")]
 MaxMemoryOpt = Annotated[Optional[str], typer.Option("--max-memory", help="Memory one layer's solve may use (8GB, 512MiB, 16G); layers needing more are skipped.", show_default="the memory available")]
+FitOpt = Annotated[Fit, typer.Option("--fit", help="tpl / e_tpl: also fit WeightWatcher's truncated power law (alpha_tpl, lambda_tpl; slow: a numerical fit per xmin candidate). See docs/weightwatcher.md.")]
+FixFingersOpt = Annotated[FixFingers, typer.Option("--fix-fingers", help="clip_xmax: WeightWatcher's finger clipping, refit without up to 9 top outliers when that lowers alpha by more than 1 (raw_alpha, num_fingers).")]
+SmallNOpt = Annotated[SmallN, typer.Option("--small-n", help="ww: fit spectra of fewer than 20 eigenvalues as WeightWatcher 0.7.7 does (needs --xmin ks).")]
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 Settings = TypeVar("Settings")
@@ -58,6 +61,9 @@ def _option_defaults(defaults: AnalyzeSettings) -> dict[str, tuple[Any, Any]]:
         "farms_steps": (FarmsStepsOpt, farms.steps),
         "precision": (PrecisionOpt, Precision(defaults.precision)),
         "max_memory": (MaxMemoryOpt, defaults.max_memory),
+        "fit": (FitOpt, Fit(defaults.fit)),
+        "fix_fingers": (FixFingersOpt, FixFingers(defaults.fix_fingers)),
+        "small_n": (SmallNOpt, SmallN(defaults.small_n)),
     }
 
 
@@ -78,6 +84,9 @@ def settings_from_options(defaults: AnalyzeSettings, values: dict[str, Any]) -> 
         min_evals=values["min_evals"],
         layers=values["layers"],
         max_memory=values["max_memory"],
+        fit=values["fit"].value,
+        fix_fingers=values["fix_fingers"].value,
+        small_n=values["small_n"].value,
     )
 
 

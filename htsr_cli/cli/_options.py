@@ -16,7 +16,7 @@ from typer.core import TyperCommand, TyperGroup
 from htsr_cli.allocations.scores import METRICS
 from htsr_cli.allocations.sparsity import GRANULARITIES
 from htsr_cli.errors import InvalidSetting
-from htsr_cli.settings import DEVICES, PRECISIONS, XMIN_METHODS
+from htsr_cli.settings import DEVICES, FITS, FIX_FINGERS, PRECISIONS, SMALL_N_METHODS, XMIN_METHODS
 
 
 def choice(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -31,6 +31,9 @@ def choice(name: str, values: tuple[str, ...]) -> type[Enum]:
 Xmin = choice("Xmin", XMIN_METHODS)
 Device = choice("Device", DEVICES)
 Precision = choice("Precision", PRECISIONS)
+Fit = choice("Fit", FITS)
+FixFingers = choice("FixFingers", FIX_FINGERS)
+SmallN = choice("SmallN", SMALL_N_METHODS)
 Granularity = choice("Granularity", GRANULARITIES)
 Metric = choice("Metric", METRICS)
 

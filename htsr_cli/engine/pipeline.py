@@ -31,6 +31,7 @@ from htsr_cli.checkpoints.sources import MergedAdapter
 from htsr_cli.errors import HtsrError, InvalidSetting
 from htsr_cli.spectra.farms import FarmsResult, farms_fit
 from htsr_cli.spectra.fit import fit_failure_reason, guarded_fit
+from htsr_cli.spectra.tpl import fit_truncated_power_law
 from htsr_cli.spectra.matrices import CONV_KINDS, MatrixSpec, as_slices, matrix_specs, merge_runs
 from htsr_cli.spectra.memory import available_bytes, format_bytes
 from htsr_cli.spectra.metrics import spectral_metrics
@@ -312,10 +313,19 @@ def _fit_layer(
         layer_values = (redo() if float64 else values).flatten()
         return torch.sort(layer_values * scale if scale != 1.0 else layer_values).values
 
-    esd, fit, redone = guarded_fit(pooled, settings.xmin, values.shape[-1], redo is not None)
+    esd, fit, redone = guarded_fit(
+        pooled, settings.xmin, values.shape[-1], redo is not None, settings.small_n, settings.fix_fingers
+    )
     result = _layer_result(spec)
     for key, value in spectral_metrics(esd, fit).items():
         setattr(result, key, value)
+    if fit is not None and settings.fix_fingers != "none":
+        result.raw_alpha, result.num_fingers = fit.raw_alpha, fit.num_fingers
+    if settings.fit != "pl":
+        tpl = fit_truncated_power_law(esd.cpu().numpy(), settings.fit)
+        if tpl is not None:
+            result.alpha_tpl, result.lambda_tpl, result.xmin_tpl = tpl.alpha, tpl.lambda_, tpl.xmin
+            result.ks_distance_tpl, result.tail_size_tpl = tpl.ks_distance, tpl.tail_size
     result.quality = quality_of(result.alpha)
     if fit is None:
         result.status, result.reason = FIT_FAILED, fit_failure_reason(esd, settings.xmin)
@@ -439,6 +449,9 @@ def analyze(
     layers: str | None = None,
     max_memory: int | str | None = None,
     concurrent_solves: bool | None = None,
+    fit: str | None = None,
+    fix_fingers: str | None = None,
+    small_n: str | None = None,
     progress: ProgressCallback | None = None,
     keep_spectra: bool = False,
     profile: bool = False,
@@ -460,6 +473,9 @@ def analyze(
     - `layers`: regex on module name or tensor key; only matching matrices are analysed
     - `max_memory`: bytes (or "8GB", "512MiB") one layer's solve may use; layers over it are skipped
     - `concurrent_solves`: two solves at once on a multi-core CPU (True; same numbers either way)
+    - `fit`: "pl" (default), or "tpl" / "e_tpl" to also fit WeightWatcher's truncated power law
+    - `fix_fingers`: "none" (default) or "clip_xmax" (WeightWatcher's finger clipping)
+    - `small_n`: "htsr" (default) or "ww" (WeightWatcher's fit below 20 eigenvalues; xmin="ks")
 
     `progress(done, total, layer)` is called before each layer. With
     `keep_spectra`, `report.spectra` holds each layer's sorted eigenvalues (for
@@ -484,6 +500,9 @@ def analyze(
         "layers": layers,
         "max_memory": max_memory,
         "concurrent_solves": concurrent_solves,
+        "fit": fit,
+        "fix_fingers": fix_fingers,
+        "small_n": small_n,
     }
     given = {key: value for key, value in keywords.items() if value is not None}
     if settings is None:

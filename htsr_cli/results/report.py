@@ -20,7 +20,7 @@ from htsr_cli.errors import HtsrError
 from htsr_cli.io import read_document
 from htsr_cli.names import readable
 from htsr_cli.results.documents import dumps_json
-from htsr_cli.settings import XMIN_METHODS, AnalyzeSettings
+from htsr_cli.settings import FITS, FIX_FINGERS, SMALL_N_METHODS, XMIN_METHODS, AnalyzeSettings
 
 if TYPE_CHECKING:  # a report is read and gated without importing torch
     import torch
@@ -37,6 +37,12 @@ FIT_FAILED = "fit-failed"
 QUALITY_CLASSES = ("ok", "under-trained", "over-trained", "unknown")
 
 FARMS_FIELDS = ("alpha_farms", "xmin_farms", "ks_distance_farms", "farms_windows", "farms_num_evals")
+# Written only when asked for (settings fit = tpl/e_tpl, fix_fingers = clip_xmax), so
+# a report analysed without them is byte-identical to one from before they existed.
+TPL_FIELDS = ("alpha_tpl", "lambda_tpl", "xmin_tpl", "ks_distance_tpl", "tail_size_tpl")
+CLIP_FIELDS = ("raw_alpha", "num_fingers")
+# The settings of WeightWatcher's variants and their defaults, written only when not the default.
+VARIANT_SETTINGS = {"fit": "pl", "fix_fingers": "none", "small_n": "htsr"}
 
 
 class FarmsSettingsJson(TypedDict):
@@ -68,6 +74,9 @@ class ReportSettings(_ReportSettingsRequired, total=False):
     min_evals: int
     layers: str | None
     max_memory: int | None
+    fit: str  # the keys below only when not their default ("pl", "none", "htsr")
+    fix_fingers: str
+    small_n: str
 
 
 class _ReportSummaryRequired(TypedDict):
@@ -114,7 +123,8 @@ def report_settings(settings: AnalyzeSettings, record: RunRecord) -> ReportSetti
     weights in a float64 Gram) writes "float32+float64".
     """
     farms = settings.farms
-    return {
+    variants = {key: getattr(settings, key) for key, default in VARIANT_SETTINGS.items() if getattr(settings, key) != default}
+    return {  # type: ignore[typeddict-item]
         "xmin": settings.xmin,
         "xmin_candidates": record.xmin_candidates,
         "farms": {"window": farms.window, "q": farms.q, "steps": farms.steps} if farms else None,
@@ -126,6 +136,7 @@ def report_settings(settings: AnalyzeSettings, record: RunRecord) -> ReportSetti
         "min_evals": settings.min_evals,
         "layers": settings.layers,
         "max_memory": None if settings.max_memory is None else int(settings.max_memory),  # bytes once parsed
+        **variants,
     }
 
 
@@ -213,6 +224,16 @@ class LayerResult:
     # --precision float32: whether the float32 eigensolve was redone in float64
     # (the guard found it not accurate enough); null in the other modes.
     eigensolver_redone: bool | None = None
+    # --fit tpl / e_tpl: WeightWatcher's truncated power law x^-alpha_tpl e^(-lambda_tpl x) from xmin_tpl.
+    alpha_tpl: float | None = None
+    lambda_tpl: float | None = None
+    xmin_tpl: float | None = None
+    ks_distance_tpl: float | None = None
+    tail_size_tpl: int | None = None
+    # --fix-fingers clip_xmax: the unclipped fit's alpha and WeightWatcher's num_fingers
+    # (the eigenvalues clipped off the top, less one; 0 when none were).
+    raw_alpha: float | None = None
+    num_fingers: int | None = None
 
     def __post_init__(self) -> None:
         # A lone surrogate in a name (a JSON `\ud800`) cannot be encoded, drawn or written:
@@ -229,11 +250,12 @@ class LayerResult:
     def metric(self, name: str) -> float | None:
         return getattr(self, name)
 
-    def to_json(self, with_farms: bool) -> dict[str, Any]:
+    def to_json(self, with_farms: bool, with_tpl: bool = False, with_clip: bool = False) -> dict[str, Any]:
         data = asdict(self)
-        if not with_farms:
-            for key in FARMS_FIELDS:
-                data.pop(key)
+        for keys, wanted in ((FARMS_FIELDS, with_farms), (TPL_FIELDS, with_tpl), (CLIP_FIELDS, with_clip)):
+            if not wanted:
+                for key in keys:
+                    data.pop(key)
         return data
 
 
@@ -323,6 +345,17 @@ class Report:
     def has_farms(self) -> bool:
         return bool(self.settings.get("farms"))
 
+    @property
+    def has_tpl(self) -> bool:
+        return self.settings.get("fit", "pl") != "pl"
+
+    @property
+    def has_clipping(self) -> bool:
+        return self.settings.get("fix_fingers", "none") != "none"
+
+    def _layer_json(self, layer: LayerResult) -> dict[str, Any]:
+        return layer.to_json(self.has_farms, self.has_tpl, self.has_clipping)
+
     def layer(self, name: str) -> LayerResult | None:
         for layer in self.layers:
             if layer.name == name:
@@ -359,7 +392,7 @@ class Report:
             ) from None
         rows = []
         for index, layer in enumerate(self.layers):
-            row = {"layer_id": index, **layer.to_json(self.has_farms)}
+            row = {"layer_id": index, **self._layer_json(layer)}
             sides = sorted(layer.shape[:2], reverse=True) if len(layer.shape) >= 2 else [None, None]
             row["N"], row["M"] = sides
             rows.append(row)
@@ -411,7 +444,7 @@ class Report:
             "checkpoint": self.checkpoint,
             "checkpoint_format": self.checkpoint_format,
             "settings": self.settings,
-            "layers": [layer.to_json(self.has_farms) for layer in self.layers],
+            "layers": [self._layer_json(layer) for layer in self.layers],
             "summary": self.summary,
         }
 
@@ -449,15 +482,18 @@ LAYER_FIELDS = {
     "log_alpha_norm": FINITE, "entropy": FINITE, "quality": one_of(QUALITY_CLASSES).or_null(),
     "alpha_farms": ALPHA, "xmin_farms": POSITIVE, "ks_distance_farms": FRACTION,
     "farms_windows": COUNT.or_null(), "farms_num_evals": COUNT.or_null(),
+    "alpha_tpl": NON_NEGATIVE, "lambda_tpl": NON_NEGATIVE, "xmin_tpl": POSITIVE, "ks_distance_tpl": FRACTION,
+    "tail_size_tpl": COUNT.or_null(), "raw_alpha": ALPHA, "num_fingers": COUNT.or_null(),
 }
 REQUIRED_LAYER_FIELDS = ("name", "tensor", "kind", "shape", "block", "params")
 # What a layer of each status other than ok cannot carry: no alpha without a fit
 # (a fit-failed layer may still have its FARMS alpha).
-NOT_FITTED = {SKIPPED: ("alpha", "alpha_farms"), FAILED: ("alpha", "alpha_farms"), FIT_FAILED: ("alpha",)}
+NOT_FITTED = {SKIPPED: ("alpha", "alpha_farms", "alpha_tpl"), FAILED: ("alpha", "alpha_farms", "alpha_tpl"), FIT_FAILED: ("alpha",)}
 SETTINGS_FIELDS = {
     "xmin": one_of(XMIN_METHODS), "xmin_candidates": one_of(("exact", "grid")),
     "farms": OBJECT.or_null(), "device": IDENTIFIER, "precision": IDENTIFIER,
     "conv_scale": number(0.0, above=True), "min_evals": COUNT, "layers": TEXT.or_null(),
+    "fit": one_of(FITS), "fix_fingers": one_of(FIX_FINGERS), "small_n": one_of(SMALL_N_METHODS),
 }
 FARMS_SETTINGS_FIELDS = {"window": COUNT, "q": number(0.0, above=True), "steps": COUNT}
 SUMMARY_FIELDS = {

@@ -9,13 +9,18 @@ n = N - i):
 
 Candidates are scored in chunks of a [candidates, tail] matrix, so the exact
 O(N^2) scan runs as a few large tensor operations instead of a Python loop.
+
+Two of WeightWatcher 0.7.7's variants are here too (algorithms.md, "WeightWatcher's
+TPL fit, finger clipping and small-N path"): its small-N path for spectra of fewer
+than SMALL_N_CUTOFF eigenvalues (`small_n="ww"`), and its finger clipping
+(`fix_fingers="clip_xmax"`), which composes with every xmin method.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -37,6 +42,17 @@ FLOAT32_NOISE = 0.1  # float32 eigenvalue noise is about this * n * eps32 * lamb
 # 8.2 at n=32, 10.5 at n=64, 22.7 at n=384, 65.5 at n=1024, 191.9 at n=2048.
 FLOAT32_NOISE_MIN_SIDE = 128
 
+# WeightWatcher 0.7.7's small-N path (WW_powerlaw.WWFit.fit_powerlaw_smallN):
+SMALL_N_CUTOFF = 20  # spectra with fewer eigenvalues (above KS_MIN_EIGENVALUE) take it
+SMALL_N_MIN_TAIL = 8  # tails shorter than this are not candidates
+SMALL_N_DEGENERATE_LOG_SUM = 1e-12  # a tail whose sum ln(x_j / xmin) is at most this is skipped
+# WeightWatcher 0.7.7's finger clipping (RMT_Util.fit_clipped_powerlaw, with the
+# defaults analyze() passes: max_fingers is always 10 unless set to at least half
+# the eigenvalues, finger_thresh 1.0, min_alpha 2.0):
+MAX_FINGERS = 10  # refits with 2 .. MAX_FINGERS - 1 of the largest eigenvalues removed
+FINGER_THRESH = 1.0  # a refit is taken when its alpha is more than this below the unclipped one
+FINGER_MIN_ALPHA = 2.0  # ... and clipping stops, keeping the unclipped fit, at a refit alpha <= this
+
 
 @dataclass(frozen=True)
 class PowerLawFit:
@@ -46,6 +62,13 @@ class PowerLawFit:
     sigma: float
     tail_size: int
     candidates: str  # "exact" or "grid"
+    # With fix_fingers="clip_xmax": the largest eigenvalues the fit left out (its
+    # tail is the tail_size eigenvalues below them), WeightWatcher's `num_fingers`
+    # (one less than `clipped` when something was clipped, else 0) and the alpha
+    # of the unclipped fit (WeightWatcher's `raw_alpha`). None without clipping.
+    clipped: int = 0
+    num_fingers: int | None = None
+    raw_alpha: float | None = None
 
 
 def hill_alphas(x: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
@@ -156,10 +179,64 @@ def _refined_grid(x: torch.Tensor) -> PowerLawFit | None:
     return _best_of(x, torch.as_tensor(starts, device=x.device), "grid")
 
 
-def fit_ks(x: torch.Tensor) -> PowerLawFit | None:
-    """WeightWatcher's default: the xmin minimising the KS distance over all candidates."""
+def fit_small_n_ww(x: torch.Tensor) -> PowerLawFit | None:
+    """WeightWatcher 0.7.7's fit of a spectrum with fewer than SMALL_N_CUTOFF eigenvalues.
+
+    Candidates are the tails of n >= SMALL_N_MIN_TAIL eigenvalues with
+    S = sum ln(x_j / x_i) > 1e-12; each gets the bias-corrected alpha = 1 + (n - 1) / S
+    and its D, and xmin minimises D (first on ties). WeightWatcher's small-N code
+    also scores each tail by J = D - 0.868 / sqrt(n) and commits the J winner, but
+    its WWFit constructor then re-chooses by D over the same arrays, so D decides.
+    With no candidate (fewer than 8 eigenvalues) the whole spectrum is the tail.
+    numpy in WeightWatcher's order of operations: these few values match its bit
+    for bit. WeightWatcher's sigma in that fallback is -1/sqrt(N) (its sigma array
+    is filled before the fallback fit); this reports (alpha - 1)/sqrt(N).
+    """
+    data = x.detach().cpu().double().numpy()
+    n_total = data.size
+    log_data = np.log(data)
+    best: tuple[float, int, float] | None = None  # (D, i, alpha)
+    for i in range(n_total - SMALL_N_MIN_TAIL + 1):
+        n = float(n_total - i)
+        log_sum = np.sum(log_data[i:]) - n * log_data[i]
+        if log_sum <= SMALL_N_DEGENERATE_LOG_SUM:
+            continue
+        alpha = 1.0 + (n - 1.0) / log_sum
+        distance = _small_n_distance(data[i:], alpha)
+        if best is None or distance < best[0]:
+            best = (distance, i, alpha)
+    if best is None:
+        n = float(n_total)
+        log_sum = np.sum(log_data) - n * log_data[0] if n_total else 0.0
+        if n_total < 2 or log_sum <= SMALL_N_DEGENERATE_LOG_SUM:
+            return None  # WeightWatcher: alpha 0 (no power law), or an error on one eigenvalue
+        alpha = 1.0 + (n - 1.0) / log_sum
+        best = (_small_n_distance(data, alpha), 0, alpha)
+    distance, i, alpha = best
+    tail = n_total - i
+    return PowerLawFit(
+        alpha=float(alpha), xmin=float(data[i]), ks_distance=float(distance),
+        sigma=(float(alpha) - 1.0) / math.sqrt(tail), tail_size=tail, candidates="exact",
+    )
+
+
+def _small_n_distance(tail: np.ndarray, alpha: float) -> float:
+    """max |k/n - (1 - (x_k / x_0)^(1 - alpha))| over a tail, as WeightWatcher's small-N path computes it."""
+    fitted = 1.0 - (tail / tail[0]) ** (1.0 - alpha)
+    empirical = np.arange(tail.size, dtype=np.float64) / float(tail.size)
+    return float(np.max(np.abs(empirical - fitted)))
+
+
+def fit_ks(x: torch.Tensor, small_n: str = "htsr") -> PowerLawFit | None:
+    """WeightWatcher's default: the xmin minimising the KS distance over all candidates.
+
+    small_n="ww": spectra with fewer than SMALL_N_CUTOFF eigenvalues take
+    WeightWatcher 0.7.7's small-N path (`fit_small_n_ww`) instead.
+    """
     x = x[x > KS_MIN_EIGENVALUE]
     n_total = x.numel()
+    if small_n == "ww" and n_total < SMALL_N_CUTOFF:
+        return fit_small_n_ww(x)
     if n_total < 2:
         return None
     if n_total <= EXACT_SCAN_LIMIT:
@@ -199,15 +276,53 @@ def fit_peak(x: torch.Tensor) -> PowerLawFit | None:
     return _best_of(x, starts, "exact")
 
 
-def fit_power_law(x: torch.Tensor, method: str) -> PowerLawFit | None:
-    """Fit alpha with the named xmin method; None when no candidate is valid."""
+def _fit_unclipped(x: torch.Tensor, method: str, small_n: str) -> PowerLawFit | None:
     if method == "ks":
-        return fit_ks(x)
+        return fit_ks(x, small_n)
     if method == "median":
         return fit_median(x)
     if method == "peak":
         return fit_peak(x)
     raise ValueError(f"unknown xmin method {method!r}")
+
+
+def clip_fingers(x: torch.Tensor, fit: Callable[[torch.Tensor], PowerLawFit | None]) -> PowerLawFit | None:
+    """WeightWatcher 0.7.7's fix_fingers="clip_xmax" around any fit of a sorted spectrum.
+
+    Refit with the k = 2, 3, ..., MAX_FINGERS - 1 largest eigenvalues removed;
+    the first refit whose alpha is more than FINGER_THRESH below the unclipped
+    alpha is the fit (WeightWatcher's num_fingers = k - 1); a refit alpha at or
+    below FINGER_MIN_ALPHA, a refit that finds no fit, or reaching k = MAX_FINGERS
+    keeps the unclipped fit (num_fingers = 0). None when the unclipped fit fails.
+    """
+    first = fit(x)
+    if first is None:
+        return None
+    unclipped = replace(first, num_fingers=0, raw_alpha=first.alpha)
+    for removed in range(2, MAX_FINGERS):
+        refit = fit(x[: x.numel() - removed]) if x.numel() > removed else None
+        if refit is None:
+            break
+        if refit.alpha + FINGER_THRESH < first.alpha:
+            return replace(refit, clipped=removed, num_fingers=removed - 1, raw_alpha=first.alpha)
+        if refit.alpha <= FINGER_MIN_ALPHA:
+            break
+    return unclipped
+
+
+def fit_power_law(
+    x: torch.Tensor, method: str, small_n: str = "htsr", fix_fingers: str = "none"
+) -> PowerLawFit | None:
+    """Fit alpha with the named xmin method; None when no candidate is valid.
+
+    `small_n` ("htsr" or "ww", xmin=ks only) and `fix_fingers` ("none" or
+    "clip_xmax") select WeightWatcher 0.7.7's variants (see the module docstring).
+    """
+    if fix_fingers == "clip_xmax":
+        return clip_fingers(x, lambda values: _fit_unclipped(values, method, small_n))
+    if fix_fingers != "none":
+        raise ValueError(f"unknown fix_fingers {fix_fingers!r}")
+    return _fit_unclipped(x, method, small_n)
 
 
 def fit_failure_reason(x: torch.Tensor, method: str) -> str:
@@ -229,12 +344,14 @@ def float32_alpha_error(x: torch.Tensor, fit: PowerLawFit, side: int) -> float:
     (alpha - 1)^2 * noise * (mean over the tail of 1/x + 1/xmin).
     """
     noise = FLOAT32_NOISE * max(side, FLOAT32_NOISE_MIN_SIDE) * torch.finfo(torch.float32).eps * float(x[-1])
-    tail = x[x.numel() - fit.tail_size :]
+    end = x.numel() - fit.clipped
+    tail = x[end - fit.tail_size : end]
     return (fit.alpha - 1.0) ** 2 * noise * (float(tail.reciprocal().mean()) + 1.0 / fit.xmin)
 
 
 def guarded_fit(
-    spectrum: Callable[[bool], torch.Tensor], method: str, side: int, float32: bool
+    spectrum: Callable[[bool], torch.Tensor], method: str, side: int, float32: bool,
+    small_n: str = "htsr", fix_fingers: str = "none",
 ) -> tuple[torch.Tensor, PowerLawFit | None, bool | None]:
     """(ESD, fit, redone) for a spectrum that `spectrum(float64)` computes.
 
@@ -244,7 +361,7 @@ def guarded_fit(
     in float64 and fitted again (redone = True). Without, redone is None.
     """
     esd = spectrum(False)
-    fit = fit_power_law(esd, method)
+    fit = fit_power_law(esd, method, small_n, fix_fingers)
     if not float32:
         return esd, fit, None
     if fit is None and (esd.numel() == 0 or float(esd[-1]) == 0.0):
@@ -252,4 +369,4 @@ def guarded_fit(
     if fit is not None and float32_alpha_error(esd, fit, side) <= FLOAT32_ALPHA_TOLERANCE:
         return esd, fit, False
     esd = spectrum(True)
-    return esd, fit_power_law(esd, method), True
+    return esd, fit_power_law(esd, method, small_n, fix_fingers), True

@@ -21,6 +21,7 @@ TINY_CNN = REPO / "fixtures" / "tiny-cnn-trained.pth"
 FLAGS = [
     "--farms", "--xmin", "--layers", "--device", "--min-evals", "--conv-scale",
     "--farms-window", "--farms-q", "--farms-steps", "--precision", "--max-memory",
+    "--fit", "--fix-fingers", "--small-n",
 ]
 
 # Each analysing command, the arguments it needs besides the analysis options, and its default settings.
@@ -57,7 +58,7 @@ def analysis_params(path: str) -> dict[str, tuple]:
     return described
 
 
-def test_every_analysing_command_has_the_same_eleven_flags_with_the_same_help():
+def test_every_analysing_command_has_the_same_fourteen_flags_with_the_same_help():
     reference = analysis_params("analyze")
     assert list(reference) == FLAGS
     for path, (_, defaults) in COMMANDS.items():

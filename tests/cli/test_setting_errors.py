@@ -30,6 +30,12 @@ REFUSALS = [
     (lambda: AnalyzeSettings(max_memory="8 GB of RAM"), "max_memory", "max_memory='8 GB of RAM': not a size",
      "--max-memory '8 GB of RAM': not a size"),
     (lambda: AnalyzeSettings(max_memory=8), "max_memory", "max_memory=8: must be at least 1MiB", "--max-memory 8: must be"),
+    (lambda: AnalyzeSettings(fit="power"), "fit", "fit='power': must be one of pl, tpl, e_tpl", "--fit power: must be"),
+    (lambda: AnalyzeSettings(fix_fingers="xmin_peak"), "fix_fingers", "fix_fingers='xmin_peak': must be one of none, clip_xmax",
+     "--fix-fingers xmin_peak: must be"),
+    (lambda: AnalyzeSettings(small_n="tiny"), "small_n", "small_n='tiny': must be one of htsr, ww", "--small-n tiny: must be"),
+    (lambda: AnalyzeSettings(small_n="ww", xmin="peak"), "small_n", "small_n='ww': WeightWatcher's small-N path chooses xmin",
+     "--small-n ww: WeightWatcher's small-N path"),
     (lambda: FarmsSettings(window=0), "window", "window=0: must be at least 1", "--farms-window 0: must be"),
     (lambda: FarmsSettings(q=float("nan")), "q", "q=nan: must be a window aspect ratio", "--farms-q nan: must be"),
     (lambda: FarmsSettings(steps=1), "steps", "steps=1: must be at least 2", "--farms-steps 1: must be"),
@@ -92,6 +98,10 @@ def test_each_settings_class_names_the_parameter_and_the_cli_the_flag(make, para
      "--samples 0: must be at least 1"),
     (["prune", TINY_LLAMA, "--target", "0.5", "--epsilon", "1.5", "-o", "out"], "--epsilon 1.5: must be in [0, 1)"),
     (["eval", "perplexity", TINY_LLAMA, "--text", "c.txt", "--seq-len", "2"], "--seq-len 2: must be at least 3 tokens"),
+    (["analyze", TINY_LLAMA, "--small-n", "ww", "--xmin", "median"],
+     "--small-n ww: WeightWatcher's small-N path chooses xmin its own way: use it with xmin=ks, not median"),
+    (["allocate", "sparsity", TINY_LLAMA, "--target", "0.5", "--small-n", "ww"],
+     "--small-n ww: WeightWatcher's small-N path chooses xmin its own way: use it with xmin=ks, not peak"),
     (["eval", "perplexity", TINY_LLAMA, "--text", "c.txt", "--max-tokens", "0"], "--max-tokens 0: must be positive"),
 ])
 def test_the_command_line_refuses_before_reading_anything(cli, args, message, monkeypatch, tmp_path):
