@@ -19,11 +19,11 @@ from htsr_cli.cli import ensemble, landscape
 from htsr_cli.cli import allocate_bits, quantize
 from htsr_cli.cli import track
 from htsr_cli.cli._errors import USAGE_ERROR, FunnelGroup
-from htsr_cli.cli._options import FlagsWithoutType, HtsrCommand
+from htsr_cli.cli._options import FlagsWithoutType, HtsrCommand, TwoColumnHelp
 
 
-class RootGroup(FlagsWithoutType, FunnelGroup):
-    """`htsr`: the error funnel, and help that lists flags without a type."""
+class RootGroup(FlagsWithoutType, TwoColumnHelp, FunnelGroup):
+    """`htsr`: the error funnel, and help that lists flags without a type in two columns."""
 
 
 app = typer.Typer(
