@@ -125,7 +125,7 @@ CheckpointArg = Annotated[
     str,
     typer.Argument(
         metavar="CHECKPOINT",
-        help="A .safetensors/.pt/.pth/.bin/.ckpt file, a Hugging Face directory, or a cached hub id.",
+        help="A .safetensors/.pt/.pth/.bin/.ckpt/.gguf file, a Hugging Face directory, or a hub id (org/name; a bare gpt2 when cached).",
         show_default=False,
     ),
 ]

@@ -153,6 +153,13 @@ def test_help_has_examples_no_bool_types_and_every_default(cli, path):
             assert param.show_default, f"{' '.join(path)} {param.opts[0]} hides its default"
 
 
+def test_checkpoint_help_names_every_format_and_bare_hub_ids():
+    from typer.testing import CliRunner
+
+    text = " ".join(CliRunner().invoke(app, ["analyze", "--help"], env={"COLUMNS": "200"}).stdout.split())
+    assert ".safetensors/.pt/.pth/.bin/.ckpt/.gguf file" in text and "a bare gpt2 when cached" in text
+
+
 def test_shell_completion_is_offered(cli):
     text = cli("--help").stdout
     assert "--install-completion" in text and "--show-completion" in text

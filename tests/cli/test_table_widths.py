@@ -145,3 +145,18 @@ def test_narrow_terminals_say_which_columns_they_hid(cli, monkeypatch, inputs):
     lines = on_terminal(cli, monkeypatch, 80, COMMANDS["allocate-sparsity"](inputs))
     hidden = [line for line in lines if line.startswith("hidden at 80 columns:")]
     assert hidden and "block" in hidden[0] and "piped output shows all" in " ".join(lines)
+
+
+def test_gate_help_at_80_columns_keeps_a_usable_description_column(cli):
+    from typer.testing import CliRunner
+
+    from htsr_cli.cli.app import app
+
+    result = CliRunner().invoke(app, ["gate", "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert max(cell_len(line) for line in lines) <= 80
+    rows = [line for line in lines if line.startswith("│ --config")]
+    assert rows and "A TOML file with a tool.htsr.gate table" in rows[0]  # 40+ characters of description
+    assert "--no-require-layers" in result.stdout
+    assert len(lines) < 130  # typer's own layout took 196 lines
