@@ -84,13 +84,23 @@ def parse_hub_id(text: str, bare: bool = False) -> HubId | None:
     return HubId(name, revision or None)
 
 
+def hub_cache_dir() -> str:
+    """Where the hub cache is, by the same environment variables huggingface_hub reads."""
+    from huggingface_hub import constants
+
+    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(variable):
+            return os.path.expanduser(os.environ[variable])
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
+    return constants.HF_HUB_CACHE
+
+
 def _cached_bare_id(text: str) -> HubId | None:
     """`gpt2` as a hub id when the hub cache has a `models--gpt2` folder, else None."""
     hub = parse_hub_id(text, bare=True)
     if hub is None or "/" in hub.repo_id:
         return None
-    from htsr_cli.checkpoints.hub import hub_cache_dir  # the cache's location, read only for a bare name
-
     return hub if os.path.isdir(os.path.join(hub_cache_dir(), f"models--{hub.repo_id}")) else None
 
 

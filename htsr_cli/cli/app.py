@@ -14,7 +14,7 @@ from htsr_cli import __version__
 from htsr_cli.cli import analyze, report
 from htsr_cli.cli import compare, gate
 from htsr_cli.cli import allocate, lr_schedule
-from htsr_cli.cli import diagnose, evaluate, prune
+from htsr_cli.cli import convert, diagnose, evaluate, prune
 from htsr_cli.cli import ensemble, landscape
 from htsr_cli.cli import allocate_bits, quantize
 from htsr_cli.cli import track
@@ -79,6 +79,7 @@ app.add_typer(allocate.app, name="allocate")
 app.add_typer(lr_schedule.app, name="lr-schedule")
 app.command("prune", cls=HtsrCommand)(prune.prune)
 app.command("quantize", cls=HtsrCommand)(quantize.quantize)
+app.command("convert", cls=HtsrCommand)(convert.convert)
 app.add_typer(evaluate.app, name="eval")
 app.command("diagnose", cls=HtsrCommand)(diagnose.diagnose)
 app.command("landscape", cls=HtsrCommand)(landscape.landscape)

@@ -147,7 +147,7 @@ def test_help_has_examples_no_bool_types_and_every_default(cli, path):
         assert re.search(r"\n\s+htsr \S", text.split("Examples:")[1])
     for param in command.params:
         if param.param_type_name == "argument":
-            assert param.metavar in ("CHECKPOINT", "CHECKPOINT|REPORT.json", "A", "B", "MODEL", "RUN_DIR|CHECKPOINT...")
+            assert param.metavar in ("CHECKPOINT", "CHECKPOINT|REPORT.json", "A", "B", "MODEL", "RUN_DIR|CHECKPOINT...", "GGUF")
             assert param.metavar in text
         elif not param.is_flag and not param.required and param.name not in ("help",):
             assert param.show_default, f"{' '.join(path)} {param.opts[0]} hides its default"
