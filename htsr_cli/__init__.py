@@ -61,5 +61,6 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    """The lazy exports too, so `dir(htsr_cli)` and tab completion list them."""
-    return sorted({*globals(), *_EXPORTS})
+    """The public names (the lazy exports too) and the module's dunders, so `dir(htsr_cli)` and tab
+    completion list what a user may call, not this module's own imports (`importlib`, `Any`)."""
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})

@@ -28,3 +28,11 @@ def test_dir_lists_the_lazy_exports():
                  "TempBalance", "InvalidSetting", "attach_spectra", "__version__"):
         assert name in names
     assert htsr_cli.SparsitySettings(target=0.5).target == 0.5
+    assert [name for name in names if not name.startswith("__")] == sorted(htsr_cli._EXPORTS)  # no Any, importlib
+
+
+def test_a_missing_spectrum_names_the_public_attach_spectra():
+    report = htsr_cli.analyze(TINY_CNN, layers="fc")
+    with pytest.raises(htsr_cli.HtsrError, match=r"htsr_cli\.attach_spectra\)$"):
+        report.plot_esd(report.layers[0].name)
+    assert callable(htsr_cli.attach_spectra)

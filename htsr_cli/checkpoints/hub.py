@@ -14,7 +14,7 @@ from pathlib import Path
 from htsr_cli.checkpoints.hf_directory import SAFETENSORS_INDEX, TORCH_INDEX, has_weights
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import os_reason
-from htsr_cli.checkpoints.sources import HubId
+from htsr_cli.checkpoints.sources import HubId, hub_cache_dir
 
 _TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
 
@@ -117,18 +117,6 @@ def _download(hub: HubId, cache_dir: str) -> Path:
         f"{label}: no weights found on the hub "
         "(expected model.safetensors, shards with an index, or pytorch_model*.bin)"
     )
-
-
-def hub_cache_dir() -> str:
-    """Where the hub cache is, by the same environment variables huggingface_hub reads."""
-    from huggingface_hub import constants
-
-    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(variable):
-            return os.path.expanduser(os.environ[variable])
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
-    return constants.HF_HUB_CACHE
 
 
 def hub_offline() -> bool:

@@ -1,5 +1,9 @@
 """What a CHECKPOINT argument names: a local path or a Hugging Face hub id.
 
+`org/name` is a hub id whenever no such path exists. A bare `gpt2` is one only
+when the hub cache holds it: a single word is far more often a mistyped local
+directory, which should be reported as such rather than looked up online.
+
 Decided from the text and one `stat`, without importing torch, so a mistyped
 path is reported at once (`fixtures/tiny-llam: no such file or directory
 (did you mean fixtures/tiny-llama?)`) instead of after seconds of start-up or
@@ -21,6 +25,7 @@ from htsr_cli.io import os_reason, read_json, register_input
 
 # huggingface_hub's rule: word characters, "-" and "." inside, at most 96 per part.
 _REPO_ID = re.compile(r"^\w(?:[\w.-]{0,94}\w)?/\w(?:[\w.-]{0,94}\w)?$")
+_BARE_REPO_ID = re.compile(r"^\w(?:[\w.-]{0,94}\w)?$")  # `gpt2`, `bert-base-uncased`: the hub's oldest models
 # A branch, tag, commit hash or `refs/pr/N`.
 _REVISION = re.compile(r"^\w[\w./-]{0,254}$")
 # A file extension: `.json`, `.safetensors`, `.pth`; not the `.5` of `phi-1.5`
@@ -68,14 +73,35 @@ def looks_like_path(text: str) -> bool:
     return bool(parent) and os.path.isdir(parent)
 
 
-def parse_hub_id(text: str) -> HubId | None:
-    """The hub id `text` spells (`org/name` or `org/name@revision`), or None."""
+def parse_hub_id(text: str, bare: bool = False) -> HubId | None:
+    """The hub id `text` spells (`org/name` or `org/name@revision`; with `bare`, also `gpt2[@revision]`), or None."""
     name, at, revision = text.partition("@")
     if at and (not _REVISION.match(revision) or ".." in revision.split("/")):
         return None  # `..` would climb out of the cache's refs/ folder
-    if not _REPO_ID.match(name) or ".." in name or "--" in name or looks_like_path(name):
+    spelled = _REPO_ID.match(name) or (bare and _BARE_REPO_ID.match(name))
+    if not spelled or ".." in name or "--" in name or looks_like_path(name):
         return None
     return HubId(name, revision or None)
+
+
+def hub_cache_dir() -> str:
+    """Where the hub cache is, by the same environment variables huggingface_hub reads."""
+    from huggingface_hub import constants
+
+    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(variable):
+            return os.path.expanduser(os.environ[variable])
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
+    return constants.HF_HUB_CACHE
+
+
+def _cached_bare_id(text: str) -> HubId | None:
+    """`gpt2` as a hub id when the hub cache has a `models--gpt2` folder, else None."""
+    hub = parse_hub_id(text, bare=True)
+    if hub is None or "/" in hub.repo_id:
+        return None
+    return hub if os.path.isdir(os.path.join(hub_cache_dir(), f"models--{hub.repo_id}")) else None
 
 
 def locate(text: str) -> Path | HubId:
@@ -85,7 +111,7 @@ def locate(text: str) -> Path | HubId:
     try:
         info = os.stat(text)
     except FileNotFoundError:
-        hub = parse_hub_id(text)
+        hub = parse_hub_id(text) or _cached_bare_id(text)
         if hub is not None:
             return hub
         raise HtsrError(f"{text}: no such file or directory{_suggestion(text)}") from None

@@ -25,6 +25,7 @@ from typing import Annotated, Any, Optional, TypeVar
 import typer
 
 from htsr_cli.cli._options import Device, Fit, FixFingers, Precision, SmallN, Xmin
+from htsr_cli.errors import HtsrError
 from htsr_cli.settings import AnalyzeSettings, FarmsSettings
 
 FarmsOpt = Annotated[bool, typer.Option("--farms", help="Also compute alpha_farms (FARMS: fixed-aspect-ratio subsampling).")]
@@ -72,7 +73,17 @@ OPTION_NAMES = tuple(_option_defaults(AnalyzeSettings()))
 
 
 def settings_from_options(defaults: AnalyzeSettings, values: dict[str, Any]) -> AnalyzeSettings:
-    """The settings the options describe (checked by `AnalyzeSettings`: a bad value is an InvalidSetting)."""
+    """The settings the options describe (checked by `AnalyzeSettings`: a bad value is an InvalidSetting).
+
+    A FARMS option without --farms is refused rather than implied: --farms doubles the
+    analysis time, which a typo'd or left-over --farms-steps should not switch on silently.
+    """
+    if not values["farms"]:
+        unused = FarmsSettings()
+        for name, default in (("farms_window", unused.window), ("farms_q", unused.q), ("farms_steps", unused.steps)):
+            if values[name] != default:
+                flag = "--" + name.replace("_", "-")
+                raise HtsrError(f"{flag} {values[name]}: only tunes FARMS; add --farms to compute alpha_farms")
     farms = FarmsSettings(values["farms_window"], values["farms_q"], values["farms_steps"]) if values["farms"] else None
     return replace(
         defaults,

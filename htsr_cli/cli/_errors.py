@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import sys
 from typing import Any
@@ -111,7 +112,7 @@ class FunnelGroup(TyperGroup):
         except typer.TyperException as error:  # typer's own click usage errors
             command = error.ctx.command_path if getattr(error, "ctx", None) else "htsr"
             lines = error.format_message().strip().splitlines() or ["unknown error"]
-            report_error(f"{lines[0]} (see '{command} --help')")
+            report_error(f"{plain_usage_error(lines[0])} (see '{command} --help')")
             code = getattr(error, "exit_code", USAGE_ERROR)
         except (typer.Abort, click.exceptions.Abort, KeyboardInterrupt):
             code = announce(signal.SIGINT)
@@ -126,6 +127,26 @@ class FunnelGroup(TyperGroup):
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+# typer checks option values with pydantic and words its errors that way ("Value error, 'foo' is
+# not one of 'ks', 'median'.", "Input should be a valid integer, unable to parse string as an integer").
+_NOT_A_CHOICE = re.compile(r"^Invalid value for '([^']+)'(?: / '[^']+')*: (?:Value error, )?'(.*)' is not one of (.*?)\.?$")
+_NOT_A_TYPE = re.compile(r"^Invalid value for '([^']+)'(?: / '[^']+')*: (?:Value error, )?Input should be a valid (\w+)\b.*$")
+_TYPE_NAMES = {"integer": "an integer", "number": "a number", "boolean": "true or false"}
+
+
+def plain_usage_error(line: str) -> str:
+    """A click/typer usage error in htsr's words: `--xmin foo: must be one of ks, median, peak`."""
+    choice = _NOT_A_CHOICE.match(line)
+    if choice:
+        flag, value, choices = choice.groups()
+        return f"{flag} {printable(value)}: must be one of {choices.replace(chr(39), '')}"
+    kind = _NOT_A_TYPE.match(line)
+    if kind:
+        flag, name = kind.groups()
+        return f"{flag}: must be {_TYPE_NAMES.get(name, 'a valid ' + name)}"
+    return line
 
 
 def _as_user_error(error: BaseException) -> HtsrError | None:

@@ -55,11 +55,72 @@ class FlagsWithoutType:
         return params
 
 
-class HtsrCommand(FlagsWithoutType, TyperCommand):
+HELP_NAMES_SHARE = 0.4  # of the terminal's width, at most, for an option's names and type
+
+
+class TwoColumnHelp:
+    """Help whose option panels have two columns, names and type first, then the description.
+
+    typer lays options out in six columns that rich narrows together, so at 80
+    columns `--require-layers --no-require-layers <text|json|github|markdown>` left
+    the description 17 characters. Here the names and type share one column of at most
+    HELP_NAMES_SHARE of the width (folded below that) and the description takes the rest.
+    typer still builds each panel; this only rearranges its cells before printing.
+    """
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from typer import rich_utils
+
+        build_panel = rich_utils._print_options_panel
+
+        def two_column_panel(*, console: Any, **options: Any) -> None:
+            panels: list[Any] = []
+            build_panel(console=_Recorder(panels), **options)
+            for panel in panels:
+                console.print(_two_columns(panel, console.width))
+
+        rich_utils._print_options_panel = two_column_panel
+        try:
+            super().format_help(ctx, formatter)  # type: ignore[misc]
+        finally:
+            rich_utils._print_options_panel = build_panel
+
+
+class _Recorder:
+    """Stands in for the console typer prints an options panel to, keeping the panel."""
+
+    def __init__(self, panels: list[Any]) -> None:
+        self.panels = panels
+
+    def print(self, renderable: Any, *args: Any, **kwargs: Any) -> None:
+        self.panels.append(renderable)
+
+
+def _two_columns(panel: Any, width: int) -> Any:
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    table = panel.renderable
+    columns = [list(column.cells) for column in table.columns]
+    names = []
+    for row in range(table.row_count):
+        parts = [Text(cell) if isinstance(cell, str) else cell for cell in (column[row] for column in columns[:-1])]
+        names.append(Text(" ").join(part for part in parts if part.plain))
+    widest = max((name.cell_len for name in names), default=0)
+    compact = Table(show_header=False, box=None, padding=(0, 1), pad_edge=False, expand=True)
+    compact.add_column(max_width=min(widest, max(20, int(width * HELP_NAMES_SHARE))), overflow="fold")
+    compact.add_column(ratio=1)
+    for name, description in zip(names, columns[-1]):
+        compact.add_row(name, description)
+    return Panel(compact, title=panel.title, title_align=panel.title_align, border_style=panel.border_style)
+
+
+class HtsrCommand(FlagsWithoutType, TwoColumnHelp, TyperCommand):
     """Every htsr command."""
 
 
-class HtsrGroup(FlagsWithoutType, TyperGroup):
+class HtsrGroup(FlagsWithoutType, TwoColumnHelp, TyperGroup):
     """Every htsr command group (allocate, lr-schedule)."""
 
 
@@ -67,7 +128,7 @@ CheckpointArg = Annotated[
     str,
     typer.Argument(
         metavar="CHECKPOINT",
-        help="A .safetensors/.pt/.pth/.bin/.ckpt/.gguf/.onnx file, a Hugging Face directory, or a cached hub id.",
+        help="A .safetensors/.pt/.pth/.bin/.ckpt/.gguf/.onnx file, a Hugging Face directory, or a hub id (org/name; a bare gpt2 when cached).",
         show_default=False,
     ),
 ]

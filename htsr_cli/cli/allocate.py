@@ -31,9 +31,9 @@ from htsr_cli.cli._output import emit_renderable, emit_text, stderr_console, tab
 from htsr_cli.cli._reports import analysis_report, checkpoint_source
 from htsr_cli.io import check_output_paths
 from htsr_cli.results.documents import dumps_json
-from htsr_cli.render.outputs import Column, format_cell, to_csv, to_rich_table
+from htsr_cli.render.outputs import Column, format_cell, to_csv
 from htsr_cli.settings import AnalyzeSettings
-from htsr_cli.render.terminal import fit_columns
+from htsr_cli.render.terminal import terminal_table
 
 app = typer.Typer(
     cls=HtsrGroup,
@@ -62,15 +62,15 @@ PEAK = AnalyzeSettings(xmin="peak")  # AlphaPruning and AlphaLoRA fit with the p
 
 def emit_plan(
     plan: dict[str, Any], columns: list[Column], output_format: AllocationFormat, output: Path | None,
-    caption: str, quiet: bool,
+    caption: str, quiet: bool, keep: tuple[str, ...],
 ) -> None:
+    """The plan as JSON, CSV or a table; the table keeps the columns in `keep` at any width."""
     if output_format is AllocationFormat.json:
         emit_text(dumps_json(plan), output, quiet)
     elif output_format is AllocationFormat.csv:
         emit_text(to_csv(columns, plan["layers"]), output, quiet)
     else:
-        fitted = fit_columns(columns, plan["layers"], table_width(output))
-        emit_renderable(to_rich_table(fitted.columns, fitted.rows, caption=caption), output, quiet)
+        emit_renderable(terminal_table(columns, plan["layers"], table_width(output), notes=[caption], keep=keep), output, quiet)
 
 
 @app.command("sparsity", cls=HtsrCommand)
@@ -123,7 +123,7 @@ def sparsity(
         f"range [{summary['min_sparsity']:.4f}, {summary['max_sparsity']:.4f}] | "
         f"clipped {summary['clipped']} | not pruned {summary['excluded']}"
     )
-    emit_plan(plan, columns, output_format, output, caption, quiet)
+    emit_plan(plan, columns, output_format, output, caption, quiet, keep=("name", settings.metric, "sparsity", "note"))
     if summary["above_one"]:
         stderr_console.print(
             f"warning: {summary['above_one']} matrices get a sparsity above 1 (more weights than they have); "
@@ -170,4 +170,4 @@ def experts(
         f"{plan['summary']['experts']} experts over {plan['summary']['blocks']} blocks "
         f"(beta {format_cell(settings.beta, None)})"
     )
-    emit_plan(plan, columns, output_format, output, caption, quiet)
+    emit_plan(plan, columns, output_format, output, caption, quiet, keep=("name", "experts", "note"))

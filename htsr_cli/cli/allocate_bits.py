@@ -16,8 +16,8 @@ from htsr_cli.cli._output import emit_renderable, emit_text, note, table_width
 from htsr_cli.cli._reports import analysis_report
 from htsr_cli.errors import InvalidSetting
 from htsr_cli.io import check_output_paths
-from htsr_cli.render.outputs import Column, to_csv, to_rich_table
-from htsr_cli.render.terminal import fit_columns
+from htsr_cli.render.outputs import Column, to_csv
+from htsr_cli.render.terminal import terminal_table
 from htsr_cli.results.documents import dumps_json
 from htsr_cli.results.report import Report, is_report_file
 from htsr_cli.settings import AnalyzeSettings
@@ -149,8 +149,8 @@ def bits(
         f"{summary['allocated'] + summary['held']} matrices, {summary['quantized_params']:,} params | {widths} | "
         f"held {summary['held']} | not quantized {summary['excluded']}"
     )
-    fitted = fit_columns(columns, plan["layers"], table_width(output))
-    emit_renderable(to_rich_table(fitted.columns, fitted.rows, caption=caption), output, quiet)
+    table = terminal_table(columns, plan["layers"], table_width(output), notes=[caption], keep=("name", "bits", "note"))
+    emit_renderable(table, output, quiet)
 
 
 def model_type_of(source: str, report: Report) -> str | None:

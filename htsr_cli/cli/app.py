@@ -14,16 +14,16 @@ from htsr_cli import __version__
 from htsr_cli.cli import analyze, describe, report
 from htsr_cli.cli import compare, gate
 from htsr_cli.cli import allocate, lr_schedule
-from htsr_cli.cli import diagnose, evaluate, prune
+from htsr_cli.cli import convert, diagnose, evaluate, prune
 from htsr_cli.cli import ensemble, landscape
 from htsr_cli.cli import allocate_bits, quantize, smooth
 from htsr_cli.cli import track
 from htsr_cli.cli._errors import USAGE_ERROR, FunnelGroup
-from htsr_cli.cli._options import FlagsWithoutType, HtsrCommand
+from htsr_cli.cli._options import FlagsWithoutType, HtsrCommand, TwoColumnHelp
 
 
-class RootGroup(FlagsWithoutType, FunnelGroup):
-    """`htsr`: the error funnel, and help that lists flags without a type."""
+class RootGroup(FlagsWithoutType, TwoColumnHelp, FunnelGroup):
+    """`htsr`: the error funnel, and help that lists flags without a type in two columns."""
 
 
 app = typer.Typer(
@@ -82,6 +82,7 @@ app.add_typer(lr_schedule.app, name="lr-schedule")
 app.command("prune", cls=HtsrCommand)(prune.prune)
 app.command("quantize", cls=HtsrCommand)(quantize.quantize)
 app.command("smooth", cls=HtsrCommand)(smooth.smooth)
+app.command("convert", cls=HtsrCommand)(convert.convert)
 app.add_typer(evaluate.app, name="eval")
 app.command("diagnose", cls=HtsrCommand)(diagnose.diagnose)
 app.command("landscape", cls=HtsrCommand)(landscape.landscape)

@@ -7,8 +7,6 @@ from enum import Enum
 from typing import Annotated, Any
 
 import typer
-from rich.console import Group
-from rich.text import Text
 
 from htsr_cli.cli._analysis_options import analysis_options
 from htsr_cli.cli._options import (
@@ -23,9 +21,9 @@ from htsr_cli.results.compare import Comparison, LayerDelta, compare_reports
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import check_output_paths
 from htsr_cli.results.documents import dumps_json
-from htsr_cli.render.outputs import Column, format_cell, markdown_text, printable, to_csv, to_markdown, to_rich_table
+from htsr_cli.render.outputs import Column, format_cell, markdown_text, printable, to_csv, to_markdown
 from htsr_cli.results.report import Report, is_report_file
-from htsr_cli.render.terminal import fit_columns
+from htsr_cli.render.terminal import terminal_table
 from htsr_cli.settings import AnalyzeSettings
 
 
@@ -141,10 +139,12 @@ def compare(
     columns = _columns(comparison)
     rows = [_row(layer, comparison.metric) for layer in comparison.layers]
     if output_format is CompareFormat.table:
-        title = f"htsr compare ({comparison.metric})"
-        fitted = fit_columns(columns, rows, table_width(output), name_key="layer")
-        table = to_rich_table(fitted.columns, fitted.rows, title=title, caption="\n".join(_notes(comparison)))
-        emit_renderable(Group(table, Text(summary_line(comparison), style="bold")), output, quiet)
+        table = terminal_table(
+            columns, rows, table_width(output), title=f"htsr compare ({comparison.metric})", notes=_notes(comparison),
+            summary=summary_line(comparison), name_key="layer", keep=("layer", "delta", "status"),
+            drop_order=("layer_b", "lambda_max_change", "relative_error", f"{comparison.metric}_a", f"{comparison.metric}_b"),
+        )
+        emit_renderable(table, output, quiet)
     elif output_format is CompareFormat.json:
         emit_text(dumps_json(comparison.to_json()), output, quiet)
     elif output_format is CompareFormat.csv:

@@ -21,14 +21,15 @@ from htsr_cli.cli._landscape_options import (
     ToleranceOpt,
     input_options,
 )
-from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress
+from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress, table_width
 from htsr_cli.cli._options import OutputOpt, QuietOpt
 from htsr_cli.diagnosis.md_tree import MAX_DEPTH, Diagnosis, FitSettings, diagnose_features, fit_population, load_tree
 from htsr_cli.diagnosis.questions import CONNECTIVITY, HESSIAN_TRACE, TRAIN_ERROR
 from htsr_cli.diagnosis.table import read_population
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import check_output_paths, read_document
-from htsr_cli.render.outputs import Column, printable, to_csv, to_rich_table
+from htsr_cli.render.outputs import Column, printable, to_csv
+from htsr_cli.render.terminal import terminal_table
 from htsr_cli.results.documents import check_fields, dumps_json, parse_json
 
 
@@ -149,7 +150,7 @@ def diagnose(
     elif output_format is DiagnoseFormat.csv:
         emit_text(to_csv(PATH_COLUMNS, _path_rows(diagnosis)), output, quiet)
     else:
-        emit_renderable(_table(diagnosis), output, quiet)
+        emit_renderable(_table(diagnosis, table_width(output)), output, quiet)
 
 
 def _computed_features(
@@ -227,7 +228,7 @@ def _path_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
     return rows
 
 
-def _table(diagnosis: Diagnosis) -> Group:
+def _table(diagnosis: Diagnosis, width: int | None) -> Group:
     parts: list[Any] = []
     columns = [PATH_COLUMNS[4], PATH_COLUMNS[5], PATH_COLUMNS[6], PATH_COLUMNS[7], PATH_COLUMNS[8]]
     for question, answer in diagnosis.answers:
@@ -237,7 +238,9 @@ def _table(diagnosis: Diagnosis) -> Group:
         )
         parts.append(Text(printable(question.asks), style="bold"))
         parts.append(Text(f"  {answer.label}: {question.meanings[answer.label]} ({confidence})"))
-        parts.append(to_rich_table(columns, _path_rows_of(question.name, diagnosis)))
+        # every column is the path's own: none is dropped, and a repeated `went` stays in its column
+        parts.append(terminal_table(columns, _path_rows_of(question.name, diagnosis), width, name_key="feature",
+                                    keep=[column.key for column in columns], fold_constants=False))
     source = diagnosis.tree.provenance
     parts.append(Text(printable(
         f"Tree: fitted on {source.table} ({source.rows} rows; {source.protocol}) on {source.fitted_on}, htsr {source.htsr_version}."

@@ -19,7 +19,7 @@ from htsr_cli.cli._landscape_options import (
     input_options,
 )
 from htsr_cli.cli._options import DEFAULT_DPI, PLOT_SUFFIXES, DpiOpt, OutputOpt, QuietOpt
-from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress, wrote
+from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress, table_width, wrote
 from htsr_cli.errors import HtsrError
 
 
@@ -69,7 +69,7 @@ def ensemble(
     if output_format is EnsembleFormat.json:
         emit_text(dumps_json(document), output, quiet)
     else:
-        emit_renderable(ensemble_tables(document), output, quiet)
+        emit_renderable(ensemble_tables(document, table_width(output)), output, quiet)
     if plot is not None:
         from htsr_cli.io import write_atomic
         from htsr_cli.render.ensemble import sharpness_diversity_figure
@@ -80,9 +80,10 @@ def ensemble(
         wrote(plot, quiet)
 
 
-def ensemble_tables(document: dict[str, Any]) -> Group:
-    """One row per member and one for the ensemble; the diversity in the caption."""
-    from htsr_cli.render.outputs import Column, to_rich_table
+def ensemble_tables(document: dict[str, Any], width: int | None) -> Group:
+    """One row per member and one for the ensemble; the diversity in the note under it."""
+    from htsr_cli.render.outputs import Column
+    from htsr_cli.render.terminal import terminal_table
 
     rows = [
         {key: member[key] for key in ("model", "accuracy", "loss", "sharpness", "disagreement")}
@@ -105,4 +106,4 @@ def ensemble_tables(document: dict[str, Any]) -> Group:
         f"disagreement: with the other members (ensemble row: mean over pairs); "
         f"KL {diversity['kl']:.4f}, prediction variance {diversity['variance']:.4g}; {document['device']}"
     )
-    return Group(to_rich_table(columns, rows, caption=caption))
+    return terminal_table(columns, rows, width, notes=[caption], name_key="model", keep=("model", "accuracy"))

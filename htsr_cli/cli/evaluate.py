@@ -13,9 +13,10 @@ from typing import Annotated, Optional
 import typer
 
 from htsr_cli.cli._options import Device, HtsrCommand, HtsrGroup, OutputOpt, QuietOpt
-from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress
+from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress, table_width
 from htsr_cli.results.documents import dumps_json
-from htsr_cli.render.outputs import Column, to_rich_table
+from htsr_cli.render.outputs import Column
+from htsr_cli.render.terminal import terminal_table
 
 app = typer.Typer(cls=HtsrGroup, name="eval", help="Measure a model: perplexity on a text file.", no_args_is_help=True)
 
@@ -81,4 +82,6 @@ def perplexity(
         Column("tokens_scored", "tokens"),
     ]
     caption = f"{result['objective']} LM, {result['protocol']}; seq_len {result['seq_len']}, {result['dtype']} on {result['device']}"
-    emit_renderable(to_rich_table(columns, [result], caption=caption), output, quiet)
+    table = terminal_table(columns, [result], table_width(output), notes=[caption], name_key="model",
+                           keep=("model", "perplexity"))
+    emit_renderable(table, output, quiet)

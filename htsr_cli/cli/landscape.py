@@ -26,7 +26,7 @@ from htsr_cli.cli._landscape_options import (
     input_options,
 )
 from htsr_cli.cli._options import OutputOpt, QuietOpt
-from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress
+from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress, table_width
 
 
 class LandscapeFormat(str, Enum):
@@ -112,14 +112,16 @@ def landscape(
     if output_format is LandscapeFormat.json:
         emit_text(dumps_json(document), output, quiet)
         return
-    emit_renderable(landscape_tables(document), output, quiet)
+    emit_renderable(landscape_tables(document, table_width(output)), output, quiet)
 
 
-def landscape_tables(document: dict):
+def landscape_tables(document: dict, width: int | None):
     """One row per model; for two models a second table of what joins them."""
     from rich.console import Group
+    from rich.text import Text
 
-    from htsr_cli.render.outputs import Column, to_rich_table
+    from htsr_cli.render.outputs import Column
+    from htsr_cli.render.terminal import terminal_table
 
     rows = []
     for entry in document["models"]:
@@ -146,7 +148,7 @@ def landscape_tables(document: dict):
         f"{document['objective']} on {data['used']} of {data['samples']} {data['unit']} of {data['path']} "
         f"({data['batches']} batch{'es' if data['batches'] != 1 else ''}); {document['device']}"
     )
-    parts = [to_rich_table(columns, rows, caption=caption)]
+    parts = [terminal_table(columns, rows, width, notes=[caption], name_key="model", keep=("model", "loss", "error"))]
     pair = document["pair"]
     if pair is not None:
         connectivity = pair["connectivity"]
@@ -175,7 +177,8 @@ def landscape_tables(document: dict):
             diversity = pair["diversity"]
             notes.append(f"disagreement {diversity['disagreement']:.4f}, KL {diversity['kl']:.4f}, variance {diversity['variance']:.4g}")
         if paired:
-            parts.append(to_rich_table(pair_columns, paired, caption="; ".join(n for n in notes if n) or None))
+            parts.append(terminal_table(pair_columns, paired, width, notes=["; ".join(n for n in notes if n)] if any(notes) else [],
+                                        name_key="path", keep=("path", "loss_barrier", "error_barrier"), fold_constants=False))
         elif any(notes):
-            parts.append("; ".join(n for n in notes if n))
+            parts.append(Text("; ".join(n for n in notes if n)))
     return Group(*parts)

@@ -27,9 +27,9 @@ from htsr_cli.cli._output import emit_renderable, emit_text, note, table_width
 from htsr_cli.cli._reports import analysis_report, checkpoint_source
 from htsr_cli.io import check_output_paths
 from htsr_cli.results.documents import dumps_json
-from htsr_cli.render.outputs import Column, format_cell, to_csv, to_rich_table
+from htsr_cli.render.outputs import Column, format_cell, to_csv
 from htsr_cli.results.report import is_report_file
-from htsr_cli.render.terminal import fit_columns
+from htsr_cli.render.terminal import terminal_table
 from htsr_cli.settings import AnalyzeSettings
 
 app = typer.Typer(
@@ -142,12 +142,13 @@ def export(
         columns = [
             Column(key, key, digits.get(key), "left" if key in ("name", "kind", "block") else "right") for key in keys
         ] + [Column("note", "note", justify="left")]
-        fitted = fit_columns(columns, plan["layers"], table_width(output))
         summary = plan["summary"]
         caption = (
             f"base LR {format_cell(base_lr, None)} | {summary['adjusted']} of {summary['modules']} modules adjusted | "
             f"factors {format_cell(summary['min_factor'], 4)} to {format_cell(summary['max_factor'], 4)}"
         )
-        emit_renderable(to_rich_table(fitted.columns, fitted.rows, caption=caption), output, quiet)
+        table = terminal_table(columns, plan["layers"], table_width(output), notes=[caption],
+                               keep=("name", "factor", "lr", "note"), drop_order=("block", "num_evals", "kind", settings.metric))
+        emit_renderable(table, output, quiet)
     if epochs:
         note("factors are fixed, computed once from this checkpoint's alphas", quiet)

@@ -27,8 +27,9 @@ from htsr_cli.cli._options import (
     QuietOpt,
     Xmin,
 )
-from htsr_cli.cli._output import emit_renderable, layer_progress
-from htsr_cli.render.outputs import Column, to_rich_table
+from htsr_cli.cli._output import emit_renderable, layer_progress, table_width
+from htsr_cli.render.outputs import Column
+from htsr_cli.render.terminal import terminal_table
 
 
 PruneMetricOpt = Annotated[
@@ -139,10 +140,10 @@ def prune(
     )
     with layer_progress(quiet, "pruning", unit="") as progress:
         record = prune_checkpoint(checkpoint, output, settings, progress=progress)
-    emit_renderable(_summary_table(record), None)
+    emit_renderable(_summary_table(record, table_width(None)), None)
 
 
-def _summary_table(record: dict):
+def _summary_table(record: dict, width: int | None):
     settings, summary = record["settings"], record["summary"]
     score = [Column("outlier_ratio", "outliers %", 3)] if settings["allocation"] == "owl" else []
     if settings.get("alphapruning"):
@@ -162,4 +163,5 @@ def _summary_table(record: dict):
         f"{summary['achieved']:.4f} (target {settings['target']:.4f}) | range [{summary['min_ratio']:.4f}, "
         f"{summary['max_ratio']:.4f}] | not pruned {summary['excluded']} | -> {record['output']}"
     )
-    return to_rich_table(columns, record["layers"], caption=caption)
+    return terminal_table(columns, record["layers"], width, notes=[caption], keep=("name", "achieved_ratio", "note"),
+                          drop_order=("params", "score", "outlier_ratio", "target_ratio", *[c.key for c in score]))

@@ -13,8 +13,9 @@ from typing import Annotated, Optional
 import typer
 
 from htsr_cli.cli._options import CheckpointArg, QuietOpt
-from htsr_cli.cli._output import emit_renderable, layer_progress
-from htsr_cli.render.outputs import Column, to_rich_table
+from htsr_cli.cli._output import emit_renderable, layer_progress, table_width
+from htsr_cli.render.outputs import Column
+from htsr_cli.render.terminal import terminal_table
 
 
 class Method(str, Enum):
@@ -76,10 +77,10 @@ def quantize(
     settings = QuantizeSettings(plan, method.value, symmetric, group_size, overwrite)
     with layer_progress(quiet, "quantizing", unit="") as progress:
         record = quantize_checkpoint(checkpoint, output, settings, progress=progress)
-    emit_renderable(_summary_table(record), None)
+    emit_renderable(_summary_table(record, table_width(None)), None)
 
 
-def _summary_table(record: dict):
+def _summary_table(record: dict, width: int | None):
     settings, summary = record["settings"], record["summary"]
     columns = [
         Column("tensor", "tensor", justify="left"),
@@ -94,4 +95,5 @@ def _summary_table(record: dict):
         f"{summary['quantized']} matrices quantized, {summary['kept']} kept | {summary['weighted_mean_bits']:.4f} bits "
         f"on average over {summary['params']:,} params | -> {record['output']}"
     )
-    return to_rich_table(columns, record["layers"], caption=caption)
+    return terminal_table(columns, record["layers"], width, notes=[caption], name_key="tensor",
+                          keep=("tensor", "bits", "note"))

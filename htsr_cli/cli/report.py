@@ -21,6 +21,18 @@ from htsr_cli.settings import AnalyzeSettings
 from htsr_cli.checkpoints.sources import check_source
 
 
+HTML_SUFFIXES = (".html", ".htm")
+
+
+def _check_html_name(output: Path) -> None:
+    """-o names an HTML file: `-o r.json` would otherwise get a web page a JSON reader chokes on."""
+    if output.suffix.lower() not in HTML_SUFFIXES:
+        raise HtsrError(
+            f"-o {output}: htsr report writes an HTML page; name it .html "
+            "(the report as JSON: htsr analyze CHECKPOINT -f json -o FILE.json)"
+        )
+
+
 def _saved_report(path: str, spectra: Path | None, quiet: bool) -> Report:
     """A saved report with the spectra its plots need (--spectra, or the file beside it when there is one)."""
     from htsr_cli.results.spectra_file import attach_spectra  # lazy torch, see app.py
@@ -43,7 +55,7 @@ def _saved_report(path: str, spectra: Path | None, quiet: bool) -> Report:
 def report(
     source: CheckpointOrReportArg,
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="The HTML file to write (atomically).", dir_okay=False, show_default=False)
+        Path, typer.Option("--output", "-o", help="The HTML file to write (atomically; named .html or .htm).", dir_okay=False, show_default=False)
     ],
     spectra: Annotated[
         Optional[Path],
@@ -74,6 +86,7 @@ def report(
     """
     if is_report_file(source):
         check_output_paths({"-o": output}, [source, spectra if spectra is not None else spectra_path_for(source)])
+        _check_html_name(output)
         if settings != AnalyzeSettings():
             raise HtsrError(f"{source} is a saved report: analysis options (--xmin, --farms, ...) apply only to a checkpoint")
         result = _saved_report(source, spectra, quiet)
@@ -82,6 +95,7 @@ def report(
             raise HtsrError(f"--spectra {spectra}: applies to a saved REPORT.json; {source} is analyzed afresh")
         check_source(source)
         check_output_paths({"-o": output}, [source])
+        _check_html_name(output)
         from htsr_cli.engine.pipeline import analyze as run_analysis  # lazy torch, see app.py
 
         with layer_progress(quiet) as progress:

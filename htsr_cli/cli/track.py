@@ -17,8 +17,8 @@ from htsr_cli.cli._output import emit_renderable, emit_text, layer_progress, std
 from htsr_cli.checkpoints.sources import check_source
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import check_output_paths
-from htsr_cli.render.outputs import Column, printable, to_csv, to_rich_table
-from htsr_cli.render.terminal import fit_columns
+from htsr_cli.render.outputs import Column, printable, to_csv
+from htsr_cli.render.terminal import terminal_table
 from htsr_cli.results.documents import dumps_json
 from htsr_cli.settings import AnalyzeSettings
 
@@ -47,8 +47,8 @@ def _summary_table(run, width: int | None):
         row.update(tracked.summary(metrics))
         row.update(tracked.evaluation)
         rows.append(row)
-    fitted = fit_columns(columns, rows, width, name_key="checkpoint")
-    return to_rich_table(fitted.columns, fitted.rows, title=f"htsr track: {printable(run.run)}")
+    return terminal_table(columns, rows, width, title=f"htsr track: {run.run}", name_key="checkpoint",
+                          keep=("step", "checkpoint"))
 
 
 def _correlation_table(run, width: int | None):
@@ -58,8 +58,8 @@ def _correlation_table(run, width: int | None):
         return Text(f"no correlations: {source}")
     columns = [Column("summary_metric", "HT-SR metric", justify="left"), Column("eval_metric", "eval metric", justify="left"),
                Column("spearman", "Spearman rho", 3), Column("points", "points")]
-    fitted = fit_columns(columns, correlations, width, name_key="eval_metric")
-    return to_rich_table(fitted.columns, fitted.rows, caption=f"evaluations from {printable(run.eval_source)}")
+    return terminal_table(columns, correlations, width, notes=[f"evaluations from {run.eval_source}"],
+                          name_key="eval_metric", keep=("summary_metric", "eval_metric", "spearman"))
 
 
 def _gate_config(metric, alpha_min, alpha_max, max_alpha_drift, mean_alpha_max):

@@ -69,6 +69,11 @@ def prune_checkpoint(
     output = Path(output)
     if not isinstance(source, str):
         raise HtsrError("htsr prune reads a checkpoint from a path or hub id (it writes the same layout back)")
+    if source.lower().endswith(".gguf"):
+        raise HtsrError(
+            f"{source}: a GGUF file cannot be pruned in place (its weights are llama.cpp's quantized blocks); "
+            f"convert it first with `htsr convert {source} -o DIR`, then prune DIR"
+        )
     checkpoint = open_checkpoint(source)
     with closing(checkpoint):
         if not isinstance(checkpoint, ShardedCheckpoint):

@@ -148,21 +148,15 @@ def to_markdown(columns: Sequence[Column], rows: Sequence[dict[str, Any]]) -> st
     return "\n".join(lines) + "\n"
 
 
-def to_rich_table(
-    columns: Sequence[Column],
-    rows: Sequence[dict[str, Any]],
-    title: str | None = None,
-    style: Callable[[dict[str, Any], str], str | None] | None = None,
-    caption: str | None = None,
-) -> Table:
-    # Titles and captions go in as Text: a plain string would be parsed as rich
-    # markup, and a checkpoint named `model[/].pth` would crash the table.
-    table = Table(
-        title=Text(printable(title)) if title is not None else None,
-        caption=Text(printable(caption, keep_newlines=True)) if caption is not None else None,
-        caption_justify="left",
-        header_style="bold",
-    )
+RowStyle = Callable[[dict[str, Any], str], "str | None"]  # (row, column key) -> a rich style for that cell
+
+
+def to_rich_table(columns: Sequence[Column], rows: Sequence[dict[str, Any]], style: RowStyle | None = None) -> Table:
+    """The bare rich table; commands print it through `render.terminal.terminal_table`, which fits
+    it to the terminal and puts the title and notes around it."""
+    # Headers and cells go in as Text: a plain string would be parsed as rich
+    # markup, and a layer named `model[/].pth` would crash the table.
+    table = Table(header_style="bold")
     for column in columns:
         table.add_column(Text(printable(column.header)), justify=column.justify, no_wrap=column.justify == "right")
     for row in rows:

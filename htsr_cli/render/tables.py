@@ -9,12 +9,11 @@ from html import escape
 from typing import Any
 
 from rich.console import Group
-from rich.text import Text
 
 from htsr_cli.errors import HtsrError
-from htsr_cli.render.outputs import Column, format_cell, markdown_code, to_csv, to_markdown, to_rich_table
+from htsr_cli.render.outputs import Column, format_cell, markdown_code, to_csv, to_markdown
 from htsr_cli.results.report import FARMS_FIELDS, LayerResult, Report
-from htsr_cli.render.terminal import fit_columns, hidden_note
+from htsr_cli.render.terminal import terminal_table
 
 QUALITY_STYLES = {"ok": "green", "under-trained": "yellow", "over-trained": "red", "unknown": "dim"}
 QUALITY_CSS = {"ok": "#2ca02c", "under-trained": "#e07000", "over-trained": "#d62728", "unknown": "#888"}
@@ -142,24 +141,19 @@ def report_table(report: Report, width: int | None = None, columns: list[Column]
 
     With `columns` (from `--columns`) exactly those are shown, names still shortened to fit.
     """
-    fitted = fit_columns(
+    return terminal_table(
         columns or _columns(TABLE_COLUMNS, report),
         [_row(layer) for layer in report.layers],
         width,
+        title=f"htsr: {report.checkpoint}",
+        notes=[settings_note(report)],
+        summary=summary_line(report),
         keep=ALWAYS_SHOWN,
         drop_order=() if columns else DROP_ORDER,
+        style=_style,
+        fold_constants=not columns,
+        hint="--columns to choose; piped output shows all",
     )
-    notes = [settings_note(report)]
-    hidden = hidden_note(fitted.hidden, width or 0)
-    if hidden:
-        notes.append(hidden)
-    table = to_rich_table(
-        fitted.columns, fitted.rows, title=f"htsr: {report.checkpoint}", style=_style, caption="\n".join(notes)
-    )
-    for rich_column, column in zip(table.columns, fitted.columns):
-        if column.key == "name":
-            rich_column.no_wrap = True  # already shortened to fit: never folded onto two lines
-    return Group(table, Text(summary_line(report), style="bold"))
 
 
 def report_markdown(report: Report, columns: list[Column] | None = None) -> str:

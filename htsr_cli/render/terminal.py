@@ -1,14 +1,16 @@
-"""Fitting a table to a terminal: which columns stay, and how long names are shortened.
+"""The one table renderer of every command: a table fitted to the terminal, its notes below it.
 
-    fitted = fit_columns(columns, rows, width=80, keep=("name", "alpha", "quality"),
-                         drop_order=("stable_rank", "alpha_weighted"))
-    fitted.columns, fitted.rows, fitted.hidden
+    terminal_table(columns, rows, width=80, title="htsr: model", notes=["xmin=ks"],
+                   keep=("name", "alpha", "quality"), drop_order=("stable_rank", "alpha_weighted"))
 
 The rules: the columns in `keep` always stay; the others are dropped one by one
-in `drop_order` until the table fits; the name column then takes the width
-that is left, and names longer than that are cut in the middle, keeping the
-block (`model.layers.3`) and the leaf (`down_proj`). With `width=None` (output
-that is not a terminal) nothing is dropped or cut.
+in `drop_order` (default: the last column first) until the table fits, and a
+footnote names them; the name column then takes the width that is left, and
+names longer than that are cut in the middle, keeping the block
+(`model.layers.3`) and the leaf (`down_proj`). A text column holding one value
+on every row becomes a note instead. The title, notes and summary are lines of
+their own, wrapped to the terminal's width, not the table's. With `width=None`
+(output that is not a terminal) nothing is dropped or cut.
 """
 
 from __future__ import annotations
@@ -18,13 +20,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.cells import cell_len
+from rich.console import Group, RenderableType
+from rich.text import Text
 
-from htsr_cli.render.outputs import Column, format_cell
+from htsr_cli.render.outputs import Column, RowStyle, format_cell, printable, to_rich_table
 
 ELLIPSIS = "…"
 NAME_WANTED = 40  # secondary columns go before the name column is cut below this
 NAME_MIN = 24  # when nothing is left to drop, names are cut down to this
+NAME_FLOOR = 12  # below NAME_MIN only when the kept columns leave no more room; never below this
 WRAPPING_MIN = 13  # a wrapping text column (quality) keeps room for "under-trained"
+PIPED_HINT = "piped output shows all"
 
 
 def table_width(widths: Sequence[int]) -> int:
@@ -125,16 +131,80 @@ def fit_columns(
     spare = width - table_width([0] * len(columns)) - fixed - sum(minimum(c) for c in wrapping)
     name_column = next((c for c in columns if c.key == name_key), None)
     if name_column is not None:
-        name_width = max(min(natural[name_key], spare), min(natural[name_key], NAME_MIN), 1)
+        # Names are cut to NAME_MIN before rich squeezes the kept columns, and further
+        # (to NAME_FLOOR) only when that alone makes the table fit.
+        floor = NAME_MIN if spare >= NAME_MIN or spare < NAME_FLOOR else spare
+        name_width = max(min(natural[name_key], spare), min(natural[name_key], floor), 1)
         for row in rows:
             if isinstance(row.get(name_key), str):
                 row[name_key] = shorten_middle(row[name_key], name_width)
     return FittedTable(columns, rows, hidden)
 
 
-def hidden_note(hidden: Sequence[Column], width: int) -> str | None:
+def hidden_note(hidden: Sequence[Column], width: int, hint: str = PIPED_HINT) -> str | None:
     """The footnote under a table that lost columns to the terminal width."""
     if not hidden:
         return None
     names = ", ".join(column.header for column in hidden)
-    return f"hidden at {width} columns: {names} (--columns to choose; piped output shows all)"
+    return f"hidden at {width} columns: {names} ({hint})"
+
+
+def constant_columns(
+    columns: Sequence[Column], rows: Sequence[dict[str, Any]], name_key: str
+) -> tuple[list[Column], list[str]]:
+    """The columns left after taking out the text columns that say the same on every row, and
+    one note per column taken out (`status: compared on every row`): a 20-character
+    column repeating one word tells no more than a line under the table."""
+    if len(rows) < 2:
+        return list(columns), []
+    shown, notes = [], []
+    for column in columns:
+        values = {format_cell(row.get(column.key), column.digits) for row in rows}
+        if column.justify == "left" and column.key != name_key and len(values) == 1:
+            notes.append(f"{column.header}: {values.pop()} on every row")
+        else:
+            shown.append(column)
+    return shown, notes
+
+
+def terminal_table(
+    columns: Sequence[Column],
+    rows: Sequence[dict[str, Any]],
+    width: int | None,
+    *,
+    title: str | None = None,
+    notes: Sequence[str] = (),
+    summary: str | None = None,
+    name_key: str = "name",
+    keep: Sequence[str] | None = None,
+    drop_order: Sequence[str] | None = None,
+    style: RowStyle | None = None,
+    fold_constants: bool = True,
+    hint: str = PIPED_HINT,
+) -> Group:
+    """A table for people: fitted to `width` (None: a pipe or a file, every column shown), the
+    title above it, then the notes (each its own paragraph) and a bold summary line.
+
+    `keep` defaults to the name column alone; `drop_order` to the other columns, last first.
+    """
+    keep = tuple(keep) if keep is not None else (name_key,)
+    constant_notes: list[str] = []
+    if fold_constants:
+        columns, constant_notes = constant_columns(columns, rows, name_key)
+    if drop_order is None:
+        drop_order = [column.key for column in reversed(columns) if column.key not in keep]
+    fitted = fit_columns(columns, rows, width, keep=keep, drop_order=drop_order, name_key=name_key)
+    table = to_rich_table(fitted.columns, fitted.rows, style=style)
+    for rich_column, column in zip(table.columns, fitted.columns):
+        if column.key == name_key:
+            rich_column.no_wrap = True  # already shortened to fit: never folded onto two lines
+    parts: list[RenderableType] = []
+    if title is not None:
+        parts.append(Text(printable(title), style="bold"))
+    parts.append(table)
+    hidden = hidden_note(fitted.hidden, width or 0, hint)
+    for note in [*notes, *constant_notes, *([hidden] if hidden else [])]:
+        parts.append(Text(printable(note, keep_newlines=True)))
+    if summary is not None:
+        parts.append(Text(printable(summary), style="bold"))
+    return Group(*parts)

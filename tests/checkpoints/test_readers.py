@@ -589,6 +589,24 @@ def test_hub_id_resolves_from_the_cache_offline(variable, hub_cache, llama_state
         assert torch.equal(checkpoint.load("lm_head.weight"), llama_state["lm_head.weight"])
 
 
+def test_a_bare_hub_id_resolves_from_the_cache_and_a_local_path_of_that_name_wins(
+    hub_cache, llama_state, tmp_path, monkeypatch, cli
+):
+    (hub_cache / "models--org--name").rename(hub_cache / "models--tinyllm")  # a bare id: `gpt2`, not `org/name`
+    with open_checkpoint("tinyllm") as checkpoint:
+        assert keys_of(checkpoint) == list(llama_state)
+    monkeypatch.chdir(tmp_path)
+    result = cli("analyze", "tinyllm", "-f", "json", "-q")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["checkpoint"] == "tinyllm"
+    save_file({"only.weight": torch.randn(16, 16)}, tmp_path / "model.safetensors")
+    (tmp_path / "tinyllm").mkdir()
+    (tmp_path / "model.safetensors").rename(tmp_path / "tinyllm" / "model.safetensors")
+    with open_checkpoint("tinyllm") as checkpoint:  # the local directory of that name
+        assert keys_of(checkpoint) == ["only.weight"]
+    assert_one_line_error("notcached", "notcached: no such file or directory")  # a typo is not looked up online
+
+
 def test_uncached_hub_id_offline_says_how_to_get_it(hub_cache):
     assert_one_line_error("org/missing", "org/missing", "offline", "hf download org/missing")
 

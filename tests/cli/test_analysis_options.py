@@ -125,7 +125,6 @@ def test_the_options_reach_the_analysis_as_one_settings_object(path, analysed_se
 @pytest.mark.parametrize(("options", "expected"), [
     ((), AnalyzeSettings()),
     (("--farms",), AnalyzeSettings(farms=FarmsSettings())),
-    (("--farms-window", "100"), AnalyzeSettings()),  # FARMS tuning without --farms changes nothing
     (("--xmin", "peak", "--precision", "float32"), AnalyzeSettings(xmin="peak", precision="float32")),
     (("--layers", "conv", "--max-memory", "1GB"), AnalyzeSettings(layers="conv", max_memory=10**9)),
 ])
@@ -167,8 +166,12 @@ def test_a_command_without_a_settings_parameter_is_refused():
 
 @pytest.mark.parametrize("path", list(COMMANDS))
 @pytest.mark.parametrize(("options", "message"), [
-    (("--xmin", "foo"), "Invalid value for '--xmin': Value error, 'foo' is not one of 'ks', 'median', 'peak'. (see 'htsr {path} --help')"),
-    (("--device", "tpu"), "Invalid value for '--device': Value error, 'tpu' is not one of 'auto', 'cpu', 'cuda'. (see 'htsr {path} --help')"),
+    (("--xmin", "foo"), "--xmin foo: must be one of ks, median, peak (see 'htsr {path} --help')"),
+    (("--device", "tpu"), "--device tpu: must be one of auto, cpu, cuda (see 'htsr {path} --help')"),
+    (("--min-evals", "x"), "--min-evals: must be an integer (see 'htsr {path} --help')"),
+    (("--farms-window", "100"), "--farms-window 100: only tunes FARMS; add --farms to compute alpha_farms"),
+    (("--farms-q", "2"), "--farms-q 2.0: only tunes FARMS; add --farms to compute alpha_farms"),
+    (("--farms-steps", "5"), "--farms-steps 5: only tunes FARMS; add --farms to compute alpha_farms"),
     (("--min-evals", "1"), "--min-evals 1: must be at least 2"),
     (("--farms", "--farms-steps", "1"), "--farms-steps 1: must be at least 2 (windows per dimension)"),
     (("--conv-scale", "0"), "--conv-scale 0.0: must be in [1e-06, 1e+06]"),

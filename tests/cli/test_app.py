@@ -147,10 +147,17 @@ def test_help_has_examples_no_bool_types_and_every_default(cli, path):
         assert re.search(r"\n\s+htsr \S", text.split("Examples:")[1])
     for param in command.params:
         if param.param_type_name == "argument":
-            assert param.metavar in ("CHECKPOINT", "CHECKPOINT|REPORT.json", "A", "B", "MODEL", "RUN_DIR|CHECKPOINT...")
+            assert param.metavar in ("CHECKPOINT", "CHECKPOINT|REPORT.json", "A", "B", "MODEL", "RUN_DIR|CHECKPOINT...", "GGUF")
             assert param.metavar in text
         elif not param.is_flag and not param.required and param.name not in ("help",):
             assert param.show_default, f"{' '.join(path)} {param.opts[0]} hides its default"
+
+
+def test_checkpoint_help_names_every_format_and_bare_hub_ids():
+    from typer.testing import CliRunner
+
+    text = " ".join(CliRunner().invoke(app, ["analyze", "--help"], env={"COLUMNS": "200"}).stdout.split())
+    assert ".safetensors/.pt/.pth/.bin/.ckpt/.gguf file" in text and "a bare gpt2 when cached" in text
 
 
 def test_shell_completion_is_offered(cli):

@@ -53,7 +53,10 @@ def test_prune_and_perplexity_of_a_wanda_pruned_model(tmp_path, cli, tiny_lms, c
 @pytest.mark.parametrize("target", ["1.5", "0", "1", "-0.2"])
 def test_target_outside_zero_one(tmp_path, cli, target):
     result = cli("prune", TINY_LLAMA, "--target", target, "-o", tmp_path / "out")
-    assert_usage_error(result, f"--target {float(target)}: must be a sparsity strictly between 0 and 1", tmp_path)
+    message = f"--target {float(target)}: must be a sparsity strictly between 0 and 1"
+    assert_usage_error(result, message, tmp_path)
+    allocated = cli("allocate", "sparsity", TINY_LLAMA, "--target", target)  # worded the same where it is planned
+    assert allocated.exit_code == 2 and allocated.stderr == result.stderr
 
 
 def test_missing_target(tmp_path, cli):

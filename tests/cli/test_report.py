@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from tests.conftest import assert_user_error
 from tests.render.test_html import STATE
 
 
@@ -70,3 +71,8 @@ def test_report_usage_errors(cli, checkpoint, tmp_path):
     assert result.exit_code == 2 and "analysis options" in result.stderr
     result = cli("report", checkpoint, "--spectra", tmp_path / "x.safetensors", "-o", tmp_path / "r.html")
     assert result.exit_code == 2 and "--spectra" in result.stderr
+    for source in (checkpoint, tmp_path / "run.json"):  # -o r.json would get an HTML page
+        result = cli("report", source, "-o", tmp_path / "r.json")
+        assert_user_error(result, f"-o {tmp_path / 'r.json'}: htsr report writes an HTML page; name it .html")
+        assert not (tmp_path / "r.json").exists()
+    assert cli("report", checkpoint, "-o", tmp_path / "r.HTM", "-q").exit_code == 0

@@ -397,6 +397,15 @@ def test_out_of_memory_on_one_rank_stops_both(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_input_error_exits_2_on_every_rank(tmp_path):
+    """A user's mistake is exit code 2 on each rank, as without torchrun. torchrun itself then exits 1:
+    its agent turns any failed worker into 1 and shows each rank's own code in its summary."""
+    done = torchrun(standalone(), "-m", "htsr_cli", "analyze", tmp_path / "missing.pth")
+    assert htsr_lines(done.stderr) == [f"htsr: error: {tmp_path / 'missing.pth'}: no such file or directory"]
+    assert set(re.findall(r"exitcode\s*: (\d+)", done.stderr)) == {"2"}  # both ranks, in failures and root cause
+    assert done.returncode == 1
+
+
 def test_a_killed_rank_is_noticed_by_its_silence(tmp_path):
     """Rank 1 (on the other node) is killed mid-run; torchrun on node 0 never hears of it, the heartbeat does."""
     command = [PROBE, "analyze", TINY_LLAMA, "-o", tmp_path / "r.json"]

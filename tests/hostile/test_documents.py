@@ -26,7 +26,8 @@ from htsr_cli.errors import HtsrError
 from htsr_cli.gate import GateConfig, evaluate
 from htsr_cli.gate.formats import gate_github, gate_markdown, gate_text
 from htsr_cli.gate.junit import gate_junit
-from htsr_cli.render.outputs import Column, markdown_code, printable, to_csv, to_markdown, to_rich_table
+from htsr_cli.render.outputs import Column, markdown_code, printable, to_csv, to_markdown
+from htsr_cli.render.terminal import terminal_table
 from htsr_cli.results.report import Report, load_report
 from htsr_cli.settings import AnalyzeSettings, FarmsSettings
 
@@ -357,10 +358,11 @@ def test_rich_titles_are_text_not_markup():
     from rich.console import Console
 
     buffer = io.StringIO()
-    table = to_rich_table([Column("name", "layer")], [{"name": HOSTILE}], title="htsr: model[/]x.pth", caption="[bold]c")
+    table = terminal_table([Column("name", "layer")], [{"name": HOSTILE}], 300, title="htsr: model[/]x.pth", notes=["[bold]c"],
+                           summary="[red]s")
     Console(file=buffer, width=300, force_terminal=True).print(table)
     output = buffer.getvalue()
-    assert "model[/]x.pth" in output and "[bold]c" in output
+    assert "model[/]x.pth" in output and "[bold]c" in output and "[red]s" in output
     assert "\x07" not in output and "\x1b]" not in output and "::error::forged" in output
 
 

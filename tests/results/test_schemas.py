@@ -39,7 +39,7 @@ def errors(document: dict, schema: str) -> list[str]:
 
 def test_every_schema_is_a_valid_2020_12_schema_with_its_own_id():
     assert sorted(SCHEMAS) == [
-        "bits/1", "compare/1", "describe/1", "diagnosis/1", "ensemble/1", "experts/1", "gate/1", "landscape/1", "lr_schedule/1", "md_tree/1",
+        "bits/1", "compare/1", "convert/1", "describe/1", "diagnosis/1", "ensemble/1", "experts/1", "gate/1", "landscape/1", "lr_schedule/1", "md_tree/1",
         "perplexity/1", "prune/1", "quantize/1", "report/1", "smooth/1", "sparsity/1", "spectra/1", "track/1",
     ]
     for name, schema in SCHEMAS.items():
