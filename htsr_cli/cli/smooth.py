@@ -14,9 +14,10 @@ from typing import Annotated, Optional
 import typer
 
 from htsr_cli.cli._options import CheckpointArg, Device, QuietOpt
-from htsr_cli.cli._output import emit_renderable, layer_progress
+from htsr_cli.cli._output import emit_renderable, layer_progress, table_width
 from htsr_cli.errors import HtsrError
-from htsr_cli.render.outputs import Column, to_rich_table
+from htsr_cli.render.outputs import Column
+from htsr_cli.render.terminal import terminal_table
 
 
 class Method(str, Enum):
@@ -77,10 +78,10 @@ def smooth(
     settings = SmoothSettings(chosen, percent, device.value, overwrite)
     with layer_progress(quiet, "smoothing", unit="") as progress:
         record = smooth_checkpoint(checkpoint, output, settings, progress=progress)
-    emit_renderable(_summary_table(record), None)
+    emit_renderable(_summary_table(record, table_width(None)), None)
 
 
-def _summary_table(record: dict):
+def _summary_table(record: dict, width: int | None):
     settings, summary = record["settings"], record["summary"]
     columns = [
         Column("name", "module", justify="left"),
@@ -99,4 +100,5 @@ def _summary_table(record: dict):
         + (f" | largest ||W - W'|| / ||W|| {largest:.4f}" if largest is not None else "")
         + f" | -> {record['output']}"
     )
-    return to_rich_table(columns, record["layers"], caption=caption)
+    return terminal_table(columns, record["layers"], width, notes=[caption], keep=("name", "count", "note"),
+                          drop_order=("kind", "num_evals", "relative_change", "kept_per_slice"))

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
-from rich.text import Text
 
-from htsr_cli.render.outputs import Column, markdown_code, markdown_text, printable, to_csv, to_markdown, to_rich_table
-from htsr_cli.render.terminal import fit_columns, hidden_note
+from htsr_cli.render.outputs import Column, markdown_code, markdown_text, to_csv, to_markdown
+from htsr_cli.render.terminal import terminal_table
 
 if TYPE_CHECKING:  # rendering needs no torch
     from htsr_cli.engine.describe import Description
@@ -51,19 +50,13 @@ def _style(row: dict[str, Any], key: str) -> str | None:
 
 
 def describe_table(description: Description, width: int | None = None) -> Group:
-    fitted = fit_columns(COLUMNS, _rows(description), width, keep=("name", "status"), drop_order=DROP_ORDER)
-    notes = [reads_line(description)]
-    hidden = hidden_note(fitted.hidden, width or 0)
-    if hidden:
-        notes.append(hidden)
-    table = to_rich_table(
-        fitted.columns, fitted.rows, title=f"htsr describe: {description.checkpoint}", style=_style,
-        caption="\n".join(notes),
+    return terminal_table(
+        COLUMNS, _rows(description), width,
+        title=f"htsr describe: {description.checkpoint}",
+        notes=[reads_line(description)],
+        summary=summary_line(description),
+        keep=("name", "status"), drop_order=DROP_ORDER, style=_style,
     )
-    for rich_column, column in zip(table.columns, fitted.columns):
-        if column.key == "name":
-            rich_column.no_wrap = True  # already shortened to fit
-    return Group(table, Text(printable(summary_line(description)), style="bold"))
 
 
 def describe_markdown(description: Description) -> str:

@@ -55,7 +55,7 @@ def inputs(tmp_path_factory, minilm_dir):
     torch.set_num_threads(1)
     (root / "digits").mkdir()
     paths.update(write_digits(root / "digits"))
-    paths["out"], paths["quantized"] = root / "out", root / "quantized"
+    paths["out"], paths["quantized"], paths["smoothed"] = root / "out", root / "quantized", root / "smoothed"
     return paths
 
 
@@ -74,6 +74,8 @@ COMMANDS = {
     "compare": lambda p: ["compare", p["minilm-ks"], p["minilm-peak"]],
     "compare-same": lambda p: ["compare", p["llama-peak"], p["llama-peak"]],
     "prune": lambda p: ["prune", p["llama"], "--target", "0.5", "-o", p["out"], "--overwrite", "-q"],
+    "smooth": lambda p: ["smooth", p["llama"], "--percent", "0.5", "-o", p["smoothed"], "--overwrite", "-q"],
+    "describe": lambda p: ["describe", p["minilm"]],
     "quantize": lambda p: ["quantize", p["llama"], "--plan", p["plan"], "--group-size", "0", "-o", p["quantized"], "--overwrite", "-q"],
     "track": lambda p: ["track", p["run"], "--no-cache", "-q"],
     "eval": lambda p: ["eval", "perplexity", p["lm"], "--text", p["text"], "--seq-len", "16", "-q"],
