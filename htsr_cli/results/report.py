@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 import statistics
 import threading
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from htsr_cli.results.documents import COUNT, IDENTIFIER, LIST, NAME, OBJECT, SHAPE, TEXT, check_fields, number, one_of, parse_json
+from htsr_cli.results.documents import (
+    COUNT, IDENTIFIER, LIST, NAME, OBJECT, SHAPE, TEXT, Kind, check_fields, number, one_of, parse_json,
+)
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import read_document
 from htsr_cli.names import readable
@@ -37,6 +40,16 @@ FIT_FAILED = "fit-failed"
 QUALITY_CLASSES = ("ok", "under-trained", "over-trained", "unknown")
 
 FARMS_FIELDS = ("alpha_farms", "xmin_farms", "ks_distance_farms", "farms_windows", "farms_num_evals")
+# WeightWatcher's random-matrix metrics: the layer fields of each pass, written only
+# by runs that asked for it (the settings key of the same name says so).
+RMT_FIELDS = {
+    "mp_fit": ("sigma_mp", "bulk_min", "bulk_max", "num_spikes", "mp_softrank"),
+    "randomize": (
+        "rand_distance", "ww_softrank", "ww_maxdist", "max_rand_eval", "rand_num_spikes", "rand_sigma_mp",
+        "rand_bulk_max", "trap_evals",
+    ),
+    "detx": ("detx_num", "detx_val", "detx_gap", "detx_xmin_distance"),
+}
 
 
 class FarmsSettingsJson(TypedDict):
@@ -45,6 +58,12 @@ class FarmsSettingsJson(TypedDict):
     window: int
     q: float
     steps: int
+
+
+class RandomizeSettingsJson(TypedDict):
+    """`settings.randomize` of a report analysed with `--randomize`."""
+
+    seed: int
 
 
 class _ReportSettingsRequired(TypedDict):
@@ -68,6 +87,9 @@ class ReportSettings(_ReportSettingsRequired, total=False):
     min_evals: int
     layers: str | None
     max_memory: int | None
+    mp_fit: bool  # the three keys only in reports of runs that asked for them
+    randomize: RandomizeSettingsJson
+    detx: bool
 
 
 class _ReportSummaryRequired(TypedDict):
@@ -114,7 +136,7 @@ def report_settings(settings: AnalyzeSettings, record: RunRecord) -> ReportSetti
     weights in a float64 Gram) writes "float32+float64".
     """
     farms = settings.farms
-    return {
+    written: ReportSettings = {
         "xmin": settings.xmin,
         "xmin_candidates": record.xmin_candidates,
         "farms": {"window": farms.window, "q": farms.q, "steps": farms.steps} if farms else None,
@@ -127,6 +149,14 @@ def report_settings(settings: AnalyzeSettings, record: RunRecord) -> ReportSetti
         "layers": settings.layers,
         "max_memory": None if settings.max_memory is None else int(settings.max_memory),  # bytes once parsed
     }
+    # Only when asked for: reports of runs without them stay as they were.
+    if settings.mp_fit:
+        written["mp_fit"] = True
+    if settings.randomize:
+        written["randomize"] = {"seed": settings.seed}
+    if settings.detx:
+        written["detx"] = True
+    return written
 
 
 @dataclass
@@ -213,6 +243,26 @@ class LayerResult:
     # --precision float32: whether the float32 eigensolve was redone in float64
     # (the guard found it not accurate enough); null in the other modes.
     eigensolver_redone: bool | None = None
+    # --mp-fit: the Marchenko-Pastur fit of the ESD (sigma_mp in units of the ESD rescaled to mean 1).
+    sigma_mp: float | None = None
+    bulk_min: float | None = None
+    bulk_max: float | None = None
+    num_spikes: int | None = None
+    mp_softrank: float | None = None
+    # --randomize: the ESD against the ESD of the element-wise shuffled weights.
+    rand_distance: float | None = None
+    ww_softrank: float | None = None
+    ww_maxdist: float | None = None
+    max_rand_eval: float | None = None
+    rand_num_spikes: int | None = None  # correlation traps
+    rand_sigma_mp: float | None = None
+    rand_bulk_max: float | None = None
+    trap_evals: list[float] | None = None  # the largest traps' eigenvalues, descending (at most 10)
+    # --detx: the detX condition, and how far alpha's tail start is from it.
+    detx_num: int | None = None
+    detx_val: float | None = None
+    detx_gap: int | None = None  # detx_num - tail_size (WeightWatcher's ERG_gap)
+    detx_xmin_distance: float | None = None  # log10(xmin / detx_val): decades from detX's tail start to alpha's
 
     def __post_init__(self) -> None:
         # A lone surrogate in a name (a JSON `\ud800`) cannot be encoded, drawn or written:
@@ -229,11 +279,16 @@ class LayerResult:
     def metric(self, name: str) -> float | None:
         return getattr(self, name)
 
-    def to_json(self, with_farms: bool) -> dict[str, Any]:
+    def to_json(self, with_farms: bool, rmt: Collection[str] = ()) -> dict[str, Any]:
+        """The layer's JSON object: the FARMS fields `with_farms`, the fields of the RMT passes in `rmt`."""
         data = asdict(self)
         if not with_farms:
             for key in FARMS_FIELDS:
                 data.pop(key)
+        for group, keys in RMT_FIELDS.items():
+            if group not in rmt:
+                for key in keys:
+                    data.pop(key)
         return data
 
 
@@ -323,6 +378,11 @@ class Report:
     def has_farms(self) -> bool:
         return bool(self.settings.get("farms"))
 
+    @property
+    def rmt_passes(self) -> tuple[str, ...]:
+        """The WeightWatcher random-matrix passes this report was analysed with (`mp_fit`, `randomize`, `detx`)."""
+        return tuple(group for group in RMT_FIELDS if self.settings.get(group))
+
     def layer(self, name: str) -> LayerResult | None:
         for layer in self.layers:
             if layer.name == name:
@@ -357,7 +417,7 @@ class Report:
             ) from None
         rows = []
         for index, layer in enumerate(self.layers):
-            row = {"layer_id": index, **layer.to_json(self.has_farms)}
+            row = {"layer_id": index, **layer.to_json(self.has_farms, self.rmt_passes)}
             sides = sorted(layer.shape[:2], reverse=True) if len(layer.shape) >= 2 else [None, None]
             row["N"], row["M"] = sides
             rows.append(row)
@@ -409,7 +469,7 @@ class Report:
             "checkpoint": self.checkpoint,
             "checkpoint_format": self.checkpoint_format,
             "settings": self.settings,
-            "layers": [layer.to_json(self.has_farms) for layer in self.layers],
+            "layers": [layer.to_json(self.has_farms, self.rmt_passes) for layer in self.layers],
             "summary": self.summary,
         }
 
@@ -438,6 +498,8 @@ POSITIVE = number(0.0, above=True).or_null()
 FRACTION = number(0.0, 1.0).or_null()
 NON_NEGATIVE = number(0.0).or_null()
 FINITE = number().or_null()
+FLAG = Kind(lambda value: isinstance(value, bool), "true or false")
+EIGENVALUES = Kind(lambda value: isinstance(value, list) and all(NON_NEGATIVE.test(x) for x in value), "a list of eigenvalues")
 LAYER_FIELDS = {
     "name": NAME, "tensor": TEXT, "kind": NAME, "shape": SHAPE, "block": TEXT.or_null(), "params": COUNT,
     "storage": TEXT.or_null(), "status": one_of(STATUSES), "reason": TEXT.or_null(),
@@ -447,6 +509,11 @@ LAYER_FIELDS = {
     "log_alpha_norm": FINITE, "entropy": FINITE, "quality": one_of(QUALITY_CLASSES).or_null(),
     "alpha_farms": ALPHA, "xmin_farms": POSITIVE, "ks_distance_farms": FRACTION,
     "farms_windows": COUNT.or_null(), "farms_num_evals": COUNT.or_null(),
+    "sigma_mp": POSITIVE, "bulk_min": NON_NEGATIVE, "bulk_max": NON_NEGATIVE, "num_spikes": COUNT.or_null(),
+    "mp_softrank": NON_NEGATIVE, "rand_distance": NON_NEGATIVE, "ww_softrank": NON_NEGATIVE, "ww_maxdist": FINITE,
+    "max_rand_eval": NON_NEGATIVE, "rand_num_spikes": COUNT.or_null(), "rand_sigma_mp": POSITIVE,
+    "rand_bulk_max": NON_NEGATIVE, "trap_evals": EIGENVALUES.or_null(), "detx_num": COUNT.or_null(),
+    "detx_val": NON_NEGATIVE, "detx_gap": FINITE, "detx_xmin_distance": FINITE,
 }
 REQUIRED_LAYER_FIELDS = ("name", "tensor", "kind", "shape", "block", "params")
 # What a layer of each status other than ok cannot carry: no alpha without a fit
@@ -456,6 +523,7 @@ SETTINGS_FIELDS = {
     "xmin": one_of(XMIN_METHODS), "xmin_candidates": one_of(("exact", "grid")),
     "farms": OBJECT.or_null(), "device": IDENTIFIER, "precision": IDENTIFIER,
     "conv_scale": number(0.0, above=True), "min_evals": COUNT, "layers": TEXT.or_null(),
+    "mp_fit": FLAG, "randomize": OBJECT, "detx": FLAG,
 }
 FARMS_SETTINGS_FIELDS = {"window": COUNT, "q": number(0.0, above=True), "steps": COUNT}
 SUMMARY_FIELDS = {
@@ -489,6 +557,8 @@ def check_report(data: Any, source: str) -> None:
     )
     settings = data["settings"]
     check_fields(settings, SETTINGS_FIELDS, f"{source}: settings", required=("xmin", "device", "precision"))
+    if "randomize" in settings:
+        check_fields(settings["randomize"], {"seed": COUNT}, f"{source}: settings.randomize", required=("seed",))
     if settings.get("farms") is not None:
         check_fields(settings["farms"], FARMS_SETTINGS_FIELDS, f"{source}: settings.farms", required=tuple(FARMS_SETTINGS_FIELDS))
     names: set[str] = set()

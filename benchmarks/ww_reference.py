@@ -1,0 +1,102 @@
+"""WeightWatcher 0.7.7's random-matrix metrics on MiniLM and the tiny fixtures, stored as test data.
+
+    /work/ww/ww-venv/bin/python benchmarks/ww_reference.py MINILM_DIR --out tests/data/weightwatcher-0.7.7
+
+Runs inside WeightWatcher's own venv (benchmarks/weightwatcher_env.py), like
+ww_runner.py: it imports torch, transformers, weightwatcher and fixtures/layouts.py
+(plain torch) only. Each model is analysed with `mp_fit=True, randomize=True,
+detX=True` once per seed (`np.random.seed(seed)` before the call: WeightWatcher
+shuffles with NumPy's global generator). One compact JSON per model holds, per
+layer, the deterministic numbers (the MP fit of the ESD, detX, the power-law
+xmin and spike count they are compared with) from the first seed's run, and the
+randomized numbers of every seed. tests/spectra/test_random_matrix_ww.py reads
+them: deterministic numbers to 1e-6, randomized ones as distributions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The settings of ww_runner.py (htsr's defaults as far as WeightWatcher allows), with the three passes on.
+ANALYZE_SETTINGS = {
+    "plot": False,
+    "randomize": True,
+    "mp_fit": True,
+    "detX": True,
+    "fix_fingers": False,
+    "vectors": False,
+    "min_evals": 10,
+    "pool": True,
+}
+DETERMINISTIC = ("N", "M", "num_evals", "alpha", "xmin", "num_pl_spikes", "sigma_mp", "bulk_max", "bulk_min",
+                 "num_spikes", "mp_softrank", "detX_num", "detX_val")
+RANDOMIZED = ("rand_distance", "ww_softrank", "ww_maxdist", "max_rand_eval", "rand_num_spikes", "rand_bulk_max")
+INTEGERS = {"N", "M", "num_evals", "num_pl_spikes", "num_spikes", "detX_num", "rand_num_spikes"}
+
+
+def _value(key: str, value) -> float | int | None:
+    if key in INTEGERS:
+        return int(value)
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _models(minilm: Path):
+    """(name, source htsr analyses relative to the repository or absolute, the torch module WeightWatcher gets, seeds)."""
+    import torch
+    import transformers
+
+    sys.path.insert(0, str(ROOT))
+    from fixtures.layouts import TinyCNN
+
+    cnn = TinyCNN()
+    cnn.load_state_dict(torch.load(ROOT / "fixtures" / "tiny-cnn-trained.pth", map_location="cpu"))
+    llama = ROOT / "fixtures" / "tiny-llama"
+    yield "tiny-cnn", "fixtures/tiny-cnn-trained.pth", cnn, 8
+    yield "tiny-llama", "fixtures/tiny-llama", transformers.LlamaForCausalLM.from_pretrained(llama), 8
+    config = transformers.AutoConfig.from_pretrained(minilm)
+    model_class = getattr(transformers, config.architectures[0]) if config.architectures else transformers.AutoModel
+    yield "minilm", "minilm", model_class.from_pretrained(minilm), 4
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("minilm", type=Path, help="all-MiniLM-L6-v2's Hugging Face directory")
+    parser.add_argument("--out", type=Path, required=True, help="folder for one JSON per model")
+    args = parser.parse_args()
+
+    import numpy as np
+    import weightwatcher
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, source, model, seeds in _models(args.minilm):
+        started = time.perf_counter()
+        layers: dict[str, dict] = {}
+        for seed in range(seeds):
+            np.random.seed(seed)
+            details = weightwatcher.WeightWatcher(model=model).analyze(**ANALYZE_SETTINGS)
+            for _, row in details.iterrows():
+                layer = layers.setdefault(row["longname"], {key: _value(key, row[key]) for key in DETERMINISTIC})
+                for key in RANDOMIZED:
+                    layer.setdefault(key, []).append(_value(key, row[key]))
+        document = {
+            "weightwatcher": weightwatcher.__version__,
+            "source": source,
+            "settings": ANALYZE_SETTINGS,
+            "seeds": seeds,
+            "layers": [{"name": key, **values} for key, values in layers.items()],
+        }
+        path = args.out / f"{name}.json"
+        path.write_text(json.dumps(document, separators=(",", ":")) + "\n")
+        print(f"{name}: {len(layers)} layers x {seeds} seeds in {time.perf_counter() - started:.1f} s -> {path}")
+
+
+if __name__ == "__main__":
+    main()
