@@ -7,7 +7,7 @@ and turned into one `AnalyzeSettings` in one call.
         ...  # `settings` holds --farms, --xmin, --layers, ... --max-memory as given
 
 typer builds a command from its function's signature, so the decorator puts the
-eleven options where the command's `AnalyzeSettings` parameter stands (the one
+fifteen options where the command's `AnalyzeSettings` parameter stands (the one
 whose default is an `AnalyzeSettings`) and calls the command with the settings
 they describe. That default is the command's own (AlphaPruning fits with
 xmin=peak): the help shows it, and `settings != default` says whether any
@@ -38,6 +38,10 @@ FarmsQOpt = Annotated[float, typer.Option("--farms-q", help="FARMS window aspect
 FarmsStepsOpt = Annotated[int, typer.Option("--farms-steps", help="FARMS windows per dimension.")]
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="mixed: float32 Gram, float64 eigensolver (alpha within 1e-3 of float64); float64: all float64; float32: float32 eigensolver, redone in float64 per layer when not accurate enough.")]
 MaxMemoryOpt = Annotated[Optional[str], typer.Option("--max-memory", help="Memory one layer's solve may use (8GB, 512MiB, 16G); layers needing more are skipped.", show_default="the memory available")]
+MpFitOpt = Annotated[bool, typer.Option("--mp-fit", help="Also fit the Marchenko-Pastur law as WeightWatcher does (sigma_mp, bulk edges, num_spikes, mp_softrank).")]
+RandomizeOpt = Annotated[bool, typer.Option("--randomize", help="Also compare each layer's ESD with that of its element-wise shuffled weights (rand_distance, ww_softrank, correlation traps).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of --randomize's shuffles (the same seed gives the same numbers).")]
+DetxOpt = Annotated[bool, typer.Option("--detx", help="Also find WeightWatcher's detX tail (detx_num, detx_val) and its distance from alpha's xmin.")]
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 Settings = TypeVar("Settings")
@@ -58,6 +62,10 @@ def _option_defaults(defaults: AnalyzeSettings) -> dict[str, tuple[Any, Any]]:
         "farms_steps": (FarmsStepsOpt, farms.steps),
         "precision": (PrecisionOpt, Precision(defaults.precision)),
         "max_memory": (MaxMemoryOpt, defaults.max_memory),
+        "mp_fit": (MpFitOpt, defaults.mp_fit),
+        "randomize": (RandomizeOpt, defaults.randomize),
+        "seed": (SeedOpt, defaults.seed),
+        "detx": (DetxOpt, defaults.detx),
     }
 
 
@@ -78,6 +86,10 @@ def settings_from_options(defaults: AnalyzeSettings, values: dict[str, Any]) -> 
         min_evals=values["min_evals"],
         layers=values["layers"],
         max_memory=values["max_memory"],
+        mp_fit=values["mp_fit"],
+        randomize=values["randomize"],
+        seed=values["seed"],
+        detx=values["detx"],
     )
 
 
