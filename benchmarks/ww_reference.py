@@ -48,35 +48,41 @@ def _value(key: str, value) -> float | int | None:
     return value if math.isfinite(value) else None
 
 
-def _models(minilm: Path):
-    """(name, source htsr analyses relative to the repository or absolute, the torch module WeightWatcher gets, seeds)."""
+def _models(minilm: Path, only: str | None):
+    """(name, source htsr analyses (relative to the repository; "minilm": the packaged model), the module WeightWatcher gets, seeds)."""
     import torch
     import transformers
 
     sys.path.insert(0, str(ROOT))
     from fixtures.layouts import TinyCNN
 
-    cnn = TinyCNN()
-    cnn.load_state_dict(torch.load(ROOT / "fixtures" / "tiny-cnn-trained.pth", map_location="cpu"))
-    llama = ROOT / "fixtures" / "tiny-llama"
-    yield "tiny-cnn", "fixtures/tiny-cnn-trained.pth", cnn, 8
-    yield "tiny-llama", "fixtures/tiny-llama", transformers.LlamaForCausalLM.from_pretrained(llama), 8
-    config = transformers.AutoConfig.from_pretrained(minilm)
-    model_class = getattr(transformers, config.architectures[0]) if config.architectures else transformers.AutoModel
-    yield "minilm", "minilm", model_class.from_pretrained(minilm), 4
+    if only in (None, "tiny-cnn"):
+        cnn = TinyCNN()
+        cnn.load_state_dict(torch.load(ROOT / "fixtures" / "tiny-cnn-trained.pth", map_location="cpu"))
+        yield "tiny-cnn", "fixtures/tiny-cnn-trained.pth", cnn, 8
+    if only in (None, "tiny-llama"):
+        llama = transformers.LlamaForCausalLM.from_pretrained(ROOT / "fixtures" / "tiny-llama")
+        yield "tiny-llama", "fixtures/tiny-llama", llama, 8
+    if only in (None, "minilm"):
+        config = transformers.AutoConfig.from_pretrained(minilm)
+        model_class = getattr(transformers, config.architectures[0]) if config.architectures else transformers.AutoModel
+        yield "minilm", "minilm", model_class.from_pretrained(minilm), 2
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("minilm", type=Path, help="all-MiniLM-L6-v2's Hugging Face directory")
     parser.add_argument("--out", type=Path, required=True, help="folder for one JSON per model")
+    parser.add_argument("--only", choices=("tiny-cnn", "tiny-llama", "minilm"), help="just this model")
+    parser.add_argument("--seeds", type=int, help="randomized runs per model (default: 8 for the fixtures, 2 for MiniLM)")
     args = parser.parse_args()
 
     import numpy as np
     import weightwatcher
 
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, source, model, seeds in _models(args.minilm):
+    for name, source, model, seeds in _models(args.minilm, args.only):
+        seeds = args.seeds or seeds
         started = time.perf_counter()
         layers: dict[str, dict] = {}
         for seed in range(seeds):
