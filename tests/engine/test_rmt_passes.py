@@ -101,3 +101,20 @@ def test_the_table_shows_the_passes_columns_only_when_analysed_with_them(tmp_pat
     header = with_columns.stdout.splitlines()[0].split(",")
     assert {"sigma_mp", "rand_distance", "trap_evals", "detx_num"} <= set(header)
     assert not RMT_KEYS & set(without.stdout.splitlines()[0].split(","))
+
+
+def test_the_terminal_table_drops_the_passes_columns_first(with_passes):
+    import io
+
+    from rich.console import Console
+
+    from htsr_cli.render.tables import report_table
+
+    def headers(width: int) -> str:
+        console = Console(file=io.StringIO(), width=width, no_color=True)
+        console.print(report_table(with_passes, width))
+        return next(line for line in console.file.getvalue().splitlines() if line.startswith("┃"))
+
+    wide, narrow = headers(250), headers(130)
+    assert all(header in wide for header in ("spikes", "mp_softrank", "rand_dist", "traps", "detX_num"))
+    assert "detX_num" not in narrow and "stable_rank" in narrow
