@@ -306,14 +306,14 @@ def shuffled_spectra(
     stack: torch.Tensor, spec: MatrixSpec, seed: int, solver: Eigensolver, scale: float
 ) -> list[np.ndarray]:
     """The pooled ESDs of the layer's weights shuffled element-wise within each slice (WeightWatcher's
-    randomization): one shuffle, or 5 when the matrices have fewer than 100 eigenvalues each.
+    randomization): one shuffle, or 5 when the layer has fewer than 100 eigenvalues.
 
     One shuffled copy of the layer at a time, solved by the same eigensolver as every matrix.
     """
     generator = layer_generator(seed, spec.name)
     count, rows, cols = spec.slice_grid
     spectra = []
-    for _ in range(replicas_for(min(rows, cols))):
+    for _ in range(replicas_for(count * min(rows, cols))):
         values = solver.pooled_eigenvalues(shuffled_slices(stack, generator), scale)
         spectra.append(values.cpu().numpy())
     return spectra

@@ -39,7 +39,7 @@ NM_FATOL = 1e-4
 NM_MAX_CALLS = 200
 NM_FIRST_STEP = 0.05
 NM_ZERO_STEP = 0.00025
-# Layers whose matrices have fewer eigenvalues than this are shuffled 5 times and pooled.
+# Layers with fewer eigenvalues than this (all kernel positions of a conv together) are shuffled 5 times and pooled.
 FEW_EVALS = 100
 FEW_EVALS_REPLICAS = 5
 # Correlation traps listed per layer (the count is not bounded).
@@ -80,9 +80,10 @@ class RandomizedMetrics:
         return None if self.rand_fit is None else self.rand_fit.num_spikes
 
 
-def replicas_for(short_side: int) -> int:
-    """How many shuffles WeightWatcher pools for the MP fit of a layer's shuffled ESD."""
-    return FEW_EVALS_REPLICAS if short_side < FEW_EVALS else 1
+def replicas_for(num_evals: int) -> int:
+    """How many shuffles WeightWatcher pools for the MP fit of a layer's shuffled ESD (its `num_components`:
+    a conv's eigenvalue count over all kernel positions)."""
+    return FEW_EVALS_REPLICAS if num_evals < FEW_EVALS else 1
 
 
 def shuffled_slices(stack: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
