@@ -98,7 +98,9 @@ def main() -> None:
                 randomized_only = {**ANALYZE_SETTINGS, "mp_fit": False, "detX": False}
                 details = weightwatcher.WeightWatcher(model=model).analyze(**randomized_only, layers=subset)
             for _, row in details.iterrows():
-                layer = layers.setdefault(row["longname"], {key: _value(key, row[key]) for key in DETERMINISTIC})
+                if row["longname"] not in layers:  # seed 0's run, which has every layer and number
+                    layers[row["longname"]] = {key: _value(key, row[key]) for key in DETERMINISTIC}
+                layer = layers[row["longname"]]
                 for key in RANDOMIZED:
                     layer.setdefault(key, []).append(_value(key, row[key]))
         document = {

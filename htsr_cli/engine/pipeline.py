@@ -480,6 +480,10 @@ def analyze(
     layers: str | None = None,
     max_memory: int | str | None = None,
     concurrent_solves: bool | None = None,
+    mp_fit: bool | None = None,
+    randomize: bool | None = None,
+    seed: int | None = None,
+    detx: bool | None = None,
     progress: ProgressCallback | None = None,
     keep_spectra: bool = False,
     profile: bool = False,
@@ -501,6 +505,8 @@ def analyze(
     - `layers`: regex on module name or tensor key; only matching matrices are analysed
     - `max_memory`: bytes (or "8GB", "512MiB") one layer's solve may use; layers over it are skipped
     - `concurrent_solves`: two solves at once on a multi-core CPU (True; same numbers either way)
+    - `mp_fit`, `randomize` (with `seed`, 0), `detx`: WeightWatcher's Marchenko-Pastur fit, randomization
+      and detX passes (False; docs/weightwatcher.md)
 
     `progress(done, total, layer)` is called before each layer. With
     `keep_spectra`, `report.spectra` holds each layer's sorted eigenvalues (for
@@ -525,6 +531,10 @@ def analyze(
         "layers": layers,
         "max_memory": max_memory,
         "concurrent_solves": concurrent_solves,
+        "mp_fit": mp_fit,
+        "randomize": randomize,
+        "seed": seed,
+        "detx": detx,
     }
     given = {key: value for key, value in keywords.items() if value is not None}
     if settings is None:

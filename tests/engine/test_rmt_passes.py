@@ -118,3 +118,9 @@ def test_the_terminal_table_drops_the_passes_columns_first(with_passes):
     wide, narrow = headers(250), headers(130)
     assert all(header in wide for header in ("spikes", "mp_softrank", "rand_dist", "traps", "detX_num"))
     assert "detX_num" not in narrow and "stable_rank" in narrow
+
+
+def test_the_passes_are_analyze_keywords_too(with_passes):
+    report = analyze(TINY_CNN, mp_fit=True, randomize=True, seed=3, detx=True)
+    assert report.settings == with_passes.settings
+    assert [layer.rand_distance for layer in report.layers] == [layer.rand_distance for layer in with_passes.layers]
