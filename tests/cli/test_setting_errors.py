@@ -30,6 +30,8 @@ REFUSALS = [
     (lambda: AnalyzeSettings(max_memory="8 GB of RAM"), "max_memory", "max_memory='8 GB of RAM': not a size",
      "--max-memory '8 GB of RAM': not a size"),
     (lambda: AnalyzeSettings(max_memory=8), "max_memory", "max_memory=8: must be at least 1MiB", "--max-memory 8: must be"),
+    (lambda: AnalyzeSettings(seed=-1), "seed", "seed=-1: must be a whole number in [0, 2^63)", "--seed -1: must be"),
+    (lambda: AnalyzeSettings(mp_fit="yes"), "mp_fit", "mp_fit='yes': must be True or False", "--mp-fit yes: must be"),
     (lambda: FarmsSettings(window=0), "window", "window=0: must be at least 1", "--farms-window 0: must be"),
     (lambda: FarmsSettings(q=float("nan")), "q", "q=nan: must be a window aspect ratio", "--farms-q nan: must be"),
     (lambda: FarmsSettings(steps=1), "steps", "steps=1: must be at least 2", "--farms-steps 1: must be"),
