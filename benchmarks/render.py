@@ -23,14 +23,19 @@ from htsr_cli.render.outputs import Column, to_markdown
 HTSR, HTSR_FARMS, FLOOR, NAIVE, FARMS_LOOP = "htsr", "htsr --farms", "floor", "naive", "farms loop"
 HTSR_F64, HTSR_F32 = "htsr --precision float64", "htsr --precision float32"
 WEIGHTWATCHER = "WeightWatcher 0.7.7"
+# WeightWatcher's Marchenko-Pastur fits and randomization (issue 25), and htsr's equivalent.
+HTSR_RMT, WEIGHTWATCHER_RMT = "htsr --mp-fit --randomize", "WeightWatcher 0.7.7 mp_fit randomize"
 # htsr as it was before issue 15 (float64 Gram, one solve at a time), run from that commit's tree.
 PREVIOUS_COMMIT = "6b224db61c86eb7f104cf1767e548ae1c948c36a"
 HTSR_BEFORE = f"htsr {PREVIOUS_COMMIT[:7]} (default before issue 15)"
-HTSR_TOOLS = (HTSR, HTSR_F64, HTSR_F32, HTSR_FARMS, HTSR_BEFORE)  # the rows that write an htsr.report/1 JSON
-TOOL_ORDER = (HTSR, HTSR_F64, HTSR_F32, HTSR_BEFORE, FLOOR, NAIVE, WEIGHTWATCHER, HTSR_FARMS, FARMS_LOOP)
+HTSR_TOOLS = (HTSR, HTSR_F64, HTSR_F32, HTSR_FARMS, HTSR_BEFORE, HTSR_RMT)  # the rows that write an htsr.report/1 JSON
+TOOL_ORDER = (
+    HTSR, HTSR_F64, HTSR_F32, HTSR_BEFORE, FLOOR, NAIVE, WEIGHTWATCHER, HTSR_FARMS, FARMS_LOOP, HTSR_RMT, WEIGHTWATCHER_RMT,
+)
 # The naive baseline is what CPU tools do today; WeightWatcher is measured on the CPU (issue 15),
 # and so is the previous default, whose speed target issue 15 sets on the CPU.
-CPU_ONLY_TOOLS = {NAIVE, WEIGHTWATCHER, HTSR_BEFORE}
+CPU_ONLY_TOOLS = {NAIVE, WEIGHTWATCHER, HTSR_BEFORE, WEIGHTWATCHER_RMT}
+WEIGHTWATCHER_TOOLS = (WEIGHTWATCHER, WEIGHTWATCHER_RMT)
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,10 @@ TARGETS = (
     Target("htsr >= 1.6x faster than its default before issue 15", HTSR_BEFORE, HTSR, "wall ratio", 1.6, at_most=False, kinds=("llama",)),
     Target("htsr >= 1.6x faster than --precision float64", HTSR_F64, HTSR, "wall ratio", 1.6, at_most=False, kinds=("llama",)),
     Target("htsr >= 4x faster than WeightWatcher 0.7.7", WEIGHTWATCHER, HTSR, "wall ratio", 4.0, at_most=False, kinds=("llama",)),
+    Target(
+        "htsr --mp-fit --randomize >= 4x faster than WeightWatcher's mp_fit + randomize", WEIGHTWATCHER_RMT, HTSR_RMT,
+        "wall ratio", 4.0, at_most=False, kinds=("minilm",),
+    ),
     Target("htsr max abs alpha diff from float64 <= 1e-3", HTSR, HTSR_F64, "alpha diff", ALPHA_TOLERANCE, at_most=True),
     Target("--precision float32 max abs alpha diff from float64 <= 1e-3", HTSR_F32, HTSR_F64, "alpha diff", ALPHA_TOLERANCE, at_most=True),
     Target("float32 guard redoes no layer it need not", HTSR_F32, None, "unneeded redos", 0, at_most=True),

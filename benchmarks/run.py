@@ -77,11 +77,14 @@ from render import (  # noqa: E402
     HTSR_F64,
     HTSR_FARMS,
     HTSR_BEFORE,
+    HTSR_RMT,
     HTSR_TOOLS,
     NAIVE,
     PREVIOUS_COMMIT,
     TOOL_ORDER,
     WEIGHTWATCHER,
+    WEIGHTWATCHER_RMT,
+    WEIGHTWATCHER_TOOLS,
     load_results,
     render_benchmarks,
 )
@@ -90,7 +93,10 @@ from weights import is_matrix, matrix_shapes  # noqa: E402
 
 SCHEMA = "htsr.bench/1"
 FARMS_TOOLS = (HTSR_FARMS, FARMS_LOOP)
-HTSR_FLAGS = {HTSR: [], HTSR_F64: ["--precision", "float64"], HTSR_F32: ["--precision", "float32"], HTSR_FARMS: ["--farms"]}
+HTSR_FLAGS = {
+    HTSR: [], HTSR_F64: ["--precision", "float64"], HTSR_F32: ["--precision", "float32"], HTSR_FARMS: ["--farms"],
+    HTSR_RMT: ["--mp-fit", "--randomize"],
+}
 ESTIMATE_NAME = "llama-70b-estimate"
 
 
@@ -163,7 +169,7 @@ def planned_cases(args: argparse.Namespace) -> list[Case]:
             "all-MiniLM-L6-v2",
             "minilm",
             minilm_directory,
-            (HTSR, HTSR_F64, HTSR_F32, FLOOR, NAIVE, WEIGHTWATCHER, *FARMS_TOOLS),
+            (HTSR, HTSR_F64, HTSR_F32, FLOOR, NAIVE, WEIGHTWATCHER, *FARMS_TOOLS, HTSR_RMT, WEIGHTWATCHER_RMT),
         ),
         Case("farms-matrix", "matrix", lambda: write_matrix(work, *shapes.matrix), (HTSR, HTSR_F64, *FARMS_TOOLS)),
     ]
@@ -219,8 +225,9 @@ def tool_command(
         entry = f"import sys; sys.path.insert(0, {json.dumps(str(tree))}); from htsr_cli.cli.app import main; main()"
         command = [sys.executable, "-c", entry, "analyze", str(checkpoint), "--format", "json", "-o", str(report)]
         return command + ["--quiet", "--device", device]
-    if tool == WEIGHTWATCHER:
-        return [str(python), str(HERE / "ww_runner.py"), str(checkpoint), "--out", str(report)]
+    if tool in WEIGHTWATCHER_TOOLS:
+        command = [str(python), str(HERE / "ww_runner.py"), str(checkpoint), "--out", str(report)]
+        return command + (["--mp-fit", "--randomize"] if tool == WEIGHTWATCHER_RMT else [])
     script = {FLOOR: "floor.py", NAIVE: "naive.py", FARMS_LOOP: "farms_loop.py"}[tool]
     command = [sys.executable, str(HERE / script), str(checkpoint)]
     return command if tool in CPU_ONLY_TOOLS else command + ["--device", device]
@@ -259,7 +266,7 @@ def planned_rows(case: Case, checkpoint: Path, args: argparse.Namespace) -> list
             if tool in CPU_ONLY_TOOLS and device != "cpu":
                 continue
             report = args.work_dir / "reports" / f"{case.name}-{re.sub(r'[^a-z0-9.]+', '-', tool.lower())}-{device}.json"
-            python, versions, error = weightwatcher_venv(args) if tool == WEIGHTWATCHER else (None, None, None)
+            python, versions, error = weightwatcher_venv(args) if tool in WEIGHTWATCHER_TOOLS else (None, None, None)
             tree = None
             if tool == HTSR_BEFORE:
                 try:
@@ -271,7 +278,7 @@ def planned_rows(case: Case, checkpoint: Path, args: argparse.Namespace) -> list
                 "device": device,
                 "date": utc_now(),
                 "command": tool_command(tool, checkpoint, device, report, python, tree),
-                "report": str(report) if tool in HTSR_TOOLS or tool == WEIGHTWATCHER else None,
+                "report": str(report) if tool in HTSR_TOOLS or tool in WEIGHTWATCHER_TOOLS else None,
                 "runs": [],
                 "error": error,
             }
@@ -282,7 +289,7 @@ def planned_rows(case: Case, checkpoint: Path, args: argparse.Namespace) -> list
 
 
 def row_env(tool: str) -> dict[str, str]:
-    return offline_cpu_env() if tool == WEIGHTWATCHER else {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return offline_cpu_env() if tool in WEIGHTWATCHER_TOOLS else {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 def measure_case(case: Case, checkpoint: Path, args: argparse.Namespace) -> list[dict]:

@@ -21,8 +21,8 @@ import time
 # is spelled out even where it is WeightWatcher's own default.
 ANALYZE_SETTINGS = {
     "plot": False,  # htsr draws nothing unless --plots
-    "randomize": False,  # no randomized-ESD / correlation-trap pass (htsr has none)
-    "mp_fit": False,  # no Marchenko-Pastur fit (htsr has none)
+    "randomize": False,  # no randomized-ESD / correlation-trap pass (--randomize turns it on, as htsr's)
+    "mp_fit": False,  # no Marchenko-Pastur fit (--mp-fit turns it on, as htsr's)
     "fix_fingers": False,  # htsr does not remove outlier eigenvalues before the fit
     "vectors": False,  # no eigenvector metrics
     "detX": False,
@@ -40,7 +40,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--out", required=True, help="per-layer alphas as JSON")
+    parser.add_argument("--mp-fit", action="store_true", help="also WeightWatcher's Marchenko-Pastur fits (mp_fit=True)")
+    parser.add_argument("--randomize", action="store_true", help="also its randomization pass (randomize=True)")
     args = parser.parse_args()
+    settings = {**ANALYZE_SETTINGS, "mp_fit": args.mp_fit, "randomize": args.randomize}
     started = time.perf_counter()
 
     import transformers
@@ -50,7 +53,7 @@ def main() -> None:
     model_class = getattr(transformers, config.architectures[0]) if config.architectures else transformers.AutoModel
     model = model_class.from_pretrained(args.checkpoint)
     loaded = time.perf_counter()
-    details = weightwatcher.WeightWatcher(model=model).analyze(**ANALYZE_SETTINGS)
+    details = weightwatcher.WeightWatcher(model=model).analyze(**settings)
     analysed = time.perf_counter()
     layers = [
         {"name": row["longname"], "alpha": _number(row["alpha"]), "xmin": _number(row["xmin"]), "num_evals": int(row["num_evals"])}
@@ -60,7 +63,7 @@ def main() -> None:
         "weightwatcher": weightwatcher.__version__,
         "model_class": model_class.__name__,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "settings": ANALYZE_SETTINGS,
+        "settings": settings,
         "layers": layers,
         "seconds": {"import_and_load": loaded - started, "analyze": analysed - loaded},
     }

@@ -122,8 +122,21 @@ class AnalyzeSettings:
     fix_fingers: str = "none"
     # "ww": spectra of fewer than 20 eigenvalues take WeightWatcher's small-N path (xmin=ks).
     small_n: str = "htsr"
+    # WeightWatcher's random-matrix metrics (algorithms.md, "WeightWatcher's random-matrix metrics"):
+    # the Marchenko-Pastur fit, the comparison with element-wise shuffled weights
+    # (drawn from `seed`, so a run repeats exactly) and the detX condition.
+    mp_fit: bool = False
+    randomize: bool = False
+    seed: int = 0
+    detx: bool = False
 
     def __post_init__(self) -> None:
+        for flag in ("mp_fit", "randomize", "detx"):
+            if not isinstance(getattr(self, flag), bool):
+                raise InvalidSetting(flag, getattr(self, flag), "must be True or False")
+        require_int(self.seed, "seed")
+        if not 0 <= self.seed < 2**63:
+            raise InvalidSetting("seed", self.seed, "must be a whole number in [0, 2^63)")
         if self.xmin not in XMIN_METHODS:
             raise InvalidSetting("xmin", self.xmin, f"must be one of {', '.join(XMIN_METHODS)}")
         if self.fit not in FITS:

@@ -7,7 +7,7 @@ and turned into one `AnalyzeSettings` in one call.
         ...  # `settings` holds --farms, --xmin, --layers, ... --max-memory as given
 
 typer builds a command from its function's signature, so the decorator puts the
-fourteen options where the command's `AnalyzeSettings` parameter stands (the one
+eighteen options where the command's `AnalyzeSettings` parameter stands (the one
 whose default is an `AnalyzeSettings`) and calls the command with the settings
 they describe. That default is the command's own (AlphaPruning fits with
 xmin=peak): the help shows it, and `settings != default` says whether any
@@ -42,6 +42,10 @@ MaxMemoryOpt = Annotated[Optional[str], typer.Option("--max-memory", help="Memor
 FitOpt = Annotated[Fit, typer.Option("--fit", help="tpl / e_tpl: also fit WeightWatcher's truncated power law (alpha_tpl, lambda_tpl; slow: a numerical fit per xmin candidate). See docs/weightwatcher.md.")]
 FixFingersOpt = Annotated[FixFingers, typer.Option("--fix-fingers", help="clip_xmax: WeightWatcher's finger clipping, refit without up to 9 top outliers when that lowers alpha by more than 1 (raw_alpha, num_fingers).")]
 SmallNOpt = Annotated[SmallN, typer.Option("--small-n", help="ww: fit spectra of fewer than 20 eigenvalues as WeightWatcher 0.7.7 does (needs --xmin ks).")]
+MpFitOpt = Annotated[bool, typer.Option("--mp-fit", help="Also fit the Marchenko-Pastur law as WeightWatcher does (sigma_mp, bulk edges, num_spikes, mp_softrank).")]
+RandomizeOpt = Annotated[bool, typer.Option("--randomize", help="Also compare each layer's ESD with that of its element-wise shuffled weights (rand_distance, ww_softrank, correlation traps).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of --randomize's shuffles (the same seed gives the same numbers).")]
+DetxOpt = Annotated[bool, typer.Option("--detx", help="Also find WeightWatcher's detX tail (detx_num, detx_val) and its distance from alpha's xmin.")]
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 Settings = TypeVar("Settings")
@@ -65,6 +69,10 @@ def _option_defaults(defaults: AnalyzeSettings) -> dict[str, tuple[Any, Any]]:
         "fit": (FitOpt, Fit(defaults.fit)),
         "fix_fingers": (FixFingersOpt, FixFingers(defaults.fix_fingers)),
         "small_n": (SmallNOpt, SmallN(defaults.small_n)),
+        "mp_fit": (MpFitOpt, defaults.mp_fit),
+        "randomize": (RandomizeOpt, defaults.randomize),
+        "seed": (SeedOpt, defaults.seed),
+        "detx": (DetxOpt, defaults.detx),
     }
 
 
@@ -98,6 +106,10 @@ def settings_from_options(defaults: AnalyzeSettings, values: dict[str, Any]) -> 
         fit=values["fit"].value,
         fix_fingers=values["fix_fingers"].value,
         small_n=values["small_n"].value,
+        mp_fit=values["mp_fit"],
+        randomize=values["randomize"],
+        seed=values["seed"],
+        detx=values["detx"],
     )
 
 

@@ -13,6 +13,7 @@ matrix alone, in spec order.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from os import PathLike
 
+import numpy as np
 import torch
 
 from htsr_cli import __version__
@@ -35,6 +37,7 @@ from htsr_cli.spectra.tpl import fit_truncated_power_law
 from htsr_cli.spectra.matrices import CONV_KINDS, MatrixSpec, as_slices, matrix_specs, merge_runs
 from htsr_cli.spectra.memory import available_bytes, format_bytes
 from htsr_cli.spectra.metrics import spectral_metrics
+from htsr_cli.spectra.random_matrix import layer_metrics, replicas_for, shuffled_slices
 from htsr_cli.results.report import (
     FAILED,
     FIT_FAILED,
@@ -281,11 +284,40 @@ def _solve_batch(
             clock.restart()  # the previous layer's fit timed itself
             farms = farms_fit(stack, spec.kind, settings.farms, solver, settings.xmin, scale)
             clock.lap("farms")
+        shuffles = None
+        if settings.randomize:
+            clock.restart()
+            shuffles = shuffled_spectra(stack, spec, settings.seed, solver, scale)
+            clock.lap("solve")
         # float32 mode keeps the layer's Grams until its fit says whether float64 is needed.
         redo = partial(_float64_values, solver, grams[bounds[k] : bounds[k + 1]], layer_values.device) if guarded else None
-        fit = partial(_fit_layer, spec, layer_values, redo, scale, farms, settings, keep_spectra, times)
+        fit = partial(_fit_layer, spec, layer_values, redo, scale, farms, shuffles, settings, keep_spectra, times)
         outcomes.append((index, fits.submit(fit) if fits is not None else fit()))
     return outcomes, dtype_name(grams.dtype)
+
+
+def layer_generator(seed: int, name: str) -> torch.Generator:
+    """The random stream of one layer's shuffles: from the run's seed and the layer's name alone,
+    so a layer is shuffled alike whatever it is batched with, on any device or rank."""
+    digest = hashlib.blake2b(f"{seed}:{name}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+
+
+def shuffled_spectra(
+    stack: torch.Tensor, spec: MatrixSpec, seed: int, solver: Eigensolver, scale: float
+) -> list[np.ndarray]:
+    """The pooled ESDs of the layer's weights shuffled element-wise within each slice (WeightWatcher's
+    randomization): one shuffle, or 5 when the layer has fewer than 100 eigenvalues.
+
+    One shuffled copy of the layer at a time, solved by the same eigensolver as every matrix.
+    """
+    generator = layer_generator(seed, spec.name)
+    count, rows, cols = spec.slice_grid
+    spectra = []
+    for _ in range(replicas_for(count * min(rows, cols))):
+        values = solver.pooled_eigenvalues(shuffled_slices(stack, generator), scale)
+        spectra.append(values.cpu().numpy())
+    return spectra
 
 
 def _float64_values(solver: Eigensolver, grams: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -298,6 +330,7 @@ def _fit_layer(
     redo: Callable[[], torch.Tensor] | None,
     scale: float,
     farms: FarmsResult | None,
+    shuffles: list[np.ndarray] | None,
     settings: AnalyzeSettings,
     keep_spectra: bool,
     times: StageTimes | None,
@@ -329,6 +362,14 @@ def _fit_layer(
     result.quality = quality_of(result.alpha)
     if fit is None:
         result.status, result.reason = FIT_FAILED, fit_failure_reason(esd, settings.xmin)
+    if settings.mp_fit or shuffles is not None or settings.detx:
+        _count, rows, cols = spec.slice_grid
+        extra = layer_metrics(
+            esd.cpu().numpy(), rows, cols, mp=settings.mp_fit, shuffles=shuffles, with_detx=settings.detx,
+            xmin=result.xmin, tail_size=result.tail_size,
+        )
+        for key, value in extra.items():
+            setattr(result, key, value)
     candidates = {fit.candidates} if fit else set()
     if farms is not None:
         result.alpha_farms = farms.alpha
@@ -452,6 +493,10 @@ def analyze(
     fit: str | None = None,
     fix_fingers: str | None = None,
     small_n: str | None = None,
+    mp_fit: bool | None = None,
+    randomize: bool | None = None,
+    seed: int | None = None,
+    detx: bool | None = None,
     progress: ProgressCallback | None = None,
     keep_spectra: bool = False,
     profile: bool = False,
@@ -476,6 +521,8 @@ def analyze(
     - `fit`: "pl" (default), or "tpl" / "e_tpl" to also fit WeightWatcher's truncated power law
     - `fix_fingers`: "none" (default) or "clip_xmax" (WeightWatcher's finger clipping)
     - `small_n`: "htsr" (default) or "ww" (WeightWatcher's fit below 20 eigenvalues; xmin="ks")
+    - `mp_fit`, `randomize` (with `seed`, 0), `detx`: WeightWatcher's Marchenko-Pastur fit, randomization
+      and detX passes (False; docs/weightwatcher.md)
 
     `progress(done, total, layer)` is called before each layer. With
     `keep_spectra`, `report.spectra` holds each layer's sorted eigenvalues (for
@@ -503,6 +550,10 @@ def analyze(
         "fit": fit,
         "fix_fingers": fix_fingers,
         "small_n": small_n,
+        "mp_fit": mp_fit,
+        "randomize": randomize,
+        "seed": seed,
+        "detx": detx,
     }
     given = {key: value for key, value in keywords.items() if value is not None}
     if settings is None:

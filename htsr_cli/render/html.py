@@ -31,8 +31,8 @@ from htsr_cli.render.plots import (
     overview_layers,
     overview_points,
 )
-from htsr_cli.results.report import FARMS_FIELDS, LayerResult, Report
-from htsr_cli.render.tables import TABLE_COLUMNS, quality_class, summary_rows
+from htsr_cli.results.report import OPTIONAL_FIELDS, LayerResult, Report
+from htsr_cli.render.tables import TABLE_COLUMNS, report_columns, quality_class, summary_rows
 from htsr_cli.settings import ProgressCallback
 
 HTML_DPI = 80  # small layer PNGs: a 7B model embeds a couple of hundred of them
@@ -113,8 +113,7 @@ def _png_uri(png: bytes) -> str:
 
 
 def table_columns(report: Report) -> list[Column]:
-    columns = [Column("index", "#"), *TABLE_COLUMNS]
-    return [column for column in columns if report.has_farms or column.key not in FARMS_FIELDS]
+    return [Column("index", "#"), *report_columns(TABLE_COLUMNS, report)]
 
 
 def _sort_value(value: Any) -> str:
@@ -135,7 +134,7 @@ def _text(value: Any, digits: int | None = None) -> str:
 
 
 def _layer_body(index: int, layer: LayerResult, columns: list[Column], plot: bytes | None) -> str:
-    row = layer.to_json(with_farms=True)
+    row = layer.to_json(with_farms=True, groups=OPTIONAL_FIELDS)
     row["index"] = index
     if layer.status != "ok":
         row["quality"] = f"{layer.status}: {layer.reason}"

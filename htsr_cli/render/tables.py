@@ -12,7 +12,7 @@ from rich.console import Group
 
 from htsr_cli.errors import HtsrError
 from htsr_cli.render.outputs import Column, format_cell, markdown_code, to_csv, to_markdown
-from htsr_cli.results.report import FARMS_FIELDS, LayerResult, Report
+from htsr_cli.results.report import FARMS_FIELDS, OPTIONAL_FIELDS, LayerResult, Report
 from htsr_cli.render.terminal import terminal_table
 
 QUALITY_STYLES = {"ok": "green", "under-trained": "yellow", "over-trained": "red", "unknown": "dim"}
@@ -30,6 +30,12 @@ TABLE_COLUMNS = [
     Column("lambda_max", "lambda_max", 3),
     Column("alpha_weighted", "alpha_w", 3),
     Column("stable_rank", "stable_rank", 2),
+    # Secondary: shown only for reports analysed with --mp-fit / --randomize / --detx.
+    Column("num_spikes", "spikes"),
+    Column("mp_softrank", "mp_softrank", 3),
+    Column("rand_distance", "rand_dist", 3),
+    Column("rand_num_spikes", "traps"),
+    Column("detx_num", "detX_num"),
     Column("quality", "quality", justify="left"),
 ]
 
@@ -39,7 +45,7 @@ CSV_COLUMNS = [
         "name", "tensor", "kind", "shape", "block", "params", "storage", "status", "reason", "num_evals",
         "alpha", "xmin", "ks_distance", "sigma", "tail_size", "lambda_max", "log_spectral_norm",
         "log_norm", "stable_rank", "alpha_weighted", "log_alpha_norm", "entropy", "quality",
-        "eigensolver_redone", *FARMS_FIELDS,
+        "eigensolver_redone", *FARMS_FIELDS, *(key for keys in OPTIONAL_FIELDS.values() for key in keys),
     )
 ]
 
@@ -48,15 +54,19 @@ CSV_COLUMNS = [
 # alpha and quality always stay.
 ALWAYS_SHOWN = ("name", "alpha", "quality")
 DROP_ORDER = (
-    "stable_rank", "alpha_weighted", "lambda_max", "xmin", "ks_distance",
+    "detx_num", "rand_distance", "mp_softrank", "num_spikes", "rand_num_spikes", "stable_rank", "alpha_weighted", "lambda_max", "xmin", "ks_distance",
     "num_evals", "shape", "kind", "alpha_farms",
 )
 
 
-def _columns(columns: list[Column], report: Report) -> list[Column]:
-    if report.has_farms:
-        return columns
-    return [column for column in columns if column.key not in FARMS_FIELDS]
+def report_columns(columns: list[Column], report: Report) -> list[Column]:
+    """The columns of the passes the report was analysed with (FARMS, --fit tpl, --fix-fingers, --mp-fit,
+    --randomize, --detx)."""
+    absent = set() if report.has_farms else set(FARMS_FIELDS)
+    for group, keys in OPTIONAL_FIELDS.items():
+        if group not in report.field_groups:
+            absent |= set(keys)
+    return [column for column in columns if column.key not in absent]
 
 
 def selectable_columns() -> dict[str, Column]:
@@ -84,7 +94,7 @@ def parse_columns(text: str) -> list[Column]:
 
 
 def _row(layer: LayerResult) -> dict[str, Any]:
-    row = layer.to_json(with_farms=True)
+    row = layer.to_json(with_farms=True, groups=OPTIONAL_FIELDS)
     if layer.status != "ok":
         row["quality"] = f"{layer.status}: {layer.reason}"
     return row
@@ -142,7 +152,7 @@ def report_table(report: Report, width: int | None = None, columns: list[Column]
     With `columns` (from `--columns`) exactly those are shown, names still shortened to fit.
     """
     return terminal_table(
-        columns or _columns(TABLE_COLUMNS, report),
+        columns or report_columns(TABLE_COLUMNS, report),
         [_row(layer) for layer in report.layers],
         width,
         title=f"htsr: {report.checkpoint}",
@@ -157,13 +167,13 @@ def report_table(report: Report, width: int | None = None, columns: list[Column]
 
 
 def report_markdown(report: Report, columns: list[Column] | None = None) -> str:
-    columns = columns or _columns(TABLE_COLUMNS, report)
+    columns = columns or report_columns(TABLE_COLUMNS, report)
     return f"## htsr: {markdown_code(report.checkpoint)}\n\n" + to_markdown(columns, [_row(l) for l in report.layers]) + f"\n{summary_line(report)}\n"
 
 
 def report_csv(report: Report, columns: list[Column] | None = None) -> str:
-    columns = [Column(c.key, c.key) for c in columns] if columns else _columns(CSV_COLUMNS, report)
-    return to_csv(columns, [layer.to_json(with_farms=True) for layer in report.layers])
+    columns = [Column(c.key, c.key) for c in columns] if columns else report_columns(CSV_COLUMNS, report)
+    return to_csv(columns, [layer.to_json(with_farms=True, groups=OPTIONAL_FIELDS) for layer in report.layers])
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -216,7 +226,7 @@ def report_html(report: Report) -> str:
         f"<tr><th style='text-align:left'>{escape(key)}</th><td style='text-align:left'>{escape(value)}</td></tr>"
         for key, value in summary_rows(report)
     )
-    columns = _columns(TABLE_COLUMNS, report)
+    columns = report_columns(TABLE_COLUMNS, report)
     header = "".join(f"<th>{escape(column.header)}</th>" for column in columns)
     body = []
     for layer in report.layers:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 import statistics
 import threading
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from htsr_cli.results.documents import COUNT, IDENTIFIER, LIST, NAME, OBJECT, SHAPE, TEXT, check_fields, number, one_of, parse_json
+from htsr_cli.results.documents import (
+    COUNT, IDENTIFIER, LIST, NAME, OBJECT, SHAPE, TEXT, Kind, check_fields, number, one_of, parse_json,
+)
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import read_document
 from htsr_cli.names import readable
@@ -43,6 +46,18 @@ TPL_FIELDS = ("alpha_tpl", "lambda_tpl", "xmin_tpl", "ks_distance_tpl", "tail_si
 CLIP_FIELDS = ("raw_alpha", "num_fingers")
 # The settings of WeightWatcher's variants and their defaults, written only when not the default.
 VARIANT_SETTINGS = {"fit": "pl", "fix_fingers": "none", "small_n": "htsr"}
+# WeightWatcher's random-matrix metrics: the layer fields of each pass, written only
+# by runs that asked for it (the settings key of the same name says so).
+RMT_FIELDS = {
+    "mp_fit": ("sigma_mp", "bulk_min", "bulk_max", "num_spikes", "mp_softrank"),
+    "randomize": (
+        "rand_distance", "ww_softrank", "ww_maxdist", "max_rand_eval", "rand_num_spikes", "rand_sigma_mp",
+        "rand_bulk_max", "trap_evals",
+    ),
+    "detx": ("detx_num", "detx_val", "detx_gap", "detx_xmin_distance"),
+}
+# Every optional group of layer fields, by the settings key whose presence says the run computed it.
+OPTIONAL_FIELDS = {"fit": TPL_FIELDS, "fix_fingers": CLIP_FIELDS, **RMT_FIELDS}
 
 
 class FarmsSettingsJson(TypedDict):
@@ -51,6 +66,12 @@ class FarmsSettingsJson(TypedDict):
     window: int
     q: float
     steps: int
+
+
+class RandomizeSettingsJson(TypedDict):
+    """`settings.randomize` of a report analysed with `--randomize`."""
+
+    seed: int
 
 
 class _ReportSettingsRequired(TypedDict):
@@ -77,6 +98,9 @@ class ReportSettings(_ReportSettingsRequired, total=False):
     fit: str  # the keys below only when not their default ("pl", "none", "htsr")
     fix_fingers: str
     small_n: str
+    mp_fit: bool  # the three keys only in reports of runs that asked for them
+    randomize: RandomizeSettingsJson
+    detx: bool
 
 
 class _ReportSummaryRequired(TypedDict):
@@ -124,7 +148,7 @@ def report_settings(settings: AnalyzeSettings, record: RunRecord) -> ReportSetti
     """
     farms = settings.farms
     variants = {key: getattr(settings, key) for key, default in VARIANT_SETTINGS.items() if getattr(settings, key) != default}
-    return {  # type: ignore[typeddict-item]
+    written: ReportSettings = {  # type: ignore[typeddict-item]
         "xmin": settings.xmin,
         "xmin_candidates": record.xmin_candidates,
         "farms": {"window": farms.window, "q": farms.q, "steps": farms.steps} if farms else None,
@@ -138,6 +162,14 @@ def report_settings(settings: AnalyzeSettings, record: RunRecord) -> ReportSetti
         "max_memory": None if settings.max_memory is None else int(settings.max_memory),  # bytes once parsed
         **variants,
     }
+    # Only when asked for: reports of runs without them stay as they were.
+    if settings.mp_fit:
+        written["mp_fit"] = True
+    if settings.randomize:
+        written["randomize"] = {"seed": settings.seed}
+    if settings.detx:
+        written["detx"] = True
+    return written
 
 
 @dataclass
@@ -234,6 +266,26 @@ class LayerResult:
     # (the eigenvalues clipped off the top, less one; 0 when none were).
     raw_alpha: float | None = None
     num_fingers: int | None = None
+    # --mp-fit: the Marchenko-Pastur fit of the ESD (sigma_mp in units of the ESD rescaled to mean 1).
+    sigma_mp: float | None = None
+    bulk_min: float | None = None
+    bulk_max: float | None = None
+    num_spikes: int | None = None
+    mp_softrank: float | None = None
+    # --randomize: the ESD against the ESD of the element-wise shuffled weights.
+    rand_distance: float | None = None
+    ww_softrank: float | None = None
+    ww_maxdist: float | None = None
+    max_rand_eval: float | None = None
+    rand_num_spikes: int | None = None  # correlation traps
+    rand_sigma_mp: float | None = None
+    rand_bulk_max: float | None = None
+    trap_evals: list[float] | None = None  # the largest traps' eigenvalues, descending (at most 10)
+    # --detx: the detX condition, and how far alpha's tail start is from it.
+    detx_num: int | None = None
+    detx_val: float | None = None
+    detx_gap: int | None = None  # detx_num - tail_size (WeightWatcher's ERG_gap)
+    detx_xmin_distance: float | None = None  # log10(xmin / detx_val): decades from detX's tail start to alpha's
 
     def __post_init__(self) -> None:
         # A lone surrogate in a name (a JSON `\ud800`) cannot be encoded, drawn or written:
@@ -250,10 +302,14 @@ class LayerResult:
     def metric(self, name: str) -> float | None:
         return getattr(self, name)
 
-    def to_json(self, with_farms: bool, with_tpl: bool = False, with_clip: bool = False) -> dict[str, Any]:
+    def to_json(self, with_farms: bool, groups: Collection[str] = ()) -> dict[str, Any]:
+        """The layer's JSON object: the FARMS fields `with_farms`, and each group of OPTIONAL_FIELDS named in `groups`."""
         data = asdict(self)
-        for keys, wanted in ((FARMS_FIELDS, with_farms), (TPL_FIELDS, with_tpl), (CLIP_FIELDS, with_clip)):
-            if not wanted:
+        if not with_farms:
+            for key in FARMS_FIELDS:
+                data.pop(key)
+        for group, keys in OPTIONAL_FIELDS.items():
+            if group not in groups:
                 for key in keys:
                     data.pop(key)
         return data
@@ -346,15 +402,9 @@ class Report:
         return bool(self.settings.get("farms"))
 
     @property
-    def has_tpl(self) -> bool:
-        return self.settings.get("fit", "pl") != "pl"
-
-    @property
-    def has_clipping(self) -> bool:
-        return self.settings.get("fix_fingers", "none") != "none"
-
-    def _layer_json(self, layer: LayerResult) -> dict[str, Any]:
-        return layer.to_json(self.has_farms, self.has_tpl, self.has_clipping)
+    def field_groups(self) -> tuple[str, ...]:
+        """The optional field groups this report's layers carry (OPTIONAL_FIELDS: TPL, clipping, the RMT passes)."""
+        return tuple(group for group in OPTIONAL_FIELDS if self.settings.get(group))
 
     def layer(self, name: str) -> LayerResult | None:
         for layer in self.layers:
@@ -392,7 +442,7 @@ class Report:
             ) from None
         rows = []
         for index, layer in enumerate(self.layers):
-            row = {"layer_id": index, **self._layer_json(layer)}
+            row = {"layer_id": index, **layer.to_json(self.has_farms, self.field_groups)}
             sides = sorted(layer.shape[:2], reverse=True) if len(layer.shape) >= 2 else [None, None]
             row["N"], row["M"] = sides
             rows.append(row)
@@ -444,7 +494,7 @@ class Report:
             "checkpoint": self.checkpoint,
             "checkpoint_format": self.checkpoint_format,
             "settings": self.settings,
-            "layers": [self._layer_json(layer) for layer in self.layers],
+            "layers": [layer.to_json(self.has_farms, self.field_groups) for layer in self.layers],
             "summary": self.summary,
         }
 
@@ -473,6 +523,8 @@ POSITIVE = number(0.0, above=True).or_null()
 FRACTION = number(0.0, 1.0).or_null()
 NON_NEGATIVE = number(0.0).or_null()
 FINITE = number().or_null()
+FLAG = Kind(lambda value: isinstance(value, bool), "true or false")
+EIGENVALUES = Kind(lambda value: isinstance(value, list) and all(NON_NEGATIVE.test(x) for x in value), "a list of eigenvalues")
 LAYER_FIELDS = {
     "name": NAME, "tensor": TEXT, "kind": NAME, "shape": SHAPE, "block": TEXT.or_null(), "params": COUNT,
     "storage": TEXT.or_null(), "status": one_of(STATUSES), "reason": TEXT.or_null(),
@@ -484,6 +536,11 @@ LAYER_FIELDS = {
     "farms_windows": COUNT.or_null(), "farms_num_evals": COUNT.or_null(),
     "alpha_tpl": NON_NEGATIVE, "lambda_tpl": NON_NEGATIVE, "xmin_tpl": POSITIVE, "ks_distance_tpl": FRACTION,
     "tail_size_tpl": COUNT.or_null(), "raw_alpha": ALPHA, "num_fingers": COUNT.or_null(),
+    "sigma_mp": POSITIVE, "bulk_min": NON_NEGATIVE, "bulk_max": NON_NEGATIVE, "num_spikes": COUNT.or_null(),
+    "mp_softrank": NON_NEGATIVE, "rand_distance": NON_NEGATIVE, "ww_softrank": NON_NEGATIVE, "ww_maxdist": FINITE,
+    "max_rand_eval": NON_NEGATIVE, "rand_num_spikes": COUNT.or_null(), "rand_sigma_mp": POSITIVE,
+    "rand_bulk_max": NON_NEGATIVE, "trap_evals": EIGENVALUES.or_null(), "detx_num": COUNT.or_null(),
+    "detx_val": NON_NEGATIVE, "detx_gap": FINITE, "detx_xmin_distance": FINITE,
 }
 REQUIRED_LAYER_FIELDS = ("name", "tensor", "kind", "shape", "block", "params")
 # What a layer of each status other than ok cannot carry: no alpha without a fit
@@ -494,6 +551,7 @@ SETTINGS_FIELDS = {
     "farms": OBJECT.or_null(), "device": IDENTIFIER, "precision": IDENTIFIER,
     "conv_scale": number(0.0, above=True), "min_evals": COUNT, "layers": TEXT.or_null(),
     "fit": one_of(FITS), "fix_fingers": one_of(FIX_FINGERS), "small_n": one_of(SMALL_N_METHODS),
+    "mp_fit": FLAG, "randomize": OBJECT, "detx": FLAG,
 }
 FARMS_SETTINGS_FIELDS = {"window": COUNT, "q": number(0.0, above=True), "steps": COUNT}
 SUMMARY_FIELDS = {
@@ -527,6 +585,8 @@ def check_report(data: Any, source: str) -> None:
     )
     settings = data["settings"]
     check_fields(settings, SETTINGS_FIELDS, f"{source}: settings", required=("xmin", "device", "precision"))
+    if "randomize" in settings:
+        check_fields(settings["randomize"], {"seed": COUNT}, f"{source}: settings.randomize", required=("seed",))
     if settings.get("farms") is not None:
         check_fields(settings["farms"], FARMS_SETTINGS_FIELDS, f"{source}: settings.farms", required=tuple(FARMS_SETTINGS_FIELDS))
     names: set[str] = set()

@@ -8,29 +8,19 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+
+from htsr_cli.spectra.random_matrix import detx
 
 
 def detx_count(eigenvalues: torch.Tensor) -> int:
-    """WeightWatcher's detX condition: the size of the tail whose product of eigenvalues first drops below 1.
-
-    The eigenvalues are rescaled so that their mean is 1 (lambda * n / sum).
-    Walking down from the largest, the tail lambda_i..lambda_max is grown one
-    eigenvalue at a time; the count is the size of the first tail whose product
-    is below 1 (the eigenvalue that tips it below is counted). When no tail
-    drops below 1 the count is every eigenvalue. Fewer than two eigenvalues, or
-    all equal, give 0. The product is taken as a sum of logs: the same decision,
-    without overflow on thousands of eigenvalues.
-    """
-    values = torch.sort(eigenvalues.detach().to(torch.float64).flatten()).values
-    count = values.numel()
-    if count < 2 or not values[0] < values[-1]:
-        return 0
-    scaled = values * (count / values.sum())
-    # log of the product of scaled[i:], for i = count-1 down to 1
-    tail_logs = torch.cumsum(torch.log(scaled.flip(0)), dim=0)[: count - 1]
-    below = torch.nonzero(tail_logs < 0.0)
-    return int(below[0]) + 1 if below.numel() else count
+    """WeightWatcher's detX condition as a count of singular values to keep: detX_num of the ESD
+    (`random_matrix.detx`: the first tail, from the largest eigenvalue down, whose product after
+    rescaling to mean 1 drops below 1; every eigenvalue when none does; 0 for fewer than two or all
+    equal)."""
+    values = np.sort(eigenvalues.detach().to(torch.float64).flatten().cpu().numpy())
+    return detx(values)[0]
 
 
 def percent_count(percent: float, smaller_side: int, slices: int) -> int:

@@ -22,6 +22,7 @@ FLAGS = [
     "--farms", "--xmin", "--layers", "--device", "--min-evals", "--conv-scale",
     "--farms-window", "--farms-q", "--farms-steps", "--precision", "--max-memory",
     "--fit", "--fix-fingers", "--small-n",
+    "--mp-fit", "--randomize", "--seed", "--detx",
 ]
 
 # Each analysing command, the arguments it needs besides the analysis options, and its default settings.
@@ -58,7 +59,7 @@ def analysis_params(path: str) -> dict[str, tuple]:
     return described
 
 
-def test_every_analysing_command_has_the_same_fourteen_flags_with_the_same_help():
+def test_every_analysing_command_has_the_same_eighteen_flags_with_the_same_help():
     reference = analysis_params("analyze")
     assert list(reference) == FLAGS
     for path, (_, defaults) in COMMANDS.items():
@@ -115,10 +116,11 @@ def test_the_options_reach_the_analysis_as_one_settings_object(path, analysed_se
     assert analysed_settings(
         path, "--farms", "--xmin", "median", "--layers", "fc", "--device", "cpu", "--min-evals", "4",
         "--conv-scale", "0.5", "--farms-window", "100", "--farms-q", "2", "--farms-steps", "5",
-        "--precision", "float64", "--max-memory", "64MiB",
+        "--precision", "float64", "--max-memory", "64MiB", "--mp-fit", "--randomize", "--seed", "7", "--detx",
     ) == AnalyzeSettings(
         xmin="median", farms=FarmsSettings(window=100, q=2.0, steps=5), device="cpu", precision="float64",
-        conv_scale=0.5, min_evals=4, layers="fc", max_memory=64 * 2**20,
+        conv_scale=0.5, min_evals=4, layers="fc", max_memory=64 * 2**20, mp_fit=True, randomize=True, seed=7,
+        detx=True,
     )
 
 

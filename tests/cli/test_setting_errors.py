@@ -36,6 +36,8 @@ REFUSALS = [
     (lambda: AnalyzeSettings(small_n="tiny"), "small_n", "small_n='tiny': must be one of htsr, ww", "--small-n tiny: must be"),
     (lambda: AnalyzeSettings(small_n="ww", xmin="peak"), "small_n", "small_n='ww': WeightWatcher's small-N path chooses xmin",
      "--small-n ww: WeightWatcher's small-N path"),
+    (lambda: AnalyzeSettings(seed=-1), "seed", "seed=-1: must be a whole number in [0, 2^63)", "--seed -1: must be"),
+    (lambda: AnalyzeSettings(mp_fit="yes"), "mp_fit", "mp_fit='yes': must be True or False", "--mp-fit yes: must be"),
     (lambda: FarmsSettings(window=0), "window", "window=0: must be at least 1", "--farms-window 0: must be"),
     (lambda: FarmsSettings(q=float("nan")), "q", "q=nan: must be a window aspect ratio", "--farms-q nan: must be"),
     (lambda: FarmsSettings(steps=1), "steps", "steps=1: must be at least 2", "--farms-steps 1: must be"),

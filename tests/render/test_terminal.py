@@ -16,7 +16,7 @@ from tests.conftest import FIXTURES
 from htsr_cli.cli import _output
 from htsr_cli.errors import HtsrError
 from htsr_cli.render.outputs import Column
-from htsr_cli.results.report import LayerResult, Report, summarize
+from htsr_cli.results.report import RMT_FIELDS, LayerResult, Report, summarize
 from htsr_cli.render.tables import DROP_ORDER, TABLE_COLUMNS, parse_columns, report_table
 from htsr_cli.render.terminal import ELLIPSIS, fit_columns, shorten_middle, table_width
 
@@ -90,6 +90,7 @@ def header_cells(lines: list[str]) -> list[str]:
 
 
 HEADERS = {column.key: column.header for column in TABLE_COLUMNS}
+RMT_KEYS = {key for keys in RMT_FIELDS.values() for key in keys}
 
 
 @pytest.mark.parametrize(("width", "hidden"), [
@@ -104,7 +105,8 @@ def test_analyze_table_fits_80_120_and_200_columns(width, hidden):
     shown = header_cells(lines)
     assert shown[0] == "layer" and "alpha" in shown and shown[-1] == "quality"
     assert "kind: linear on every row" in lines  # every layer is linear: a note, not a column
-    in_order = [key for key in DROP_ORDER if key not in ("alpha_farms", "kind")]
+    # The report has no FARMS or random-matrix columns: the others drop in the fixed order.
+    in_order = [key for key in DROP_ORDER if key not in ("alpha_farms", "kind") and key not in RMT_KEYS]
     assert [HEADERS[key] for key in in_order if HEADERS[key] not in shown] == hidden
     assert hidden == [HEADERS[key] for key in in_order[: len(hidden)]]  # always a prefix of the fixed order
     footnote = [line for line in lines if line.startswith("hidden at")]
@@ -160,7 +162,7 @@ def test_piped_output_keeps_every_column_unwrapped(cli, monkeypatch):
     result = cli("analyze", FIXTURES / "tiny-llama")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    assert header_cells(lines) == [c.header for c in TABLE_COLUMNS if c.key != "alpha_farms"]
+    assert header_cells(lines) == [c.header for c in TABLE_COLUMNS if c.key != "alpha_farms" and c.key not in RMT_KEYS]
     assert "model.layers.0.self_attn.q_proj" in result.stdout
     assert not [line for line in lines if line.startswith("hidden at")]
     assert all(line == line.rstrip() for line in lines)
