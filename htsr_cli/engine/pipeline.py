@@ -316,7 +316,7 @@ def _fit_layer(
     result = _layer_result(spec)
     for key, value in spectral_metrics(esd, fit).items():
         setattr(result, key, value)
-    result.quality = quality_of(result.alpha)
+    result.quality = quality_of(result.alpha, settings.xmin)
     if fit is None:
         result.status, result.reason = FIT_FAILED, fit_failure_reason(esd, settings.xmin)
     candidates = {fit.candidates} if fit else set()
@@ -563,7 +563,7 @@ def _assemble(
         checkpoint=source_name,
         settings=report_settings(settings, record),
         layers=layers,
-        summary=summarize(layers, seconds, with_farms=settings.farms is not None),
+        summary=summarize(layers, seconds, with_farms=settings.farms is not None, xmin=settings.xmin),
         htsr_version=__version__,
         checkpoint_format=checkpoint_format,
     )
