@@ -23,8 +23,9 @@ Variants of each model, every one judged under each xmin rule (ks, median, peak)
 
 A damaged model differs from the healthy one in the damaged layer only, so each
 damaged layer is analysed alone (`analyze({key: tensor})`, one matrix in memory)
-and substituted into the healthy report. Each layer is solved once; the median
-and peak fits are refitted from the same eigenvalues.
+and substituted into the healthy report. Each layer is solved once, in float64
+(as `--xmin peak` always solves: its histogram-peak xmin moves with round-off),
+and the three xmin rules fit the same eigenvalues.
 
 Raw counts go to benchmarks/results/gate/<machine>.json, the confusion table to
 the `bench-gate` section of BENCHMARKS.md. Times nothing.
@@ -66,6 +67,7 @@ SEED = 0
 PRUNED_SHARE = 0.99
 DAMAGES = ("noise", "pruned 99%", "rank 1")  # one layer at a time
 HEALTHY = ("healthy", "healthy bf16", "healthy int8")
+PRECISION = "float64"  # one solve serves every xmin rule: peak's fits need float64 eigenvalues
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,7 @@ def per_xmin(layer: LayerResult, esd: torch.Tensor | None) -> dict[str, LayerRes
 
 def solve_one(key: str, weight: torch.Tensor, like: LayerResult) -> dict[str, LayerResult]:
     """One (damaged) tensor analysed alone, named as the layer it replaces."""
-    report = analyze({key: weight}, keep_spectra=True, concurrent_solves=False)
+    report = analyze({key: weight}, keep_spectra=True, concurrent_solves=False, precision=PRECISION)
     (layer,) = report.layers
     layer = replace(layer, name=like.name, block=like.block, tensor=like.tensor)
     spectra = next(iter(report.spectra.values()), None)
@@ -196,7 +198,7 @@ class ModelEvidence:
 
 
 def gather(model: Model, log: Callable[[str], None]) -> ModelEvidence:
-    base = analyze(str(model.source), keep_spectra=True)
+    base = analyze(str(model.source), keep_spectra=True, precision=PRECISION)
     healthy_layers = [
         per_xmin(layer, base.spectra[layer.name].esd if layer.name in base.spectra else None) for layer in base.layers
     ]
@@ -226,7 +228,7 @@ def gather(model: Model, log: Callable[[str], None]) -> ModelEvidence:
 
 
 def as_report(model: Model, layers: list[LayerResult], xmin: str) -> Report:
-    settings = {"xmin": xmin, "device": "cpu", "precision": "mixed"}
+    settings = {"xmin": xmin, "device": "cpu", "precision": PRECISION}
     return Report(str(model.source), settings, layers, summarize(layers, 0.0, False, xmin))
 
 

@@ -54,7 +54,7 @@ def append_step_summary(markdown: str) -> None:
 def gate(
     source: CheckpointOrReportArg,
     config: Annotated[Optional[Path], typer.Option("--config", help="A TOML file with a tool.htsr.gate table (e.g. a pyproject.toml).", dir_okay=False, show_default="nearest pyproject.toml")] = None,
-    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Report JSON (or checkpoint) to measure alpha drift against (max_alpha_drift, 0.5 unless set).", show_default="none")] = None,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Report JSON (or checkpoint) to measure alpha drift against (max_alpha_drift: 0.5 for ks, 0.1 for median, unless set).", show_default="none")] = None,
     junit: Annotated[Optional[Path], typer.Option("--junit", help="Also write a JUnit XML file: one testcase per rule and layer.", dir_okay=False, show_default="none")] = None,
     output_format: Annotated[GateFormat, typer.Option("--format", "-f", help="text for people, json (htsr.gate/1), github (workflow annotations), markdown.")] = GateFormat.text,
     output: OutputOpt = None,
@@ -63,7 +63,7 @@ def gate(
     alpha_max: Annotated[Optional[float], typer.Option("--alpha-max", help="Highest allowed alpha per layer (config: alpha_max).")] = None,
     max_flagged: Annotated[Optional[str], typer.Option("--max-flagged", help="Layers allowed outside alpha-min..alpha-max (default: the xmin rule's quality band, 2..6 for ks): a count (3) or a fraction (0.1) (config: max_flagged).")] = None,
     mean_alpha_max: Annotated[Optional[float], typer.Option("--mean-alpha-max", help="Highest allowed mean alpha (config: mean_alpha_max).")] = None,
-    max_alpha_drift: Annotated[Optional[float], typer.Option("--max-alpha-drift", help="Largest allowed |alpha - baseline alpha| per layer; needs --baseline (config: max_alpha_drift).", show_default="0.5 with --baseline")] = None,
+    max_alpha_drift: Annotated[Optional[float], typer.Option("--max-alpha-drift", help="Largest allowed |alpha - baseline alpha| per layer; needs --baseline (config: max_alpha_drift).", show_default="0.5 (ks), 0.1 (median) with --baseline")] = None,
     require_layers: Annotated[Optional[bool], typer.Option("--require-layers/--no-require-layers", help="Fail on any skipped or failed layer (config: require_layers).", show_default=False)] = None,
     allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Pass when no layer has an alpha to check; by default that fails (config: allow_empty).")] = False,
     allow_failed: Annotated[bool, typer.Option("--allow-failed", help="Layers whose analysis or fit failed (NaN weights, no fit) only warn; by default they fail (config: allow_failed).")] = False,
@@ -77,13 +77,13 @@ def gate(
     alpha_min, alpha_max, max_flagged, mean_alpha_max, max_alpha_drift,
     require_layers, allow_empty, allow_failed. Every gate fails on a broken fit (a
     layer whose analysis or fit failed); with --baseline it also fails on a layer
-    whose alpha moved more than max_alpha_drift (0.5 unless set) from the
-    baseline's, matched by name (a layer that lost its alpha fails; a layer on one
+    whose alpha moved more than max_alpha_drift (0.5 for ks, 0.1 for median,
+    0.5 for peak, unless set) from the baseline's, matched by name (a layer that lost its alpha fails; a layer on one
     side only is a warning). A max_alpha_drift from the config without --baseline
     is reported as not checked. These defaults pass trained models and catch
     damaged ones (docs/gate.md); the quality band is opt-in: max_flagged counts
     layers outside alpha_min..alpha_max, whose unset ends are the band of the
-    report's xmin rule (ks 2..6, median 1.5..3, peak 1.5..4); alpha_min/alpha_max
+    report's xmin rule (ks 2..6, median 1.6..2.6, peak 1.7..4); alpha_min/alpha_max
     alone fail every layer outside them. When GITHUB_STEP_SUMMARY is set, a
     markdown summary is appended to it.
 

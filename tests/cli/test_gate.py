@@ -206,3 +206,13 @@ def test_the_default_gate_passes_minilm(cli, minilm_dir, tmp_path, monkeypatch):
         assert "rules from defaults (no [tool.htsr.gate] found)" in result.stdout
     # the quality band follows the xmin rule: median alphas of MiniLM lie in median's band
     assert cli("gate", model, "--xmin", "median", "--max-flagged", "0.1").exit_code == 0
+
+
+def test_help_states_the_bands_and_drift_limits_the_gate_uses(cli, monkeypatch):
+    from htsr_cli.gate.config import DEFAULT_MAX_ALPHA_DRIFT
+    from htsr_cli.settings import QUALITY_BANDS
+
+    monkeypatch.setenv("COLUMNS", "200")
+    text = " ".join(cli("gate", "--help").stdout.split())
+    assert ", ".join(f"{xmin} {low:g}..{high:g}" for xmin, (low, high) in QUALITY_BANDS.items()) in text
+    assert ", ".join(f"{limit:g} for {xmin}" for xmin, limit in DEFAULT_MAX_ALPHA_DRIFT.items()) + ", unless set" in text
