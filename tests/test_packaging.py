@@ -100,6 +100,8 @@ def test_wheel_and_sdist_build_without_warnings_and_the_wheel_runs_in_a_fresh_ve
     diagnosed = subprocess.run([str(venv / "bin" / "htsr"), "diagnose", "--train-error", "3", "--mode-connectivity-peak",
                                 "-20", "--hessian-t", "6", "-f", "json"], capture_output=True, text=True, cwd=tmp_path)
     assert diagnosed.returncode == 0 and '"schema": "htsr.diagnosis/1"' in diagnosed.stdout, diagnosed.stderr
+    hook = subprocess.run([str(venv / "bin" / "htsr-gate-hook")], capture_output=True, text=True, cwd=tmp_path, env=venv_env)
+    assert (hook.returncode, hook.stderr.splitlines()[0]) == (2, "htsr-gate-hook: error: no file to gate")  # the pre-commit entry
 
 
 def run_action(source: Path, venv: Path, tmp_path: Path, *inputs: str, skip_install: bool = False):

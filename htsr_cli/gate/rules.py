@@ -280,8 +280,8 @@ def evaluate(report: Report, config: GateConfig, baseline: Report | None = None)
     """Run every configured rule on `report`, and the broken-fit check that always runs.
 
     With a `baseline`, max_alpha_drift runs (the report's xmin rule's
-    DEFAULT_MAX_ALPHA_DRIFT unless the config sets it); without one, a configured max_alpha_drift is a warning that
-    drift was not checked.
+    DEFAULT_MAX_ALPHA_DRIFT unless the config sets it); without one, a
+    configured max_alpha_drift is a warning that drift was not checked.
     """
     metric = config.metric
     xmin = report.settings.get("xmin", "ks")
@@ -290,12 +290,13 @@ def evaluate(report: Report, config: GateConfig, baseline: Report | None = None)
     require_metric(report, metric, "report")
     values = metric_values(report, metric)
     outcomes: list[RuleOutcome] = []
-    band = config.band(xmin) if config.max_flagged is not None else None
-    if band is None:
+    band = None
+    if config.max_flagged is None:
         for rule in ("alpha_min", "alpha_max"):
             if (limit := getattr(config, rule)) is not None:
                 outcomes.append(check_bound(values, rule, limit, metric))
     else:
+        band = config.band(xmin)
         outcomes.append(check_max_flagged(values, config.max_flagged, band, metric))
     if config.mean_alpha_max is not None:
         outcomes.append(check_mean(values, config.mean_alpha_max, metric))
