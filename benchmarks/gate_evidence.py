@@ -23,9 +23,10 @@ Variants of each model, every one judged under each xmin rule (ks, median, peak)
 
 A damaged model differs from the healthy one in the damaged layer only, so each
 damaged layer is analysed alone (`analyze({key: tensor})`, one matrix in memory)
-and substituted into the healthy report. Each layer is solved once, in float64
-(as `--xmin peak` always solves: its histogram-peak xmin moves with round-off),
-and the three xmin rules fit the same eigenvalues.
+and substituted into the healthy report. Each layer is solved as htsr solves it
+for each xmin rule (mixed precision for ks and median, float64 for peak:
+`SolverPrecision.for_settings`), once per precision, and each rule's fit is
+refitted from those eigenvalues.
 
 Raw counts go to benchmarks/results/gate/<machine>.json, the confusion table to
 the `bench-gate` section of BENCHMARKS.md. Times nothing.
@@ -58,7 +59,8 @@ from htsr_cli.gate.rules import evaluate  # noqa: E402
 from htsr_cli.io import write_atomic  # noqa: E402
 from htsr_cli.results.documents import dumps_json  # noqa: E402
 from htsr_cli.results.report import FAILED, FIT_FAILED, OK, LayerResult, Report, quality_of, summarize  # noqa: E402
-from htsr_cli.settings import QUALITY_BANDS, XMIN_METHODS  # noqa: E402
+from htsr_cli.settings import QUALITY_BANDS, XMIN_METHODS, AnalyzeSettings  # noqa: E402
+from htsr_cli.spectra.solver import SolverPrecision  # noqa: E402
 from htsr_cli.spectra.fit import fit_failure_reason, fit_power_law  # noqa: E402
 from htsr_cli.spectra.metrics import spectral_metrics  # noqa: E402
 
@@ -67,7 +69,17 @@ SEED = 0
 PRUNED_SHARE = 0.99
 DAMAGES = ("noise", "pruned 99%", "rank 1")  # one layer at a time
 HEALTHY = ("healthy", "healthy bf16", "healthy int8")
-PRECISION = "float64"  # one solve serves every xmin rule: peak's fits need float64 eigenvalues
+
+
+def solver_precision(xmin: str) -> str:
+    return SolverPrecision.for_settings(AnalyzeSettings(xmin=xmin)).mode
+
+
+# precision -> the xmin rules htsr solves in it: one solve each, every rule refitted from its eigenvalues
+SOLVES = {
+    precision: tuple(xmin for xmin in XMIN_METHODS if solver_precision(xmin) == precision)
+    for precision in dict.fromkeys(solver_precision(xmin) for xmin in XMIN_METHODS)
+}
 
 
 @dataclass(frozen=True)
@@ -173,19 +185,24 @@ def refit(layer: LayerResult, esd: torch.Tensor, xmin: str) -> LayerResult:
     return result
 
 
-def per_xmin(layer: LayerResult, esd: torch.Tensor | None) -> dict[str, LayerResult]:
-    if esd is None:  # skipped or failed: the same under every rule
-        return {xmin: layer for xmin in XMIN_METHODS}
-    return {xmin: refit(layer, esd, xmin) for xmin in XMIN_METHODS}
+def per_xmin(source: str | dict[str, torch.Tensor]) -> list[dict[str, LayerResult]]:
+    """Each layer of `source` (a path, or {key: tensor}) under every xmin rule, as `analyze(xmin=...)` gives it."""
+    layers: list[dict[str, LayerResult]] = []
+    for precision, rules in SOLVES.items():
+        report = analyze(source, keep_spectra=True, concurrent_solves=False, precision=precision)
+        if not layers:
+            layers = [{} for _ in report.layers]
+        for slot, layer in zip(layers, report.layers):
+            spectra = report.spectra.get(layer.name)
+            for xmin in rules:  # skipped or failed layers have no spectrum: the same under every rule
+                slot[xmin] = refit(layer, spectra.esd, xmin) if spectra is not None and layer.analysed else layer
+    return layers
 
 
 def solve_one(key: str, weight: torch.Tensor, like: LayerResult) -> dict[str, LayerResult]:
     """One (damaged) tensor analysed alone, named as the layer it replaces."""
-    report = analyze({key: weight}, keep_spectra=True, concurrent_solves=False, precision=PRECISION)
-    (layer,) = report.layers
-    layer = replace(layer, name=like.name, block=like.block, tensor=like.tensor)
-    spectra = next(iter(report.spectra.values()), None)
-    return per_xmin(layer, spectra.esd if spectra is not None and layer.status != FAILED else None)
+    (layers,) = per_xmin({key: weight})
+    return {xmin: replace(layer, name=like.name, block=like.block, tensor=like.tensor) for xmin, layer in layers.items()}
 
 
 @dataclass
@@ -198,18 +215,16 @@ class ModelEvidence:
 
 
 def gather(model: Model, log: Callable[[str], None]) -> ModelEvidence:
-    base = analyze(str(model.source), keep_spectra=True, precision=PRECISION)
-    healthy_layers = [
-        per_xmin(layer, base.spectra[layer.name].esd if layer.name in base.spectra else None) for layer in base.layers
-    ]
+    healthy_layers = per_xmin(str(model.source))
     healthy = {xmin: [layers[xmin] for layers in healthy_layers] for xmin in XMIN_METHODS}
-    analysed = [index for index, layer in enumerate(base.layers) if layer.analysed]
+    base = healthy["ks"]
+    analysed = [index for index, layer in enumerate(base) if layer.analysed]
     generator = torch.Generator().manual_seed(SEED)
     whole = {name: {xmin: list(healthy[xmin]) for xmin in XMIN_METHODS} for name in (*HEALTHY[1:], "scrambled")}
     single: dict[str, list[dict[str, LayerResult]]] = {damage: [] for damage in DAMAGES}
     with open_checkpoint(str(model.source)) as checkpoint:
         for step, index in enumerate(analysed):
-            layer = base.layers[index]
+            layer = base[index]
             weight = checkpoint.load(layer.tensor).float()
             if step == 0:  # the per-tensor path must reproduce the whole-model analysis
                 again = solve_one(layer.tensor, weight, layer)["ks"]
@@ -228,7 +243,7 @@ def gather(model: Model, log: Callable[[str], None]) -> ModelEvidence:
 
 
 def as_report(model: Model, layers: list[LayerResult], xmin: str) -> Report:
-    settings = {"xmin": xmin, "device": "cpu", "precision": PRECISION}
+    settings = {"xmin": xmin, "device": "cpu", "precision": solver_precision(xmin)}
     return Report(str(model.source), settings, layers, summarize(layers, 0.0, False, xmin))
 
 

@@ -10,8 +10,8 @@ import torch
 sys.path.append(str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from gate_evidence import (  # noqa: E402
-    DAMAGES, HEALTHY, PRECISION, Model, ModelEvidence, RULE_SETS, as_report, int8, judge, matched_bands, noise_like, pruned,
-    rank_one, refit, shuffled, variants,
+    DAMAGES, HEALTHY, SOLVES, Model, ModelEvidence, RULE_SETS, as_report, int8, judge, matched_bands, noise_like, per_xmin,
+    pruned, rank_one, shuffled, variants,
 )
 
 from htsr_cli.engine.pipeline import analyze  # noqa: E402
@@ -41,17 +41,17 @@ def test_damage_does_what_it_says():
     assert ((quantized - w).abs() <= step / 2 + 1e-6).all()
 
 
-def test_refit_reproduces_analyze_with_each_xmin_rule():
-    base = analyze(FIXTURES / "tiny-cnn-trained.pth", keep_spectra=True, precision=PRECISION)
+def test_each_xmin_rule_gets_what_analyze_gives_it():
+    # one solve per precision htsr uses (peak: float64), every rule refitted from its eigenvalues
+    assert SOLVES == {"mixed": ("ks", "median"), "float64": ("peak",)}
+    layers = per_xmin(str(FIXTURES / "tiny-cnn-trained.pth"))
     for xmin in XMIN_METHODS:
-        direct = analyze(FIXTURES / "tiny-cnn-trained.pth", xmin=xmin, precision=PRECISION)
-        for layer, expected in zip(base.layers, direct.layers):
-            if not layer.analysed:
-                continue
-            again = refit(layer, base.spectra[layer.name].esd, xmin)
-            assert (again.alpha, again.xmin, again.quality, again.status) == (
-                expected.alpha, expected.xmin, expected.quality, expected.status
-            ), (xmin, layer.name)
+        direct = analyze(FIXTURES / "tiny-cnn-trained.pth", xmin=xmin)
+        for slot, expected in zip(layers, direct.layers):
+            again = slot[xmin]
+            assert (again.name, again.alpha, again.xmin, again.quality, again.status) == (
+                expected.name, expected.alpha, expected.xmin, expected.quality, expected.status
+            ), xmin
 
 
 def test_every_variant_is_judged_by_every_rule_set():
