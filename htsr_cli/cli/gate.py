@@ -20,10 +20,10 @@ from htsr_cli.cli._options import (
 from htsr_cli.cli._output import emit_renderable, emit_text, wrote
 from htsr_cli.cli._reports import check_metric_available, reports_from
 from htsr_cli.errors import HtsrError
-from htsr_cli.gate.config import find_pyproject, parse_max_flagged, resolve_config
+from htsr_cli.gate.config import check_drift_flag, find_pyproject, parse_max_flagged, resolve_config
 from htsr_cli.gate.formats import gate_github, gate_json, gate_markdown, gate_text
 from htsr_cli.gate.junit import gate_junit
-from htsr_cli.gate.rules import check_baseline_use, evaluate
+from htsr_cli.gate.rules import evaluate
 from htsr_cli.io import check_output_paths, write_atomic
 from htsr_cli.results.documents import dumps_json
 from htsr_cli.results.report import is_report_file
@@ -54,16 +54,16 @@ def append_step_summary(markdown: str) -> None:
 def gate(
     source: CheckpointOrReportArg,
     config: Annotated[Optional[Path], typer.Option("--config", help="A TOML file with a tool.htsr.gate table (e.g. a pyproject.toml).", dir_okay=False, show_default="nearest pyproject.toml")] = None,
-    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Report JSON (or checkpoint) that max_alpha_drift measures against.", show_default="none")] = None,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Report JSON (or checkpoint) to measure alpha drift against (max_alpha_drift: 0.5 for ks, 0.1 for median, unless set).", show_default="none")] = None,
     junit: Annotated[Optional[Path], typer.Option("--junit", help="Also write a JUnit XML file: one testcase per rule and layer.", dir_okay=False, show_default="none")] = None,
     output_format: Annotated[GateFormat, typer.Option("--format", "-f", help="text for people, json (htsr.gate/1), github (workflow annotations), markdown.")] = GateFormat.text,
     output: OutputOpt = None,
     metric: Annotated[Optional[Metric], typer.Option("--metric", help="Which alpha the rules read (config: metric).", show_default="alpha")] = None,
     alpha_min: Annotated[Optional[float], typer.Option("--alpha-min", help="Lowest allowed alpha per layer (config: alpha_min).")] = None,
     alpha_max: Annotated[Optional[float], typer.Option("--alpha-max", help="Highest allowed alpha per layer (config: alpha_max).")] = None,
-    max_flagged: Annotated[Optional[str], typer.Option("--max-flagged", help="Layers allowed outside alpha-min..alpha-max (default 2..6): a count (3) or a fraction (0.1) (config: max_flagged).")] = None,
+    max_flagged: Annotated[Optional[str], typer.Option("--max-flagged", help="Layers allowed outside alpha-min..alpha-max (default: the xmin rule's quality band, 2..6 for ks): a count (3) or a fraction (0.1) (config: max_flagged).")] = None,
     mean_alpha_max: Annotated[Optional[float], typer.Option("--mean-alpha-max", help="Highest allowed mean alpha (config: mean_alpha_max).")] = None,
-    max_alpha_drift: Annotated[Optional[float], typer.Option("--max-alpha-drift", help="Largest allowed |alpha - baseline alpha| per layer; needs --baseline (config: max_alpha_drift).")] = None,
+    max_alpha_drift: Annotated[Optional[float], typer.Option("--max-alpha-drift", help="Largest allowed |alpha - baseline alpha| per layer; needs --baseline (config: max_alpha_drift).", show_default="0.5 (ks), 0.1 (median) with --baseline")] = None,
     require_layers: Annotated[Optional[bool], typer.Option("--require-layers/--no-require-layers", help="Fail on any skipped or failed layer (config: require_layers).", show_default=False)] = None,
     allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Pass when no layer has an alpha to check; by default that fails (config: allow_empty).")] = False,
     allow_failed: Annotated[bool, typer.Option("--allow-failed", help="Layers whose analysis or fit failed (NaN weights, no fit) only warn; by default they fail (config: allow_failed).")] = False,
@@ -75,18 +75,22 @@ def gate(
     Rules come from \[tool.htsr.gate] in the nearest pyproject.toml (searched from
     the current directory up) or --config, and flags override them. Keys: metric,
     alpha_min, alpha_max, max_flagged, mean_alpha_max, max_alpha_drift,
-    require_layers, allow_empty. With no rule configured, the gate applies max_flagged = 0.1:
-    at most 10% of the layers may have alpha outside the quality band [2, 6].
-    alpha_min/alpha_max alone fail every layer outside them; with max_flagged they
-    only set the band it counts. max_alpha_drift compares each layer with
-    --baseline by name (a layer that lost its alpha fails; a layer on one side
-    only is a warning). When GITHUB_STEP_SUMMARY is set, a markdown summary is
-    appended to it.
+    require_layers, allow_empty, allow_failed. Every gate fails on a broken fit (a
+    layer whose analysis or fit failed); with --baseline it also fails on a layer
+    whose alpha moved more than max_alpha_drift (0.5 for ks, 0.1 for median,
+    0.5 for peak, unless set) from the baseline's, matched by name (a layer that lost its alpha fails; a layer on one
+    side only is a warning). A max_alpha_drift from the config without --baseline
+    is reported as not checked. These defaults pass trained models and catch
+    damaged ones (docs/gate.md); the quality band is opt-in: max_flagged counts
+    layers outside alpha_min..alpha_max, whose unset ends are the band of the
+    report's xmin rule (ks 2..6, median 1.6..2.6, peak 1.7..4); alpha_min/alpha_max
+    alone fail every layer outside them. When GITHUB_STEP_SUMMARY is set, a
+    markdown summary is appended to it.
 
     [bold]Examples:[/bold]
       htsr gate model.safetensors
       htsr gate report.json --alpha-max 5 --max-flagged 2 --junit htsr-junit.xml
-      htsr gate model.safetensors --baseline main-report.json --max-alpha-drift 0.5 --format github
+      htsr gate model.safetensors --baseline main-report.json --format github
       htsr gate report.json --format json -o verdict.json
     """
     overrides = {
@@ -110,7 +114,7 @@ def gate(
         {"-o": output, "--junit": junit, "GITHUB_STEP_SUMMARY": summary_file},
         [*sources, config if config is not None else find_pyproject(Path.cwd())],
     )
-    check_baseline_use(rules, baseline is not None)  # before a possibly long analysis
+    check_drift_flag(max_alpha_drift, baseline is not None)  # before a possibly long analysis
     check_metric_available(rules.metric, settings.farms is not None, [source])
     report, *reference = reports_from(sources, settings, quiet)
     result = evaluate(report, rules, reference[0] if reference else None)

@@ -137,6 +137,7 @@ def track(
     if plot is not None:
         from htsr_cli.render.plots import figure_bytes, missing_glyphs
         from htsr_cli.render.track import LAYER_ROWS_MAX, track_figure
+        from htsr_cli.settings import QUALITY_BANDS
         from htsr_cli.io import write_atomic
 
         unit_kind, units, grid = tracked.alpha_grid(LAYER_ROWS_MAX, metric.value)
@@ -144,7 +145,8 @@ def track(
         summary = {name: [item.report.summary.get(name) for item in tracked.checkpoints] for name in on_alpha_scale}
         with missing_glyphs():
             figure = track_figure(f"{tracked.run}: {metric.value} across {len(tracked.checkpoints)} checkpoints",
-                                  [item.checkpoint.step for item in tracked.checkpoints], units, grid, summary, unit_kind)
+                                  [item.checkpoint.step for item in tracked.checkpoints], units, grid, summary, unit_kind,
+                                  QUALITY_BANDS[tracked.settings.xmin])
             write_atomic(plot, figure_bytes(figure, PLOT_SUFFIXES[plot.suffix.lower()], dpi))
         wrote(plot, quiet)
     if gate_results is not None:

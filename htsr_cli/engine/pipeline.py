@@ -359,7 +359,7 @@ def _fit_layer(
         if tpl is not None:
             result.alpha_tpl, result.lambda_tpl, result.xmin_tpl = tpl.alpha, tpl.lambda_, tpl.xmin
             result.ks_distance_tpl, result.tail_size_tpl = tpl.ks_distance, tpl.tail_size
-    result.quality = quality_of(result.alpha)
+    result.quality = quality_of(result.alpha, settings.xmin)
     if fit is None:
         result.status, result.reason = FIT_FAILED, fit_failure_reason(esd, settings.xmin)
     if settings.mp_fit or shuffles is not None or settings.detx:
@@ -633,7 +633,7 @@ def _assemble(
         checkpoint=source_name,
         settings=report_settings(settings, record),
         layers=layers,
-        summary=summarize(layers, seconds, with_farms=settings.farms is not None),
+        summary=summarize(layers, seconds, with_farms=settings.farms is not None, xmin=settings.xmin),
         htsr_version=__version__,
         checkpoint_format=checkpoint_format,
     )

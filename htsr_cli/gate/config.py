@@ -2,18 +2,18 @@
 
     [tool.htsr.gate]
     metric = "alpha"          # or "alpha_farms" (needs a report analysed with --farms)
+    max_alpha_drift = 0.5     # per layer, against --baseline (0.5 whenever --baseline is given)
     alpha_min = 2.0
     alpha_max = 6.0
     max_flagged = 0.1         # at most 10% of layers outside [alpha_min, alpha_max]; 3 = three layers
     mean_alpha_max = 4.5
-    max_alpha_drift = 0.5     # per layer, against --baseline
     require_layers = true     # no layer may be skipped or failed
     allow_failed = true       # layers whose analysis or fit failed only warn (by default they fail the gate)
 
 The table is looked up like ruff and pytest do: the nearest `pyproject.toml`
 from the current directory upwards that has a `[tool.htsr.gate]` table, or the
-file given with `--config`. With no rule configured anywhere the gate applies
-`max_flagged = 0.1` over the quality band [2, 6].
+file given with `--config`. With no rule configured anywhere the gate checks
+broken fits (every gate does), and drift when `--baseline` is given.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any
 
 from htsr_cli.errors import HtsrError, brief
 from htsr_cli.io import check_depth, read_document
+from htsr_cli.settings import QUALITY_BANDS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,8 +35,10 @@ else:  # Python 3.10 has no tomllib; tomli is the same parser released separatel
     import tomli as tomllib
 
 METRICS = ("alpha", "alpha_farms")
-QUALITY_BAND = (2.0, 6.0)  # algorithms.md section 4: outside it a layer is over- or under-trained
-DEFAULT_MAX_FLAGGED = 0.1
+# max_alpha_drift when a baseline is given and no limit is set, per xmin rule: above what
+# a bfloat16 or int8 re-save moves a trained layer, below what damage does (`make bench-gate`;
+# median alphas move less under every change, so their limit is tighter).
+DEFAULT_MAX_ALPHA_DRIFT: dict[str, float] = {"ks": 0.5, "median": 0.1, "peak": 0.5}
 TABLE = "[tool.htsr.gate]"
 
 
@@ -82,11 +85,12 @@ class GateConfig:
             for key in ("alpha_min", "alpha_max", "max_flagged", "mean_alpha_max", "max_alpha_drift")
         )
 
-    @property
-    def band(self) -> tuple[float, float]:
-        """The [low, high] band that `max_flagged` counts against; unset ends are the quality band's."""
-        low = self.alpha_min if self.alpha_min is not None else QUALITY_BAND[0]
-        high = self.alpha_max if self.alpha_max is not None else QUALITY_BAND[1]
+    def band(self, xmin: str) -> tuple[float, float]:
+        """The [low, high] band that `max_flagged` counts against in a report fitted with the xmin rule
+        `xmin`; unset ends are that rule's quality band (alphas of different xmin rules are not comparable)."""
+        quality = QUALITY_BANDS[xmin]
+        low = self.alpha_min if self.alpha_min is not None else quality[0]
+        high = self.alpha_max if self.alpha_max is not None else quality[1]
         return low, high
 
 
@@ -219,7 +223,11 @@ def load_config(config_file: Path | None, start: Path) -> GateConfig:
 
 
 def resolve_config(config_file: Path | None, start: Path, overrides: dict[str, Any]) -> GateConfig:
-    """The rules the gate runs: file, then flags (None = flag not given), then the default rule."""
+    """The rules the gate runs: file, then flags (None = flag not given).
+
+    With no rule anywhere the gate runs its default checks (broken fits, and
+    drift when given a baseline); the origin says why.
+    """
     config = load_config(config_file, start)
     given = {key: value for key, value in overrides.items() if value is not None}
     if given:
@@ -227,5 +235,11 @@ def resolve_config(config_file: Path | None, start: Path, overrides: dict[str, A
         config = replace(config, **given, origin=origin)
     if not config.has_rules:
         why = f"no {TABLE} found" if config.origin == "defaults" else f"{config.origin} sets no rule"
-        config = replace(config, max_flagged=DEFAULT_MAX_FLAGGED, origin=f"defaults ({why})")
+        config = replace(config, origin=f"defaults ({why})")
     return config
+
+
+def check_drift_flag(max_alpha_drift: float | None, has_baseline: bool) -> None:
+    """--max-alpha-drift asks for a drift check: without --baseline it cannot run (a config's limit only warns)."""
+    if max_alpha_drift is not None and not has_baseline:
+        raise HtsrError("--max-alpha-drift needs --baseline REPORT.json (the report to measure drift against)")

@@ -104,7 +104,7 @@ def gate_json(result: GateResult) -> dict[str, Any]:
             "violations": row["errors"], "warnings": row["warnings"],
         }
         if outcome.rule == "max_flagged":
-            entry["band"] = list(result.config.band)
+            entry["band"] = list(result.band)
         rules.append(entry)
     return {
         "schema": SCHEMA,

@@ -1,27 +1,32 @@
 """The gate's rules: pure checks of a `Report` (and a baseline) against a `GateConfig`.
 
 Every rule reports every offending layer, not just the first. A violation with
-severity "error" fails the gate; a "warning" is only reported.
+severity "error" fails the gate; a "warning" is only reported. With no rule
+configured the gate checks broken fits, and drift when a baseline is given:
+the rules `make bench-gate` found to pass trained models (docs/gate.md).
 
-- `alpha_min` / `alpha_max`: each layer's metric must lie in the band. When
-  `max_flagged` is also set they only define its band (see below).
-- `max_flagged`: the layers outside [alpha_min, alpha_max] (unset ends: the
-  quality band [2, 6]) may number at most this many (int) or this fraction of
-  the layers with a value (float). Each such layer is a warning; the count
-  over the limit is the error.
-- `mean_alpha_max`: the mean metric over layers with a value.
-- `max_alpha_drift`: |metric - baseline metric| per layer, matched by name. A
+- failed layers (always): a layer whose analysis failed (non-finite weights or
+  eigenvalues) or whose fit failed has no alpha, so no rule below can judge it;
+  each is an error (a warning with `allow_failed`). Not a separate finding when
+  `require_layers` is on, which already fails on them, nor when no layer has a
+  value, which `allow_empty` judges.
+- `max_alpha_drift`: |metric - baseline metric| per layer, matched by name;
+  DEFAULT_MAX_ALPHA_DRIFT of the report's xmin rule whenever a baseline is
+  given and no limit is set. A
   layer that lost its value (fitted in the baseline, not now) is an error; a
   layer on one side only, or without a value in the baseline, is a warning
   (architectures change; `require_layers` is the rule for failed layers); no
   layer in common at all is an error. Analysis settings that differ from the
-  baseline's (xmin, FARMS, conv scale, precision) are a warning.
+  baseline's (xmin, FARMS, conv scale, precision) are a warning. A limit set
+  without a baseline is a warning that drift was not checked.
+- `alpha_min` / `alpha_max`: each layer's metric must lie in the band. When
+  `max_flagged` is also set they only define its band (see below).
+- `max_flagged`: the layers outside [alpha_min, alpha_max] (unset ends: the
+  quality band of the xmin rule the report was fitted with, QUALITY_BANDS) may
+  number at most this many (int) or this fraction of the layers with a value
+  (float). Each such layer is a warning; the count over the limit is the error.
+- `mean_alpha_max`: the mean metric over layers with a value.
 - `require_layers`: every layer must have status "ok".
-- failed layers: a layer whose analysis failed (non-finite weights or
-  eigenvalues) or whose fit failed has no alpha, so no rule above can judge it;
-  each is an error (a warning with `allow_failed`). Not a separate finding when
-  `require_layers` is on, which already fails on them, nor when no layer has a
-  value, which `allow_empty` judges.
 - `allow_empty`: not a rule but a permission. When no layer has a value of the
   metric, every rule above passes vacuously; the gate then fails with an
   `allow_empty` finding unless `allow_empty = true` (then it is a warning).
@@ -29,11 +34,10 @@ severity "error" fails the gate; a "warning" is only reported.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from htsr_cli.results.compare import COMPARED, NO_VALUE_A, NO_VALUE_B, ONLY_A, ONLY_B, compare_reports, require_metric
-from htsr_cli.errors import HtsrError
-from htsr_cli.gate.config import GateConfig
+from htsr_cli.gate.config import DEFAULT_MAX_ALPHA_DRIFT, GateConfig
 from htsr_cli.results.report import FAILED, FIT_FAILED, OK, Report
 
 ERROR = "error"
@@ -72,6 +76,7 @@ class GateResult:
     layers: int  # layers in the report, whatever their status
     outcomes: tuple[RuleOutcome, ...]
     baseline: str | None = None
+    band: tuple[float, float] | None = None  # the band max_flagged counted against, when it ran
 
     @property
     def violations(self) -> list[Violation]:
@@ -215,18 +220,17 @@ def check_require_layers(report: Report) -> RuleOutcome:
     return RuleOutcome("require_layers", None, "every layer analyzed and fitted", True, names, violations)
 
 
-def check_failed_layers(report: Report, allow_failed: bool, judged: set[str]) -> RuleOutcome | None:
-    """Layers whose analysis or fit failed, or None when there are none.
+def check_failed_layers(report: Report, allow_failed: bool, judged: set[str]) -> RuleOutcome:
+    """Layers whose analysis or fit failed: a broken fit, the one rule every gate runs.
 
     Such a layer has no alpha: without this finding a NaN weight among healthy
-    layers would pass every alpha rule vacuously. Layers in `judged` already
+    layers would pass every alpha rule vacuously, and a layer collapsed to a few
+    directions (rank 1) has no power-law tail to fit. Layers in `judged` already
     failed another rule (max_alpha_drift: alpha lost) and are not reported twice.
     """
     failing = [
         layer for layer in report.layers if layer.status in (FAILED, FIT_FAILED) and layer.name not in judged
     ]
-    if not failing:
-        return None
     severity = WARNING if allow_failed else ERROR
     violations = tuple(
         Violation("failed_layers", layer.name, None, None, f"{layer.status}: {layer.reason}" if layer.reason else layer.status, severity)
@@ -265,38 +269,46 @@ def check_not_empty(report: Report, metric: str, allow_empty: bool) -> RuleOutco
     return RuleOutcome("allow_empty", None, description, False, (), (violation,))
 
 
-def check_baseline_use(config: GateConfig, has_baseline: bool) -> None:
-    """A baseline goes with max_alpha_drift: one without the other is a usage mistake."""
-    if config.max_alpha_drift is not None and not has_baseline:
-        raise HtsrError("max_alpha_drift needs --baseline REPORT.json (the report to measure drift against)")
-    if config.max_alpha_drift is None and has_baseline:
-        raise HtsrError(
-            "--baseline is only used by max_alpha_drift; set --max-alpha-drift or max_alpha_drift in the config"
-        )
+def drift_not_checked(limit: float, metric: str) -> RuleOutcome:
+    """max_alpha_drift configured (a shared pyproject.toml) but no baseline given: said, not failed."""
+    message = "not checked: no baseline given (--baseline REPORT.json)"
+    description = f"|{metric} - baseline {metric}| <= {limit} in every layer"
+    return RuleOutcome("max_alpha_drift", limit, description, True, (), (Violation("max_alpha_drift", None, None, limit, message, WARNING),))
 
 
 def evaluate(report: Report, config: GateConfig, baseline: Report | None = None) -> GateResult:
-    """Run every configured rule on `report`; `baseline` is needed by max_alpha_drift only."""
+    """Run every configured rule on `report`, and the broken-fit check that always runs.
+
+    With a `baseline`, max_alpha_drift runs (the report's xmin rule's
+    DEFAULT_MAX_ALPHA_DRIFT unless the config sets it); without one, a
+    configured max_alpha_drift is a warning that drift was not checked.
+    """
     metric = config.metric
-    check_baseline_use(config, baseline is not None)
+    xmin = report.settings.get("xmin", "ks")
+    if baseline is not None and config.max_alpha_drift is None:
+        config = replace(config, max_alpha_drift=DEFAULT_MAX_ALPHA_DRIFT[xmin])
     require_metric(report, metric, "report")
     values = metric_values(report, metric)
     outcomes: list[RuleOutcome] = []
+    band = None
     if config.max_flagged is None:
         for rule in ("alpha_min", "alpha_max"):
             if (limit := getattr(config, rule)) is not None:
                 outcomes.append(check_bound(values, rule, limit, metric))
     else:
-        outcomes.append(check_max_flagged(values, config.max_flagged, config.band, metric))
+        band = config.band(xmin)
+        outcomes.append(check_max_flagged(values, config.max_flagged, band, metric))
     if config.mean_alpha_max is not None:
         outcomes.append(check_mean(values, config.mean_alpha_max, metric))
-    if config.max_alpha_drift is not None:
+    if config.max_alpha_drift is not None and baseline is None:
+        outcomes.append(drift_not_checked(config.max_alpha_drift, metric))
+    elif config.max_alpha_drift is not None:
         require_metric(baseline, metric, "baseline")
         outcomes.append(check_drift(report, baseline, config.max_alpha_drift, metric))
     if config.require_layers:
         outcomes.append(check_require_layers(report))
-    elif values and (failed := check_failed_layers(report, config.allow_failed, _failed_layers(outcomes))) is not None:
-        outcomes.append(failed)  # (with no value at all, allow_empty's finding counts them)
+    elif values:  # (with no value at all, allow_empty's finding counts them)
+        outcomes.append(check_failed_layers(report, config.allow_failed, _failed_layers(outcomes)))
     if not values:
         outcomes.append(check_not_empty(report, metric, config.allow_empty))
     return GateResult(
@@ -306,4 +318,5 @@ def evaluate(report: Report, config: GateConfig, baseline: Report | None = None)
         layers=len(report.layers),
         outcomes=tuple(outcomes),
         baseline=baseline.checkpoint if baseline is not None else None,
+        band=band,
     )

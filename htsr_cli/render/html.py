@@ -48,7 +48,7 @@ table { border-collapse: collapse; }
 .summary td, .summary th { padding: 2px 12px 2px 0; text-align: left; vertical-align: top; }
 .scroll { overflow-x: auto; }
 .note { color: #8a5a00; }
-#overview svg { height: auto; max-width: none; }
+#overview svg { height: auto; max-width: 100%; }  /* scaled to the window, never cut at its edge */
 #overview [data-layer] { cursor: pointer; }
 #overview [data-layer]:hover { opacity: 0.55; }
 #layers th, #layers td { padding: 3px 8px; border-bottom: 1px solid #ddd; white-space: nowrap; }
@@ -239,7 +239,7 @@ def render_html(report: Report, dpi: int = HTML_DPI, progress: ProgressCallback 
 <h1>{title}</h1>
 <table class="summary">{summary}<tr><th>time</th><td><span id="seconds">{_text(seconds)}</span> s</td></tr></table>
 <h2>alpha per layer</h2>
-<p>Hover over a point for its layer, alpha, D and tail size; click it to open the layer below.</p>
+<p>Hover over a layer's point (or cell) for its name, alpha, D and tail size; click it to open the layer below.</p>
 <div class="scroll" id="overview">{overview_svg(report)}</div>
 <h2>layers</h2>
 {note}<p>Click a column header to sort; click a layer to show its fit diagnostics.</p>

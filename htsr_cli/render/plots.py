@@ -20,6 +20,7 @@ import io
 import math
 import os
 import re
+import textwrap
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import NullFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from htsr_cli.results.report import LayerSpectra
 from htsr_cli.errors import HtsrError
@@ -40,7 +41,7 @@ from htsr_cli.io import staged_directory, write_atomic
 from htsr_cli.names import readable
 from htsr_cli.results.report import QUALITY_CLASSES, LayerResult, Report, quality_of
 from htsr_cli.render.terminal import shorten_middle
-from htsr_cli.settings import ProgressCallback
+from htsr_cli.settings import QUALITY_BANDS, ProgressCallback
 
 FORMATS = ("png", "svg", "pdf")
 DEFAULT_DPI = 150
@@ -51,8 +52,12 @@ QUALITY_COLORS = {"ok": "#2ca02c", "under-trained": "#ff7f0e", "over-trained": "
 QUALITY_MARKERS = {"ok": "o", "under-trained": "^", "over-trained": "v", "unknown": "x"}
 ESD_COLOR = "#1f77b4"
 FARMS_COLOR = "#9467bd"
-ALPHA_BAND = (2.0, 6.0)  # quality thresholds (algorithms.md section 4)
-NAMED_TICKS_MAX = 80  # above this many layers the overview labels blocks, not layers
+NAMED_TICKS_MAX = 80  # above this many layers the overview draws a block x layer-kind grid (or labels blocks)
+OVERVIEW_MAX_WIDTH = 16.0  # inches: wider figures are cut at a window's edge or shrunk past reading
+GRID_KINDS_MAX = 24  # more layer kinds per block than this (MoE experts) do not make a readable grid
+GRID_CELL_TEXT_MIN = 0.3  # inches of cell width below which grid cells carry no alpha text
+LEGEND_WRAP = 30  # characters per line of a legend's "not drawn" note
+ALPHA_LOG_SPREAD = 4.0  # an alpha curve whose top is this many times its median gets a log axis
 TICK_LABEL_MAX = 48  # longer layer names are cut in the middle on the overview's axis
 MAX_STEM = 200  # file names stay well under the usual 255-byte limit
 # Eigenvalues below this fraction of lambda_max are round-off of a rank-deficient
@@ -252,11 +257,50 @@ def _fit_line(layer: LayerResult, eigenvalues: int) -> str:
 def _legend_outside(axes, extra: str | None) -> None:
     """The legend right of the axes (never over the bars), with what was not drawn under it."""
     handles, labels = axes.get_legend_handles_labels()
-    if extra:
+    if extra:  # wrapped: one long line would run off the figure's right edge
         handles.append(Line2D([], [], linestyle=""))
-        labels.append(extra)
+        labels.append("\n".join(textwrap.wrap(extra, LEGEND_WRAP)))
     if handles:
         axes.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
+def _short_log_ticks(low: float, high: float) -> list[float]:
+    """A few round values strictly inside (low, high), for a log axis that holds no two powers of ten.
+
+    Round mantissas (0.3, 0.4, 0.5) when at least three fit, else four values
+    evenly spaced on the log scale at two significant digits.
+    """
+    first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    round_values = [
+        mantissa * 10.0**exponent
+        for exponent in range(first, last + 1)
+        for mantissa in (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+        if low < mantissa * 10.0**exponent < high
+    ]
+    if len(round_values) >= 3:
+        return round_values[:: math.ceil(len(round_values) / 6)]
+    spaced = {float(f"{value:.2g}") for value in np.geomspace(low, high, 6)[1:-1]}
+    return sorted(value for value in spaced if low < value < high)
+
+
+def _label_short_log_axes(axes) -> None:
+    """Label a log axis that spans too little to hold two powers of ten (no labelled tick otherwise).
+
+    A 27-eigenvalue conv spectrum from 0.24 to 0.78 has no power of ten in view,
+    so matplotlib labels nothing and xmin cannot be read off the axis.
+    """
+    for axis, limits in ((axes.xaxis, axes.get_xlim()), (axes.yaxis, axes.get_ylim())):
+        if axis.get_scale() != "log":
+            continue
+        low, high = sorted(limits)
+        if not (low > 0 and math.isfinite(high)):
+            continue
+        decades = [tick for tick in LogLocator().tick_values(low, high) if low <= tick <= high]
+        if len(decades) >= 2:
+            continue
+        axis.set_major_locator(FixedLocator(_short_log_ticks(low, high)))
+        axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
+        axis.set_minor_locator(NullLocator())
 
 
 def _draw_log_esd(axes, layer: LayerResult, spectra: LayerSpectra) -> None:
@@ -283,6 +327,7 @@ def _draw_log_esd(axes, layer: LayerResult, spectra: LayerSpectra) -> None:
     axes.yaxis.set_minor_formatter(NullFormatter())
     axes.set_xlabel(r"eigenvalue $\lambda$ of $W^T W$")
     axes.set_ylabel("density")
+    _label_short_log_axes(axes)
     _legend_outside(axes, esd.left_out())
 
 
@@ -351,13 +396,23 @@ def fit_diagnostics_figure(
         alpha_axes = scan_axes.twinx()
         alpha_axes.plot(scan.xmins[valid], scan.alphas[valid], color="#d62728", linewidth=1.2, label="alpha")
         alpha_axes.set_ylabel("alpha", color="#d62728")
-        top = float(np.quantile(scan.alphas[valid], 0.95))
-        alpha_axes.set_ylim(1.0, max(top, (layer.alpha or 0.0)) * 1.1 + 0.1)
+        # The whole curve stays in view: its swings past the chosen xmin are what tells an
+        # unstable fit. A curve that shoots up at the last candidates gets a log axis instead
+        # of a top that flattens everything else.
+        shown = scan.alphas[valid]
+        top = max(float(shown.max()), layer.alpha or 0.0)
+        if top > ALPHA_LOG_SPREAD * float(np.median(shown)):
+            alpha_axes.set_yscale("log")
+            alpha_axes.set_ylim(1.0, top * 1.15)
+            _label_short_log_axes(alpha_axes)
+        else:
+            alpha_axes.set_ylim(1.0, top + 0.08 * (top - 1.0) + 0.05)
         if _fit_ok(layer.alpha, layer.xmin):
             scan_axes.axvline(layer.xmin, color="0.2", linestyle=":", linewidth=1.5)
             scan_axes.plot([layer.xmin], [layer.ks_distance], marker="o", color=ESD_COLOR, zorder=4)
             alpha_axes.plot([layer.xmin], [layer.alpha], marker="o", color="#d62728", zorder=4)
         scan_axes.set_xlabel(f"xmin candidate ({xmin_method} chose the dotted line)")
+        _label_short_log_axes(scan_axes)
     else:
         scan_axes.text(0.5, 0.5, "no valid xmin candidate\n(every alpha <= 1, or < 2 eigenvalues)",
                        ha="center", va="center", transform=scan_axes.transAxes, fontsize=9, color="0.3")
@@ -414,6 +469,8 @@ def _label_layers(axes, layers: list[LayerResult], runs: list[tuple[str | None, 
         top.tick_params(length=0)
     else:
         ticks = [((first + last) / 2, shorten_middle(block or layers[first].name, TICK_LABEL_MAX)) for block, first, last in runs]
+        every = max(1, math.ceil(len(ticks) / NAMED_TICKS_MAX))  # the width is capped: label every n-th run
+        ticks = ticks[::every]
         axes.set_xticks([x for x, _ in ticks], [label for _, label in ticks], rotation=90, fontsize=7, parse_math=False)
 
 
@@ -431,15 +488,23 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
+def _xmin_rule(report: Report) -> str:
+    """The xmin rule whose quality band applies; "ks" for a report (built in Python) naming no known rule."""
+    xmin = report.settings.get("xmin", "ks")
+    return xmin if xmin in QUALITY_BANDS else "ks"
+
+
 def overview_points(report: Report) -> list[tuple[str, str, list[int]]]:
     """(gid, field, positions) of each scatter collection of the overview, positions indexing
     `overview_layers(report)` in the order the points are drawn. A gid is the series and the
-    quality class (`alpha-ok`, `alpha-farms-under-trained`); failed fits are `alpha-unknown`."""
+    quality class (`alpha-ok`, `alpha-farms-under-trained`) under the report's xmin rule;
+    failed fits are `alpha-unknown`. The block grid draws the alpha series only."""
     layers = overview_layers(report)
-    series = OVERVIEW_SERIES if report.has_farms else OVERVIEW_SERIES[:1]
+    xmin = _xmin_rule(report)
+    series = OVERVIEW_SERIES if report.has_farms and block_grid(layers) is None else OVERVIEW_SERIES[:1]
     points = [
         (f"{gid}-{quality}", field,
-         [i for i, layer in enumerate(layers) if _finite(layer.metric(field)) and quality_of(layer.metric(field)) == quality])
+         [i for i, layer in enumerate(layers) if _finite(layer.metric(field)) and quality_of(layer.metric(field), xmin) == quality])
         for gid, field, _ in series
         for quality in QUALITY_CLASSES[:3]
     ]
@@ -447,31 +512,151 @@ def overview_points(report: Report) -> list[tuple[str, str, list[int]]]:
     return [(gid, field, positions) for gid, field, positions in points if positions]
 
 
+@dataclass(frozen=True)
+class BlockGrid:
+    """Where each overview layer sits in a block x layer-kind grid (many layers, repeated blocks)."""
+
+    columns: list[str]  # one per block (its index when the names are PREFIX + number), then one per layer outside blocks
+    rows: list[str]  # the layer kinds: a name with its block removed (`attention.self.query`), then "outside blocks"
+    cells: list[tuple[int, int]]  # (column, row) of each overview layer, in layer order
+    block_axis: str  # the x axis label: "block (encoder.layer.N)"
+
+
+OUTSIDE_BLOCKS = "outside blocks"
+_NUMBERED = re.compile(r"^(.*?)(\d+)$")
+
+
+def _kind(layer: LayerResult) -> str:
+    if layer.block and layer.name.startswith(layer.block + "."):
+        return layer.name[len(layer.block) + 1:]
+    return layer.name
+
+
+def block_grid(layers: list[LayerResult]) -> BlockGrid | None:
+    """The grid the overview draws above NAMED_TICKS_MAX layers; None when the layers are fewer, fall
+    into fewer than two blocks, or have more kinds than a grid can show (GRID_KINDS_MAX)."""
+    if len(layers) <= NAMED_TICKS_MAX:
+        return None
+    runs = _block_runs(layers)
+    blocks = [block for block, _, _ in runs if block is not None]
+    kinds: dict[str, int] = {}
+    for layer in layers:
+        if layer.block is not None:
+            kinds.setdefault(_kind(layer), len(kinds))
+    if len(blocks) < 2 or len(kinds) > GRID_KINDS_MAX:
+        return None
+    numbered = [_NUMBERED.match(block) for block in blocks]
+    prefixes = {match.group(1) for match in numbered if match}
+    short = all(numbered) and len(prefixes) == 1
+    rows = list(kinds) + ([OUTSIDE_BLOCKS] if any(layer.block is None for layer in layers) else [])
+    columns: list[str] = []
+    cells: list[tuple[int, int]] = []
+    for block, first, last in runs:
+        if block is None:
+            columns.append(shorten_middle(layers[first].name, TICK_LABEL_MAX))
+        else:
+            columns.append(_NUMBERED.match(block).group(2) if short else shorten_middle(block, TICK_LABEL_MAX))
+        for index in range(first, last + 1):
+            row = kinds[_kind(layers[index])] if block is not None else len(kinds)
+            cells.append((len(columns) - 1, row))
+    block_axis = f"block ({prefixes.pop()}N)" if short else "block"
+    return BlockGrid(columns, rows, cells, block_axis)
+
+
+def _band_handle(report: Report) -> Line2D:
+    low, high = QUALITY_BANDS[_xmin_rule(report)]
+    return Line2D([], [], color="0.4", linestyle="--", label=f"alpha = {low:g} and {high:g}\n(quality band, xmin {_xmin_rule(report)})")
+
+
+def _quality_handles(marker: str | None = None) -> list[Line2D]:
+    return [
+        Line2D([], [], marker=marker or QUALITY_MARKERS[quality], linestyle="", color=QUALITY_COLORS[quality], label=quality)
+        for quality in QUALITY_CLASSES if quality != "unknown"
+    ]
+
+
+TITLE_NAME_MAX = 60  # characters of the checkpoint's name in an overview title (the narrowest axes hold about 70)
+
+
+def _overview_title(report: Report, counts: str) -> str:
+    name = shorten_middle(checkpoint_name(report.checkpoint), TITLE_NAME_MAX)
+    return f"{name}\npower-law alpha per layer ({counts})"
+
+
+def _grid_figure(report: Report, layers: list[LayerResult], grid: BlockGrid) -> Figure:
+    """alpha of every layer as a cell of the block x kind grid: quality by colour, alpha as text.
+
+    The figure's size depends on the blocks and kinds, not on the layer count, and
+    stays under OVERVIEW_MAX_WIDTH; each cell is one square marker of the same
+    gid'd scatter collections as the point chart, so the HTML report's hover text
+    and click-to-open work on it unchanged.
+    """
+    columns, rows = len(grid.columns), len(grid.rows)
+    width = float(np.clip(3.6 + 0.34 * columns, 8.0, OVERVIEW_MAX_WIDTH))
+    height = float(np.clip(2.4 + 0.32 * rows, 4.0, 9.0))
+    figure = Figure(figsize=(width, height), layout="constrained")
+    axes = figure.add_subplot()
+    cell_inches = min((width - 3.6) / columns, (height - 2.0) / rows)  # the axes' share, about
+    side = cell_inches * 72 * 0.86  # points: a gap between neighbours
+    with_text = cell_inches >= GRID_CELL_TEXT_MIN
+    for gid, field, positions in overview_points(report):
+        quality = next(q for q in QUALITY_CLASSES if gid.endswith(q))
+        xs = [grid.cells[i][0] for i in positions]
+        ys = [grid.cells[i][1] for i in positions]
+        axes.scatter(xs, ys, marker="s", s=side**2, c=QUALITY_COLORS[quality], alpha=0.55 if gid != FAILED_GID else 0.3,
+                     linewidths=0, zorder=2, gid=gid)
+        if with_text:
+            for i, x, y in zip(positions, xs, ys):
+                value = layers[i].metric(field)
+                text = "x" if gid == FAILED_GID else (f"{value:.1f}" if value < 100 else f"{value:.0f}")
+                axes.text(x, y, text, ha="center", va="center", fontsize=6, zorder=3)
+    axes.set_xlim(-0.5, columns - 0.5)
+    axes.set_ylim(rows - 0.5, -0.5)
+    axes.set_xticks(range(columns), grid.columns, fontsize=7, parse_math=False)
+    for label, name in zip(axes.get_xticklabels(), grid.columns):
+        if not name.isdigit():
+            label.set_rotation(90)
+    axes.set_yticks(range(rows), [shorten_middle(kind, TICK_LABEL_MAX) for kind in grid.rows], fontsize=7, parse_math=False)
+    axes.tick_params(length=0)
+    for side_name in ("top", "right"):
+        axes.spines[side_name].set_visible(False)
+    axes.set_xlabel(grid.block_axis, parse_math=False)
+    failed = [Line2D([], [], marker="s", linestyle="", color=QUALITY_COLORS["unknown"], label="fit failed")]
+    low, high = QUALITY_BANDS[_xmin_rule(report)]
+    band = Line2D([], [], linestyle="", label=f"ok: alpha in [{low:g}, {high:g}]\n(quality band, xmin {_xmin_rule(report)})")
+    axes.legend(handles=[*_quality_handles("s"), *failed, band], fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    farms = "; alpha_farms in the layer table" if report.has_farms else ""
+    axes.set_title(_overview_title(report, f"{len(layers)} analyzed{farms}"), parse_math=False)
+    return figure
+
+
 def overview_figure(report: Report) -> Figure:
     """alpha (and alpha_farms) per analyzed layer in model order; quality by colour and marker shape; blocks shaded.
 
     Each quality class is one scatter collection with gid `alpha-<quality>` (or
     `alpha-farms-<quality>`), points in layer order, so the HTML report can
-    attach hover text to every point.
+    attach hover text to every point. Above NAMED_TICKS_MAX layers in repeated
+    blocks the layers are a block x layer-kind grid instead (`block_grid`).
     """
     layers = overview_layers(report)
+    grid = block_grid(layers)
+    if grid is not None:
+        return _grid_figure(report, layers, grid)
     count = max(len(layers), 1)
     inches_per_layer = 0.22 if count <= NAMED_TICKS_MAX else 0.12
-    figure = Figure(figsize=(float(np.clip(3.5 + inches_per_layer * count, 9.5, 38.0)), 5.5), layout="constrained")
+    figure = Figure(figsize=(float(np.clip(3.5 + inches_per_layer * count, 9.5, OVERVIEW_MAX_WIDTH)), 5.5), layout="constrained")
     axes = figure.add_subplot()
     runs = _block_runs(layers)
     for shade, (_, first, last) in enumerate(run for run in runs if run[0] is not None):
         if shade % 2 == 0:
             axes.axvspan(first - 0.5, last + 0.5, color="0.93", zorder=0)
-    axes.axhspan(*ALPHA_BAND, color=QUALITY_COLORS["ok"], alpha=0.06, zorder=0)
-    for threshold in ALPHA_BAND:
+    band = QUALITY_BANDS[_xmin_rule(report)]
+    axes.axhspan(*band, color=QUALITY_COLORS["ok"], alpha=0.06, zorder=0)
+    for threshold in band:
         axes.axhline(threshold, color="0.4", linestyle="--", linewidth=1, zorder=1)
     values = [v for layer in layers for v in (layer.alpha, layer.alpha_farms) if _finite(v)]
-    bottom, top = min([1.0, *values]) - 0.2, max([7.0, *values]) * 1.05
-    handles = [
-        Line2D([], [], marker=QUALITY_MARKERS[quality], linestyle="", color=QUALITY_COLORS[quality], label=quality)
-        for quality in QUALITY_CLASSES if quality != "unknown"
-    ]
+    bottom, top = min([band[0] - 1.0, *values]) - 0.2, max([band[1] + 1.0, *values]) * 1.05
+    handles = _quality_handles()
     filled = {f"{gid}-{quality}": fill for gid, _, fill in OVERVIEW_SERIES for quality in QUALITY_CLASSES}
     for gid, field, positions in overview_points(report):
         quality = next(q for q in QUALITY_CLASSES if gid.endswith(q))
@@ -489,13 +674,12 @@ def overview_figure(report: Report) -> Figure:
     if report.has_farms:
         handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="0.3",
                               label="alpha_farms (hollow)"))
-    handles.append(Line2D([], [], color="0.4", linestyle="--", label="alpha = 2 and 6"))
+    handles.append(_band_handle(report))
     _label_layers(axes, layers, runs)
     axes.set_xlim(-0.5, count - 0.5)
     axes.set_ylim(bottom, top)
     axes.set_ylabel("alpha")
-    axes.set_title(f"{checkpoint_name(report.checkpoint)}: power-law alpha per layer ({len(layers)} analyzed)",
-                   parse_math=False)
+    axes.set_title(_overview_title(report, f"{len(layers)} analyzed"), parse_math=False)
     axes.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return figure
 

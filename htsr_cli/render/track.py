@@ -13,7 +13,8 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 
-from htsr_cli.render.plots import ALPHA_BAND, QUALITY_COLORS, TICK_LABEL_MAX
+from htsr_cli.render.plots import QUALITY_COLORS, TICK_LABEL_MAX
+from htsr_cli.settings import QUALITY_BANDS
 from htsr_cli.render.terminal import shorten_middle
 
 # Above this many layers the rows of the picture are blocks (their mean alpha).
@@ -42,9 +43,10 @@ def track_figure(
     alphas: list[list[float | None]],
     summary: dict[str, list[float | None]],
     unit_kind: str = "layer",
+    band: tuple[float, float] = QUALITY_BANDS["ks"],
 ) -> Figure:
     """`alphas[u][c]`: alpha of unit `u` (a layer or a block) at checkpoint `c`; `summary[name][c]` likewise
-    (summaries on alpha's scale: the top panel shares the quality band)."""
+    (summaries on alpha's scale: the top panel shares the quality band `band`, the xmin rule's)."""
     grid = _as_array(alphas) if alphas else np.zeros((0, len(steps)))
     height = 7.0 + min(len(units), 80) * 0.14
     figure = Figure(figsize=(11.0, height), layout="constrained")
@@ -53,7 +55,7 @@ def track_figure(
 
     for name, values in summary.items():
         top.plot(x, _as_array([values])[0], marker="o", markersize=3, label=name)
-    top.axhspan(*ALPHA_BAND, color=QUALITY_COLORS["ok"], alpha=0.06, zorder=0)
+    top.axhspan(*band, color=QUALITY_COLORS["ok"], alpha=0.06, zorder=0)
     _limit_to_data(top, _as_array(list(summary.values())) if summary else np.zeros((0, 0)))
     top.set_ylabel("summary")
     top.set_title(title, parse_math=False)
@@ -77,7 +79,7 @@ def track_figure(
     picks = np.linspace(0, len(drawn) - 1, min(LINES_MAX, len(drawn))).round().astype(int) if drawn else []
     for index in dict.fromkeys(drawn[int(i)] for i in picks):
         lines.plot(x, grid[index], marker=".", linewidth=1, label=shorten_middle(units[index], 40))
-    for threshold in ALPHA_BAND:
+    for threshold in band:
         lines.axhline(threshold, color="0.4", linestyle="--", linewidth=1)
     _limit_to_data(lines, grid)
     lines.set_xlabel("step")

@@ -23,7 +23,7 @@ from htsr_cli.errors import HtsrError
 from htsr_cli.io import read_document
 from htsr_cli.names import readable
 from htsr_cli.results.documents import dumps_json
-from htsr_cli.settings import FITS, FIX_FINGERS, SMALL_N_METHODS, XMIN_METHODS, AnalyzeSettings
+from htsr_cli.settings import FITS, FIX_FINGERS, QUALITY_BANDS, SMALL_N_METHODS, XMIN_METHODS, AnalyzeSettings
 
 if TYPE_CHECKING:  # a report is read and gated without importing torch
     import torch
@@ -211,12 +211,14 @@ class LayerSpectra:
     farms: torch.Tensor | None = None  # sorted pooled FARMS ESD
 
 
-def quality_of(alpha: float | None) -> str:
+def quality_of(alpha: float | None, xmin: str = "ks") -> str:
+    """The quality class of a layer's alpha, fitted with the xmin rule `xmin` (its band in QUALITY_BANDS)."""
     if alpha is None:
         return "unknown"
-    if alpha < 2.0:
+    low, high = QUALITY_BANDS[xmin]
+    if alpha < low:
         return "over-trained"
-    if alpha > 6.0:
+    if alpha > high:
         return "under-trained"
     return "ok"
 
@@ -319,8 +321,8 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def summarize(layers: list[LayerResult], seconds: float, with_farms: bool) -> ReportSummary:
-    """The model summary (algorithms.md section 4)."""
+def summarize(layers: list[LayerResult], seconds: float, with_farms: bool, xmin: str = "ks") -> ReportSummary:
+    """The model summary (algorithms.md section 4); `xmin` is the rule the alphas were fitted with (their quality band)."""
     fitted = [layer for layer in layers if layer.alpha is not None]
     alphas = [layer.alpha for layer in fitted]
     weights = [layer.params for layer in fitted]
@@ -356,7 +358,7 @@ def summarize(layers: list[LayerResult], seconds: float, with_farms: bool) -> Re
             else None
         )
         summary["quality_counts_farms"] = {
-            quality: sum(1 for layer in layers if layer.analysed and quality_of(layer.alpha_farms) == quality)
+            quality: sum(1 for layer in layers if layer.analysed and quality_of(layer.alpha_farms, xmin) == quality)
             for quality in QUALITY_CLASSES
         }
     return summary

@@ -170,3 +170,49 @@ def test_a_degraded_checkpoint_fails_the_gate(cli, tmp_path, monkeypatch):
     # Gaussian noise has a Marchenko-Pastur spectrum: alpha far above the trained ~2.8
     assert [(v["rule"], v["layer"]) for v in violations] == [("alpha_max", "fc1"), ("max_alpha_drift", "fc1")]
     assert violations[1]["value"] > 4.0
+
+
+def test_a_shared_config_with_drift_runs_without_a_baseline(cli, saved, tmp_path, monkeypatch):
+    """A pyproject.toml used by CI (with --baseline) and locally (without): drift is reported as not checked."""
+    mixed, clean = saved
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "pyproject.toml", "[tool.htsr.gate]\nalpha_max = 8.0\nmax_alpha_drift = 0.5\n")
+    local = cli("gate", mixed)
+    assert local.exit_code == 0, local.output
+    assert "warning  max_alpha_drift  (model)  not checked: no baseline given (--baseline REPORT.json)" in local.stdout
+    in_ci = cli("gate", mixed, "--baseline", clean, "--format", "json")
+    assert in_ci.exit_code == 0  # a and d unchanged; b, c (new) and e are warnings
+    drift = next(rule for rule in json.loads(in_ci.stdout)["rules"] if rule["rule"] == "max_alpha_drift")
+    assert (drift["limit"], drift["layers_checked"]) == (0.5, 5)
+
+
+def test_a_baseline_alone_turns_on_the_default_drift_limit(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "base.json", report(layer("a", 3.0), layer("b", 4.0), name="base.pth").dumps())
+    write(tmp_path / "moved.json", report(layer("a", 3.0), layer("b", 4.7), name="moved.pth").dumps())
+    result = cli("gate", "moved.json", "--baseline", "base.json")
+    assert result.exit_code == 1, result.output
+    assert "error    max_alpha_drift  b  |alpha drift|=0.700 > 0.5 (4.000 -> 4.700)" in result.stdout
+    assert cli("gate", "moved.json", "--baseline", "base.json", "--max-alpha-drift", "1").exit_code == 0
+
+
+def test_the_default_gate_passes_minilm(cli, minilm_dir, tmp_path, monkeypatch):
+    """all-MiniLM-L6-v2 is a healthy published model: the default gate must pass it under every xmin rule."""
+    model = minilm_dir
+    monkeypatch.chdir(tmp_path)
+    for xmin in ("ks", "median"):
+        result = cli("gate", model, "--xmin", xmin)
+        assert result.exit_code == 0, result.output
+        assert "rules from defaults (no [tool.htsr.gate] found)" in result.stdout
+    # the quality band follows the xmin rule: median alphas of MiniLM lie in median's band
+    assert cli("gate", model, "--xmin", "median", "--max-flagged", "0.1").exit_code == 0
+
+
+def test_help_states_the_bands_and_drift_limits_the_gate_uses(cli, monkeypatch):
+    from htsr_cli.gate.config import DEFAULT_MAX_ALPHA_DRIFT
+    from htsr_cli.settings import QUALITY_BANDS
+
+    monkeypatch.setenv("COLUMNS", "200")
+    text = " ".join(cli("gate", "--help").stdout.split())
+    assert ", ".join(f"{xmin} {low:g}..{high:g}" for xmin, (low, high) in QUALITY_BANDS.items()) in text
+    assert ", ".join(f"{limit:g} for {xmin}" for xmin, limit in DEFAULT_MAX_ALPHA_DRIFT.items()) + ", unless set" in text

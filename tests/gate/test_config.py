@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from htsr_cli.errors import HtsrError
-from htsr_cli.gate.config import config_from_table, find_pyproject, parse_max_flagged, resolve_config
+from htsr_cli.gate.config import GateConfig, check_drift_flag, config_from_table, find_pyproject, parse_max_flagged, resolve_config
+from htsr_cli.settings import QUALITY_BANDS
 
 
 # ---- config ----------------------------------------------------------------------------
@@ -33,17 +34,33 @@ def test_config_discovered_from_a_nested_directory(tmp_path, monkeypatch):
     assert resolve_config(None, Path.cwd(), {"alpha_min": 1.0}).origin == f"{shown} and flags"
 
 
-def test_no_config_means_the_default_rule(tmp_path, monkeypatch):
+def test_no_config_means_the_default_checks(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = resolve_config(None, tmp_path, {})
-    assert (config.max_flagged, config.band, config.origin) == (0.1, (2.0, 6.0), "defaults (no [tool.htsr.gate] found)")
-    # a single rule from a flag replaces the default
+    # no band rule: only the checks every gate runs (broken fits; drift when given a baseline)
+    assert (config.has_rules, config.max_flagged, config.max_alpha_drift, config.origin) == (
+        False, None, None, "defaults (no [tool.htsr.gate] found)"
+    )
     from_flag = resolve_config(None, tmp_path, {"alpha_min": 1.0})
-    assert (from_flag.max_flagged, from_flag.origin) == (None, "flags")
+    assert (from_flag.alpha_min, from_flag.origin) == (1.0, "flags")
     # a table that only picks the metric sets no rule either
     only_metric = write(tmp_path / "gate.toml", '[tool.htsr.gate]\nmetric = "alpha_farms"\n')
     config = resolve_config(only_metric, tmp_path, {})
-    assert (config.metric, config.max_flagged, config.origin) == ("alpha_farms", 0.1, f"defaults ({only_metric} sets no rule)")
+    assert (config.metric, config.has_rules, config.origin) == ("alpha_farms", False, f"defaults ({only_metric} sets no rule)")
+
+
+@pytest.mark.parametrize(("xmin", "band"), [("ks", (2.0, 6.0)), ("median", QUALITY_BANDS["median"]), ("peak", QUALITY_BANDS["peak"])])
+def test_the_band_follows_the_xmin_rule(xmin, band):
+    assert GateConfig(max_flagged=0.1).band(xmin) == band
+    # a configured end wins over the rule's band
+    assert GateConfig(max_flagged=0.1, alpha_max=9.0).band(xmin) == (band[0], 9.0)
+
+
+def test_drift_flag_needs_a_baseline():
+    check_drift_flag(None, False)
+    check_drift_flag(0.5, True)
+    with pytest.raises(HtsrError, match=r"^--max-alpha-drift needs --baseline REPORT.json"):
+        check_drift_flag(0.5, False)
 
 
 def test_flags_override_config(tmp_path):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from htsr_cli.errors import HtsrError
-from htsr_cli.gate.config import GateConfig
+from htsr_cli.gate.config import DEFAULT_MAX_ALPHA_DRIFT, GateConfig
 from htsr_cli.gate.rules import ERROR, WARNING, evaluate
 from htsr_cli.results.report import LayerResult, Report, quality_of, summarize
+from htsr_cli.settings import QUALITY_BANDS
 
 
 def layer(name: str, alpha: float | None, status: str = "ok", reason: str | None = None, farms: float | None = None) -> LayerResult:
@@ -78,12 +79,25 @@ def test_max_flagged_fraction_counts_layers_with_a_value():
 def test_max_flagged_band_from_alpha_min_and_max():
     # with max_flagged set, alpha_min/alpha_max only move the band: a, b and c are outside [2.6, 6.5]
     result = evaluate(MIXED, GateConfig(alpha_min=2.6, alpha_max=6.5, max_flagged=2))
-    assert [o.rule for o in result.outcomes] == ["max_flagged"]
+    assert [o.rule for o in result.outcomes] == ["max_flagged", "failed_layers"]
     assert [(v.layer, v.severity) for v in result.violations] == [
         ("a", WARNING), ("b", WARNING), ("c", WARNING), (None, ERROR)
     ]
     # one end set: the other stays at the quality band's
-    assert GateConfig(alpha_max=5.0, max_flagged=0).band == (2.0, 5.0)
+    assert GateConfig(alpha_max=5.0, max_flagged=0).band("ks") == (2.0, 5.0)
+
+
+def test_max_flagged_uses_the_band_of_the_reports_xmin_rule():
+    # median-xmin alphas sit lower (the fit starts in the bulk): 1.7 is a healthy median alpha
+    low, high = QUALITY_BANDS["median"]
+    median = report(layer("a", 1.7), layer("b", 2.4), layer("c", high + 1.0), xmin="median")
+    result = evaluate(median, GateConfig(max_flagged=0))
+    assert [(v.layer, v.message) for v in result.violations] == [
+        ("c", f"alpha={high + 1.0:.3f} outside [{low}, {high}]"),
+        (None, f"1 of 3 layers outside [{low}, {high}] (allowed: 0 layers)"),
+    ]
+    assert result.band == (low, high)
+    assert not evaluate(report(layer("a", 1.7), xmin="ks"), GateConfig(max_flagged=0)).passed
 
 
 def test_mean_alpha_max():
@@ -152,8 +166,28 @@ def test_metric_alpha_farms():
         evaluate(MIXED, GateConfig(metric="alpha_farms", alpha_max=6.0))
 
 
-def test_baseline_and_drift_go_together():
-    with pytest.raises(HtsrError, match="max_alpha_drift needs --baseline"):
-        evaluate(MIXED, GateConfig(max_alpha_drift=0.5))
-    with pytest.raises(HtsrError, match="--baseline is only used by max_alpha_drift"):
-        evaluate(MIXED, GateConfig(alpha_max=6.0), MIXED)
+def test_the_default_checks_broken_fits_and_drift_when_given_a_baseline():
+    broken = report(layer("a", 3.0), layer("b", None, "fit-failed", "no valid power-law fit"), layer("c", 12.0))
+    result = evaluate(broken, GateConfig())
+    assert [(o.rule, o.passed) for o in result.outcomes] == [("failed_layers", False)]
+    assert [(v.layer, v.message) for v in result.errors] == [("b", "fit-failed: no valid power-law fit")]
+    # no band by default: an alpha of 12 is not a failure on its own
+    assert evaluate(report(layer("a", 3.0), layer("c", 12.0)), GateConfig()).passed
+    # a baseline turns on max_alpha_drift at its default limit
+    baseline = report(layer("a", 3.0), layer("c", 4.0), name="base.json")
+    drifted = evaluate(report(layer("a", 3.4), layer("c", 12.0)), GateConfig(), baseline)
+    assert [(o.rule, o.limit) for o in drifted.outcomes] == [("max_alpha_drift", 0.5), ("failed_layers", None)]
+    assert [(v.layer, v.message) for v in drifted.errors] == [("c", "|alpha drift|=8.000 > 0.5 (4.000 -> 12.000)")]
+    assert evaluate(report(layer("a", 3.4), layer("c", 4.2)), GateConfig(), baseline).passed
+    # median alphas move less: its default limit is tighter
+    median_baseline = report(layer("a", 2.0), name="base.json", xmin="median")
+    moved = evaluate(report(layer("a", 2.2), xmin="median"), GateConfig(), median_baseline)
+    assert (moved.outcomes[0].limit, moved.passed) == (DEFAULT_MAX_ALPHA_DRIFT["median"], False)
+
+
+def test_a_configured_drift_without_a_baseline_is_not_checked_and_says_so():
+    result = evaluate(MIXED, GateConfig(max_alpha_drift=0.5, alpha_max=8.0))
+    assert result.passed
+    assert [(v.rule, v.severity, v.message) for v in result.violations] == [
+        ("max_alpha_drift", WARNING, "not checked: no baseline given (--baseline REPORT.json)")
+    ]

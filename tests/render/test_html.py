@@ -13,7 +13,7 @@ import torch
 
 from htsr_cli.engine.pipeline import analyze
 from htsr_cli.results.report import LayerSpectra
-from htsr_cli.render.html import render_html
+from htsr_cli.render.html import overview_svg, render_html
 from htsr_cli.render.outputs import format_cell
 from htsr_cli.results.report import Report
 
@@ -211,3 +211,15 @@ def test_no_string_from_a_report_runs_script_in_chromium(tmp_path):
     dom, _ = dump_dom(path)
     assert not re.search(r'<html[^>]*data-xss', dom)
     assert "data-xss" not in dom.replace(escape("data-xss"), "").replace("&#x27;data-xss&#x27;", "").split("<body")[0]
+
+
+def test_a_block_grid_overview_keeps_hover_text_and_a_link_per_layer():
+    from tests.render.test_plots import LLAMA_KINDS, many_layers
+
+    report = many_layers(30, LLAMA_KINDS)  # 212 layers: the overview is a grid of cells
+    svg = overview_svg(report)
+    cells = re.findall(r'<use [^>]*data-layer="(\d+)"[^>]*><title>([^<]*)</title>', svg)
+    assert sorted(int(index) for index, _ in cells) == list(range(len(report.layers)))
+    titles = dict(cells)
+    assert titles["1"].startswith("model.layers.0.self_attn.q_proj\nalpha ")
+    assert titles["22"].startswith("model.layers.3.self_attn.q_proj\nno fit")  # the failed fit has its cell too

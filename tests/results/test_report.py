@@ -9,6 +9,7 @@ import pytest
 
 import htsr_cli
 from htsr_cli.errors import HtsrError
+from htsr_cli.settings import QUALITY_BANDS
 from htsr_cli.results.report import LayerResult, Report, StageTimes, is_report_file, quality_of, spectra_path_for, summarize
 from tests.conftest import FIXTURES
 
@@ -28,6 +29,12 @@ def layer(name: str, status: str, alpha: float | None, params: int, alpha_farms:
 )
 def test_quality_bands_include_their_ends(alpha, quality):
     assert quality_of(alpha) == quality
+
+
+def test_the_quality_band_follows_the_xmin_rule():
+    # 1.8 is a typical median-xmin alpha of a trained layer (MiniLM: 1.67 to 2.65): ok under median, not under ks
+    assert (quality_of(1.8, "median"), quality_of(1.8, "ks")) == ("ok", "over-trained")
+    assert quality_of(QUALITY_BANDS["peak"][1] + 0.01, "peak") == "under-trained"
 
 
 def test_summary_by_hand():
