@@ -81,9 +81,12 @@ def markdown_code(text: str) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
+EMPTY_CELL = "-"  # how a table shows a missing value
+
+
 def format_cell(value: Any, digits: int | None) -> str:
     if value is None:
-        return "-"
+        return EMPTY_CELL
     if isinstance(value, float):
         if not math.isfinite(value):
             return str(value)

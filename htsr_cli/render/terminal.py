@@ -23,7 +23,7 @@ from rich.cells import cell_len
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from htsr_cli.render.outputs import Column, RowStyle, format_cell, printable, to_rich_table
+from htsr_cli.render.outputs import EMPTY_CELL, Column, RowStyle, format_cell, printable, to_rich_table
 
 ELLIPSIS = "…"
 NAME_WANTED = 40  # secondary columns go before the name column is cut below this
@@ -154,14 +154,17 @@ def constant_columns(
 ) -> tuple[list[Column], list[str]]:
     """The columns left after taking out the text columns that say the same on every row, and
     one note per column taken out (`status: compared on every row`): a 20-character
-    column repeating one word tells no more than a line under the table."""
+    column repeating one word tells no more than a line under the table. A column empty on
+    every row ("-") goes without a note."""
     if len(rows) < 2:
         return list(columns), []
     shown, notes = [], []
     for column in columns:
         values = {format_cell(row.get(column.key), column.digits) for row in rows}
         if column.justify == "left" and column.key != name_key and len(values) == 1:
-            notes.append(f"{column.header}: {values.pop()} on every row")
+            value = values.pop()
+            if value != EMPTY_CELL:
+                notes.append(f"{column.header}: {value} on every row")
         else:
             shown.append(column)
     return shown, notes

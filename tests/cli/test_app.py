@@ -157,7 +157,7 @@ def test_checkpoint_help_names_every_format_and_bare_hub_ids():
     from typer.testing import CliRunner
 
     text = " ".join(CliRunner().invoke(app, ["analyze", "--help"], env={"COLUMNS": "200"}).stdout.split())
-    assert ".safetensors/.pt/.pth/.bin/.ckpt/.gguf file" in text and "a bare gpt2 when cached" in text
+    assert ".safetensors/.pt/.pth/.bin/.ckpt/.gguf/.onnx file" in text and "a bare gpt2 when cached" in text
 
 
 def test_shell_completion_is_offered(cli):

