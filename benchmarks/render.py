@@ -665,8 +665,8 @@ def render_machine(result: dict) -> str:
             "### Roofline: the Grams and eigensolves at this machine's measured throughput\n",
             "`benchmarks/roofline.py`: per weight slice with short side n and long side m, m n^2 flops for the "
             "lower-triangle Gram at the float32 GEMM rate and 4/3 n^3 for the eigensolver's tridiagonal "
-            "reduction at the float64 `eigvalsh` rate measured at the nearest n, both measured on all threads in "
-            "the same run right after the checkpoint's timed runs. roofline / htsr wall is the fraction of what "
+            "reduction at the float64 `eigvalsh` rate measured at the nearest n, both measured on one thread times "
+            "the cores (independent solves scale so) in the same run right after the checkpoint's timed runs. roofline / htsr wall is the fraction of what "
             "the hardware allows that htsr reaches end to end (its wall also holds start-up, reading and fits); "
             "roofline / solve stage compares with the summed solve seconds of the `--profile` run.\n",
             to_markdown(ROOFLINE_COLUMNS, rooflines),
