@@ -51,6 +51,7 @@ from accuracy import (  # noqa: E402
     read_json,
     report_facts,
 )
+from roofline import measure_throughput, roofline  # noqa: E402
 from sections import keep_sections  # noqa: E402
 from checkpoints import (  # noqa: E402
     LlamaShape,
@@ -162,14 +163,16 @@ def planned_cases(args: argparse.Namespace) -> list[Case]:
     ]
     moe, small = shapes.moe, shapes.small
     cases += [
-        Case(f"moe-{moe.layers}L-{moe.experts}e", "moe", lambda: write_hf_directory(work, moe), (HTSR, HTSR_F64, FLOOR), moe.layers, True),
+        Case(f"moe-{moe.layers}L-{moe.experts}e", "moe", lambda: write_hf_directory(work, moe), (HTSR, HTSR_F64, FLOOR, WEIGHTWATCHER), moe.layers, True),
         Case("small-matrices", "small", lambda: write_small_matrices(work, *small), (HTSR, HTSR_F64, FLOOR), small[0], True),
-        Case("resnet50", "resnet50", lambda: write_resnet50(work, shapes.resnet_width), (HTSR, HTSR_F64, FLOOR, NAIVE)),
+        # WeightWatcher on the state dict: ww_runner.py rebuilds its module tree from plain torch modules.
+        Case("resnet50", "resnet50", lambda: write_resnet50(work, shapes.resnet_width), (HTSR, HTSR_F64, FLOOR, NAIVE, WEIGHTWATCHER), profile=True),
         Case(
             "all-MiniLM-L6-v2",
             "minilm",
             minilm_directory,
             (HTSR, HTSR_F64, HTSR_F32, FLOOR, NAIVE, WEIGHTWATCHER, *FARMS_TOOLS, HTSR_RMT, WEIGHTWATCHER_RMT),
+            profile=True,
         ),
         Case("farms-matrix", "matrix", lambda: write_matrix(work, *shapes.matrix), (HTSR, HTSR_F64, *FARMS_TOOLS)),
     ]
@@ -252,11 +255,19 @@ def weightwatcher_venv(args: argparse.Namespace) -> tuple[Path | None, dict | No
     if not hasattr(args, "weightwatcher"):
         log("WeightWatcher's venv: benchmarks/work/ww-venv (built on first use, which takes minutes)")
         try:
-            args.weightwatcher = (*weightwatcher_python(args.work_dir), None)
+            args.weightwatcher = (*weightwatcher_python(args.ww_dir or args.work_dir), None)
         except (RuntimeError, subprocess.CalledProcessError, OSError) as error:
             log(f"WeightWatcher's venv: {error}")
             args.weightwatcher = (None, None, f"WeightWatcher venv not available: {error}")
     return args.weightwatcher
+
+
+def throughput(device: str, args: argparse.Namespace) -> dict:
+    """GEMM and eigvalsh GFLOP/s on `device`, measured in this run (once per checkpoint: load drifts)."""
+    log(f"measuring GEMM and eigvalsh throughput on {device}")
+    rates = measure_throughput(device)
+    log(f"  GEMM {rates['gemm_gflops']:.1f} GFLOP/s, eigvalsh " + ", ".join(f"n={n}: {r:.2f}" for n, r in rates["eigvalsh_gflops"].items()))
+    return rates
 
 
 def planned_rows(case: Case, checkpoint: Path, args: argparse.Namespace) -> list[dict]:
@@ -372,6 +383,9 @@ def run_case(case: Case, args: argparse.Namespace) -> dict:
             params=sum(math.prod(shape) for shape in shapes.values()),
         )
         entry["rows"] = measure_case(case, checkpoint, args)
+        if HTSR in case.tools:
+            # Measured after the timed runs of this checkpoint, so under the same machine load.
+            entry["roofline"] = {device: roofline(shapes, throughput(device, args)) for device in args.devices}
         if case.profile and HTSR in case.tools:
             entry["profile"] = profile_case(case, checkpoint, args)
         if HTSR_F32 in case.tools:
@@ -429,6 +443,7 @@ def merge_entry(old: dict | None, new: dict) -> dict:
         merged["commands"] = list(dict.fromkeys(old.get("commands", [old.get("command")]) + new["commands"]))
         merged["profile"] = {**old.get("profile", {}), **new.get("profile", {})}
         merged.setdefault("float32_probe", old.get("float32_probe"))
+        merged["roofline"] = {**old.get("roofline", {}), **new.get("roofline", {})}
     records = accuracy_records(merged["rows"])
     # Comparisons whose report files are gone (another machine's run) stay as they were computed.
     recomputed = {(record["tool"], record["device"]) for record in records}
@@ -537,6 +552,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--llama7b", action="store_true", help="also generate and benchmark a LLaMA-7B-shaped checkpoint")
     parser.add_argument("--render-only", action="store_true", help="only re-render the markdown from the results files")
     parser.add_argument("--work-dir", type=Path, default=HERE / "work", help="where checkpoints are generated")
+    parser.add_argument("--ww-dir", type=Path, help="where WeightWatcher's venv is (its ww-venv/), default --work-dir")
     parser.add_argument("--results-dir", type=Path, help="raw results (default benchmarks/results)")
     parser.add_argument("--out", type=Path, help="the markdown file (default BENCHMARKS.md)")
     args = parser.parse_args()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-SECTIONS = ("bench-prune", "bench-bits", "bench-float32-noise", "bench-diagnose", "bench-training", "bench-sharpbalance", "bench-diagnose-digits", "bench-gate", "gpu-check")
+SECTIONS = ("bench-prune", "bench-bits", "bench-float32-noise", "bench-diagnose", "bench-training", "bench-sharpbalance", "bench-diagnose-digits", "bench-gate", "gpu-check", "speed-levers")
 
 
 def _pattern(name: str) -> re.Pattern:

@@ -24,6 +24,7 @@ Precision follows the solver's: window Grams are formed like any Gram
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -159,23 +160,27 @@ def window_spectra(
     every precision, so the windows are grouped the same way in every mode.
     """
     transpose, group, batch = _gram_plan(grid, budget_bytes // 8)
+    # Up to `parallel_solves` stacks wait on the eigensolvers while the next is formed:
+    # smaller stacks keep them all within the plan's memory (a stack's size changes no number).
+    batch = max(1, batch // (solver.parallel_solves + 1)) if solver.parallel_solves > 1 else batch
     band, side, band_starts, starts = _oriented(grid, transpose)
     if transpose:
         matrix = matrix.mT
-    parts = []
-    for top in band_starts:
-        for lo in range(0, len(starts), group):
-            shared = starts[lo : lo + group]
-            block = matrix[top : top + band, shared[0] : shared[-1] + side]  # [band, union]
-            # [union, union], lower triangle: each window's Gram is a diagonal block of it.
-            gram = solver.column_gram(block)
-            offsets = [start - shared[0] for start in shared]
-            for at in range(0, len(offsets), batch):
-                grams = torch.stack([gram[o : o + side, o : o + side] for o in offsets[at : at + batch]])
-                parts.append(solver.eigenvalues(grams, float64))  # grams: [batch, side, side]
-                del grams
-            del gram  # freed before the next group's Gram is allocated: one Gram alive at a time
-    return torch.cat(parts)
+
+    def window_grams() -> Iterator[torch.Tensor]:
+        for top in band_starts:
+            for lo in range(0, len(starts), group):
+                shared = starts[lo : lo + group]
+                block = matrix[top : top + band, shared[0] : shared[-1] + side]  # [band, union]
+                # [union, union], lower triangle: each window's Gram is a diagonal block of it.
+                gram = solver.column_gram(block)
+                offsets = [start - shared[0] for start in shared]
+                for at in range(0, len(offsets), batch):
+                    yield torch.stack([gram[o : o + side, o : o + side] for o in offsets[at : at + batch]])
+                del gram  # freed before the next group's Gram is allocated: one Gram alive at a time
+
+    # The windows' eigensolves run on the CPU's spare cores while the next Grams are formed.
+    return torch.cat(solver.eigenvalues_of_each(window_grams(), float64))
 
 
 def _result(

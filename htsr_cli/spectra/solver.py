@@ -28,7 +28,10 @@ always runs on `eigensolver_threads` threads, however many solves run at once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -51,6 +54,10 @@ def _bytes(dtype: torch.dtype) -> int:
 
 
 _COPY_STREAMS: dict[torch.device, "torch.cuda.Stream"] = {}
+# Eigensolver pools by (workers, threads each), made on first use and shared by every
+# solve of the process, so two concurrent FARMS layers never run more solves than cores.
+_EIGENSOLVER_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
 _OUT_DTYPE_BMM: dict[torch.device, bool] = {}
 
 
@@ -69,6 +76,15 @@ def _has_out_dtype_bmm(device: torch.device) -> bool:
         except (TypeError, RuntimeError, NotImplementedError):
             _OUT_DTYPE_BMM[device] = False
     return _OUT_DTYPE_BMM[device]
+
+
+def _eigensolver_pool(workers: int, threads: int) -> ThreadPoolExecutor:
+    with _POOLS_LOCK:
+        if (workers, threads) not in _EIGENSOLVER_POOLS:
+            _EIGENSOLVER_POOLS[workers, threads] = ThreadPoolExecutor(
+                workers, "htsr-eigvalsh", initializer=torch.set_num_threads, initargs=(threads,)
+            )
+        return _EIGENSOLVER_POOLS[workers, threads]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -157,13 +173,16 @@ class Eigensolver:
     # CPU threads of every eigvalsh call. Fixed (half the cores) so that a matrix
     # gets the same bits whether it is solved alone or beside another one.
     eigensolver_threads: int = 1
+    # eigvalsh calls `eigenvalues_of_each` runs at once on the CPU (cores / eigensolver_threads).
+    parallel_solves: int = 1
 
     @classmethod
     def create(cls, device: str = "auto", precision: SolverPrecision | str = "mixed") -> "Eigensolver":
         """A solver on `device` ("auto", "cpu", "cuda"), in `precision` (a `SolverPrecision` or a mode's name)."""
         if isinstance(precision, str):
             precision = SolverPrecision(precision)
-        return cls(resolve_device(device), precision, max(1, torch.get_num_threads() // 2))
+        threads = max(1, torch.get_num_threads() // 2)
+        return cls(resolve_device(device), precision, threads, max(1, torch.get_num_threads() // threads))
 
     def gram_dtype(self, stored: torch.dtype) -> torch.dtype:
         """The precision the Gram of weights stored as `stored` is formed in on this solver's device."""
@@ -273,6 +292,28 @@ class Eigensolver:
         with self._eigensolver_threads():
             values = torch.linalg.eigvalsh(grams.to(dtype), UPLO="L")
         return values.to(torch.float64).clamp_min_(0.0)
+
+    def eigenvalues_of_each(self, batches: Iterable[torch.Tensor], float64: bool = False) -> list[torch.Tensor]:
+        """`eigenvalues` of each Gram stack `batches` yields, in order.
+
+        On a CPU with cores to spare (FARMS: hundreds of small window Grams, each
+        solve on `eigensolver_threads` threads) up to `parallel_solves` stacks are
+        solved at once on a shared pool while the next is formed here; at most that
+        many wait, so memory stays a few stacks. Every eigvalsh call runs on the
+        same number of threads as alone, so the numbers do not change.
+        """
+        if self.device.type != "cpu" or self.parallel_solves == 1:
+            return [self.eigenvalues(grams, float64) for grams in batches]
+        pool = _eigensolver_pool(self.parallel_solves, self.eigensolver_threads)
+        pending: deque = deque()
+        done: list[torch.Tensor] = []
+        for grams in batches:
+            if len(pending) >= self.parallel_solves:
+                done.append(pending.popleft().result())
+            pending.append(pool.submit(self.eigenvalues, grams, float64))
+            grams = None  # the pool holds it until solved
+        done.extend(future.result() for future in pending)
+        return done
 
     @staticmethod
     def finite_grams(grams: torch.Tensor) -> torch.Tensor:

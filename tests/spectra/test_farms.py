@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 
@@ -141,6 +142,19 @@ def test_pooled_eigenvalues_equal_the_per_window_svd_loop(rows, cols, settings):
     assert result.xmin == pytest.approx(reference.xmin, rel=1e-9)
     assert result.ks_distance == pytest.approx(reference.ks_distance, rel=1e-9)
     assert result.candidates == {"exact"}
+
+
+@pytest.mark.parametrize("precision", ["float64", "mixed", "float32"])
+def test_window_eigensolves_on_spare_cores_give_the_same_bits(precision):
+    """Solving window stacks on a pool of eigensolvers (and in smaller stacks) changes no bit."""
+    matrix = torch.randn(90, 120, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    grid = window_grid(90, 120, FarmsSettings(window=30, q=1.0, steps=6))
+    alone = dataclasses.replace(Eigensolver.create("cpu", precision), eigensolver_threads=1, parallel_solves=1)
+    for budget in (1, 1 << 28):
+        expected = window_spectra(matrix, grid, alone, budget)
+        for workers in (2, 3):
+            got = window_spectra(matrix, grid, dataclasses.replace(alone, parallel_solves=workers), budget)
+            assert torch.equal(got, expected)
 
 
 def test_neighbouring_windows_share_one_gram_when_that_saves_flops():

@@ -1,5 +1,7 @@
 """The eigensolver against svdvals**2 (algorithms.md section 2): pooled spectra, chunked and upcast Grams, devices."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -13,6 +15,17 @@ SOLVER = Eigensolver.create("cpu", "float64")  # the reference path: algorithms.
 def reference(slices):
     """The slow, obvious way: every slice's singular values squared, pooled and sorted."""
     return torch.sort(torch.cat([torch.linalg.svdvals(s.double()) ** 2 for s in slices])).values
+
+
+def test_eigenvalues_of_each_stack_come_back_in_order_whatever_the_workers():
+    g = torch.Generator().manual_seed(5)
+    stacks = [SOLVER.gram(torch.randn(count, 40, 30, generator=g, dtype=torch.float64)) for count in (1, 3, 2, 1, 4)]
+    expected = [SOLVER.eigenvalues(grams) for grams in stacks]
+    for workers in (1, 2, 4):
+        solver = dataclasses.replace(SOLVER, parallel_solves=workers)
+        got = solver.eigenvalues_of_each(iter(stacks))
+        assert len(got) == len(expected)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
 
 
 @pytest.mark.parametrize(
