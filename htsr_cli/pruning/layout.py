@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -260,6 +261,24 @@ def plan_copies(root: Path, weight_files: list[Path], source: str) -> Copies:
                 continue
             files.append((target, relative))
     return Copies(files, left_out)
+
+
+def source_directory(source: str, weight_files: list[Path]) -> Path | None:
+    """The directory whose other files an output copies: the source directory, a hub id's cached
+    snapshot, or None for a single weight file."""
+    path = Path(source)
+    if path.is_file():
+        return None
+    return path if path.is_dir() else weight_files[0].parent
+
+
+def files_record(copies: Copies, staging: Path, weight_files: list[Path]) -> dict[str, Any]:
+    """Copy the planned files into `staging` beside the rewritten weight files, and the record's
+    `files` entry: what was rewritten, copied and left out, and the manifest a later
+    --overwrite may delete."""
+    copied = copy_files(copies, staging)
+    weights = [path.name for path in weight_files]
+    return {"weights": weights, "copied": copied, "left_out": copies.left_out, "written": manifest(staging, weights + copied)}
 
 
 def copy_files(copies: Copies, staging: Path) -> list[str]:

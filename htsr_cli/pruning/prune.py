@@ -43,11 +43,11 @@ from htsr_cli.pruning.layout import (
     SCHEMA,
     Copies,
     Pruner,
-    copy_files,
-    manifest,
+    files_record,
     output_checks,
     plan_copies,
     rewrite_weights,
+    source_directory,
     staged_output,
 )
 from htsr_cli.pruning.masks import magnitude_mask, outlier_ratio, row_balanced_mask, wanda_scores
@@ -78,7 +78,7 @@ def prune_checkpoint(
     with closing(checkpoint):
         if not isinstance(checkpoint, ShardedCheckpoint):
             raise HtsrError(f"{source}: htsr prune needs a checkpoint on disk")
-        root = _root_directory(source, checkpoint)
+        root = source_directory(source, checkpoint.paths)
         calibration = settings.calibration.text if settings.calibration is not None else None
         earlier = output_checks(output, [root or checkpoint.paths[0], settings.plan_file, calibration], settings.overwrite)
         copies = plan_copies(root, checkpoint.paths, source) if root is not None else Copies([], [])
@@ -105,23 +105,11 @@ def prune_checkpoint(
                 if progress is not None:
                     progress(index, len(checkpoint.paths), f"writing {path.name}")
                 zeros.update(rewrite_weights(path, staging / path.name, pruner))
-            copied = copy_files(copies, staging)
-            weights = [path.name for path in checkpoint.paths]
+            files = files_record(copies, staging, checkpoint.paths)
             document = _record(source, output, settings, device, entries, target, counts, zeros)
-            document["files"] = {
-                "weights": weights, "copied": copied, "left_out": copies.left_out,
-                "written": manifest(staging, weights + copied),  # what a later --overwrite may delete
-            }
+            document["files"] = files
             write_atomic(staging / RECORD, dumps_json(document))
     return document
-
-
-def _root_directory(source: str, checkpoint: ShardedCheckpoint) -> Path | None:
-    """The directory whose files the output copies; None for a single weight file."""
-    path = Path(source)
-    if path.is_file():
-        return None
-    return path if path.is_dir() else checkpoint.paths[0].parent  # a hub id: its cached snapshot
 
 
 def _allocate(source: str, checkpoint: Checkpoint, settings: PruneSettings, progress) -> tuple[list[PruneEntry], float]:

@@ -27,7 +27,9 @@ from htsr_cli.checkpoints import open_checkpoint
 from htsr_cli.checkpoints.sharded import ShardedCheckpoint
 from htsr_cli.errors import HtsrError, InvalidSetting
 from htsr_cli.io import write_atomic
-from htsr_cli.pruning.layout import Copies, copy_files, manifest, output_checks, plan_copies, rewrite_weights, staged_output
+from htsr_cli.pruning.layout import (
+    Copies, files_record, output_checks, plan_copies, rewrite_weights, source_directory, staged_output,
+)
 from htsr_cli.results.documents import dumps_json
 from htsr_cli.settings import ProgressCallback
 from htsr_cli.spectra.low_rank import best_rank_k, detx_count, per_slice, percent_count
@@ -121,7 +123,7 @@ def smooth_checkpoint(
     with closing(checkpoint):
         if not isinstance(checkpoint, ShardedCheckpoint):
             raise HtsrError(f"{source}: htsr smooth needs a checkpoint on disk")
-        root = _root_directory(source, checkpoint)
+        root = source_directory(source, checkpoint.paths)
         earlier = output_checks(output, [root or checkpoint.paths[0]], settings.overwrite, RECORD, SCHEMA)
         copies = plan_copies(root, checkpoint.paths, source) if root is not None else Copies([], [])
         device = resolve_device(settings.device)
@@ -136,23 +138,11 @@ def smooth_checkpoint(
             smoother = _smoother(chosen, settings, device, progress)
             for path in checkpoint.paths:
                 rewrite_weights(path, staging / path.name, smoother)
-            copied = copy_files(copies, staging)
-            weights = [path.name for path in checkpoint.paths]
+            files = files_record(copies, staging, checkpoint.paths)
             document = _record(source, output, settings, device, list(entries.values()))
-            document["files"] = {
-                "weights": weights, "copied": copied, "left_out": copies.left_out,
-                "written": manifest(staging, weights + copied),  # what a later --overwrite may delete
-            }
+            document["files"] = files
             write_atomic(staging / RECORD, dumps_json(document))
     return document
-
-
-def _root_directory(source: str, checkpoint: ShardedCheckpoint) -> Path | None:
-    """The directory whose files the output copies; None for a single weight file."""
-    path = Path(source)
-    if path.is_file():
-        return None
-    return path if path.is_dir() else checkpoint.paths[0].parent  # a hub id: its cached snapshot
 
 
 def _entry(spec: MatrixSpec, note: str | None) -> dict[str, Any]:

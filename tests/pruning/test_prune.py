@@ -289,7 +289,7 @@ def test_an_interrupted_write_leaves_neither_output_nor_temporary_directory(tmp_
     def interrupted(*_args, **_kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prune_module, "copy_files", interrupted)
+    monkeypatch.setattr(prune_module, "files_record", interrupted)  # interrupted while copying the other files
     with pytest.raises(KeyboardInterrupt):
         prune_checkpoint(str(FIXTURES / "tiny-llama"), tmp_path / "out", PruneSettings(target=0.5, allocation="uniform"))
     assert list(tmp_path.iterdir()) == []
