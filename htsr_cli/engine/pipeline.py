@@ -156,9 +156,17 @@ def memory_budget(settings: AnalyzeSettings, solver: Eigensolver) -> tuple[int, 
     return available, f"{where}; --max-memory sets it"
 
 
+# --randomize: per element of a layer, the int64 permutation and the shuffled copy (at most
+# float64) that `shuffled_slices` makes while the layer's own stack is still held.
+SHUFFLE_BYTES_PER_ELEMENT = 8 + 8
+
+
 def work_bytes(spec: MatrixSpec, settings: AnalyzeSettings, solver: Eigensolver) -> int:
     count, rows, cols = spec.slice_grid
-    return solver.work_bytes(count, rows, cols, spec.dtype or torch.float32, settings.farms is not None)
+    need = solver.work_bytes(count, rows, cols, spec.dtype or torch.float32, settings.farms is not None)
+    if settings.randomize:
+        need += count * rows * cols * SHUFFLE_BYTES_PER_ELEMENT
+    return need
 
 
 def within_budget(

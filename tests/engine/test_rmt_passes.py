@@ -124,3 +124,16 @@ def test_the_passes_are_analyze_keywords_too(with_passes):
     report = analyze(TINY_CNN, mp_fit=True, randomize=True, seed=3, detx=True)
     assert report.settings == with_passes.settings
     assert [layer.rand_distance for layer in report.layers] == [layer.rand_distance for layer in with_passes.layers]
+
+
+def test_the_memory_budget_counts_the_shuffled_copy_and_its_permutation():
+    from htsr_cli.engine.pipeline import SHUFFLE_BYTES_PER_ELEMENT, within_budget, work_bytes
+
+    [spec] = matrix_specs("fc.weight", (256, 512), torch.float32, 10, "float32", None, None)
+    solver = Eigensolver.create("cpu", "mixed")
+    plain, shuffled = AnalyzeSettings(), AnalyzeSettings(randomize=True)
+    assert work_bytes(spec, shuffled, solver) - work_bytes(spec, plain, solver) == 256 * 512 * SHUFFLE_BYTES_PER_ELEMENT
+    # A budget that holds the plain solve but not the shuffle's copy skips the layer only with --randomize.
+    budget = (work_bytes(spec, plain, solver), "--max-memory")
+    assert within_budget(spec, plain, solver, budget).skip_reason is None
+    assert "over the memory budget" in within_budget(spec, shuffled, solver, budget).skip_reason
