@@ -36,7 +36,9 @@ from typing import Any
 import torch
 
 from htsr_cli.checkpoints.hf_directory import allowed_roots, is_trainer_state
+from htsr_cli.checkpoints.opening import open_checkpoint
 from htsr_cli.checkpoints.safetensors_file import SafetensorsFile, check_safetensors_header
+from htsr_cli.checkpoints.sharded import ShardedCheckpoint
 from htsr_cli.checkpoints.statedict import unwrap_state_dict
 from htsr_cli.checkpoints.torchfile import is_torch_file, load_torch_object
 from htsr_cli.errors import HtsrError
@@ -261,6 +263,27 @@ def plan_copies(root: Path, weight_files: list[Path], source: str) -> Copies:
                 continue
             files.append((target, relative))
     return Copies(files, left_out)
+
+
+def open_rewritable(source: str, command: str, rewritten: str) -> ShardedCheckpoint:
+    """The checkpoint `htsr COMMAND` reads and writes back in its own layout (weight files on disk:
+    torch, safetensors, a Hugging Face directory or a cached hub id); the caller closes it.
+
+    A GGUF file is refused with the route that works (`htsr convert` first): its weights are
+    llama.cpp's quantized blocks, which cannot be rewritten in place.
+    """
+    if not isinstance(source, str):
+        raise HtsrError(f"htsr {command} reads a checkpoint from a path or hub id (it writes the same layout back)")
+    if source.lower().endswith(".gguf"):
+        raise HtsrError(
+            f"{source}: a GGUF file cannot be {rewritten} in place (its weights are llama.cpp's quantized blocks); "
+            f"convert it first with `htsr convert {source} -o DIR`, then {command} DIR"
+        )
+    checkpoint = open_checkpoint(source)
+    if not isinstance(checkpoint, ShardedCheckpoint):
+        checkpoint.close()
+        raise HtsrError(f"{source}: htsr {command} needs a checkpoint on disk")
+    return checkpoint
 
 
 def source_directory(source: str, weight_files: list[Path]) -> Path | None:

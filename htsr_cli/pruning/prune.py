@@ -19,9 +19,8 @@ import torch
 from safetensors.torch import save_file
 
 from htsr_cli import __version__
-from htsr_cli.checkpoints import Checkpoint, open_checkpoint
+from htsr_cli.checkpoints import Checkpoint
 from htsr_cli.checkpoints.safetensors_file import SafetensorsFile
-from htsr_cli.checkpoints.sharded import ShardedCheckpoint
 from htsr_cli.errors import HtsrError
 from htsr_cli.io import write_atomic
 from htsr_cli.lm.language_models import model_directory, read_text
@@ -44,6 +43,7 @@ from htsr_cli.pruning.layout import (
     Copies,
     Pruner,
     files_record,
+    open_rewritable,
     output_checks,
     plan_copies,
     rewrite_weights,
@@ -67,17 +67,8 @@ def prune_checkpoint(
     failure or interruption `output` is left as it was.
     """
     output = Path(output)
-    if not isinstance(source, str):
-        raise HtsrError("htsr prune reads a checkpoint from a path or hub id (it writes the same layout back)")
-    if source.lower().endswith(".gguf"):
-        raise HtsrError(
-            f"{source}: a GGUF file cannot be pruned in place (its weights are llama.cpp's quantized blocks); "
-            f"convert it first with `htsr convert {source} -o DIR`, then prune DIR"
-        )
-    checkpoint = open_checkpoint(source)
+    checkpoint = open_rewritable(source, "prune", "pruned")
     with closing(checkpoint):
-        if not isinstance(checkpoint, ShardedCheckpoint):
-            raise HtsrError(f"{source}: htsr prune needs a checkpoint on disk")
         root = source_directory(source, checkpoint.paths)
         calibration = settings.calibration.text if settings.calibration is not None else None
         earlier = output_checks(output, [root or checkpoint.paths[0], settings.plan_file, calibration], settings.overwrite)

@@ -23,12 +23,10 @@ from typing import Any
 import torch
 
 from htsr_cli import __version__
-from htsr_cli.checkpoints import open_checkpoint
-from htsr_cli.checkpoints.sharded import ShardedCheckpoint
 from htsr_cli.errors import HtsrError, InvalidSetting
 from htsr_cli.io import write_atomic
 from htsr_cli.pruning.layout import (
-    Copies, files_record, output_checks, plan_copies, rewrite_weights, source_directory, staged_output,
+    Copies, files_record, open_rewritable, output_checks, plan_copies, rewrite_weights, source_directory, staged_output,
 )
 from htsr_cli.results.documents import dumps_json
 from htsr_cli.settings import ProgressCallback
@@ -117,12 +115,8 @@ def smooth_checkpoint(
     failure or interruption `output` is left as it was.
     """
     output = Path(output)
-    if not isinstance(source, str):
-        raise HtsrError("htsr smooth reads a checkpoint from a path or hub id (it writes the same layout back)")
-    checkpoint = open_checkpoint(source)
+    checkpoint = open_rewritable(source, "smooth", "smoothed")
     with closing(checkpoint):
-        if not isinstance(checkpoint, ShardedCheckpoint):
-            raise HtsrError(f"{source}: htsr smooth needs a checkpoint on disk")
         root = source_directory(source, checkpoint.paths)
         earlier = output_checks(output, [root or checkpoint.paths[0]], settings.overwrite, RECORD, SCHEMA)
         copies = plan_copies(root, checkpoint.paths, source) if root is not None else Copies([], [])

@@ -30,7 +30,9 @@ from htsr_cli.checkpoints.safetensors_file import read_header
 from htsr_cli.checkpoints.sharded import ShardedCheckpoint
 from htsr_cli.errors import HtsrError, InvalidSetting
 from htsr_cli.io import write_atomic
-from htsr_cli.pruning.layout import copy_files, manifest, output_checks, plan_copies, staged_output, write_replaced_safetensors
+from htsr_cli.pruning.layout import (
+    copy_files, manifest, output_checks, plan_copies, source_directory, staged_output, write_replaced_safetensors,
+)
 from htsr_cli.quantize.compressed import compressed_parts, part_layout, quantization_config
 from htsr_cli.quantize.rtn import rtn_dequantize, rtn_quantize
 from htsr_cli.results.documents import dumps_json
@@ -153,7 +155,7 @@ def _source_directory(source: str, checkpoint) -> Path:
         raise HtsrError(f"{source}: is already quantized ({described}); htsr quantize starts from float weights")
     if not isinstance(checkpoint, ShardedCheckpoint) or Path(source).is_file():
         raise HtsrError(f"{source}: htsr quantize needs a Hugging Face directory (config.json beside safetensors weights)")
-    root = Path(source) if Path(source).is_dir() else checkpoint.paths[0].parent
+    root = source_directory(source, checkpoint.paths)  # not None: a single file was refused above
     if not (root / "config.json").is_file():
         raise HtsrError(f"{source}: has no config.json; compressed-tensors keeps its settings there")
     other = [path.name for path in checkpoint.paths if path.suffix.lower() != ".safetensors"]

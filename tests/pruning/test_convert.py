@@ -52,6 +52,13 @@ def test_prune_of_a_gguf_file_says_to_convert_it(cli, gguf_file, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_smooth_of_a_gguf_file_says_to_convert_it_too(cli, gguf_file, tmp_path):
+    _, gguf = gguf_file
+    result = cli("smooth", gguf, "--percent", "0.5", "-o", tmp_path / "out")
+    assert_user_error(result, "a GGUF file cannot be smoothed in place", f"htsr convert {gguf} -o DIR`, then smooth DIR")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_inputs_are_one_line(cli, gguf_file, tmp_path):
     model, gguf = gguf_file
     assert_user_error(cli("convert", model / "model.safetensors", "-o", tmp_path / "o"), "htsr convert reads a .gguf file")
