@@ -28,13 +28,17 @@ HTSR_RMT, WEIGHTWATCHER_RMT = "htsr --mp-fit --randomize", "WeightWatcher 0.7.7 
 # htsr as it was before issue 15 (float64 Gram, one solve at a time), run from that commit's tree.
 PREVIOUS_COMMIT = "6b224db61c86eb7f104cf1767e548ae1c948c36a"
 HTSR_BEFORE = f"htsr {PREVIOUS_COMMIT[:7]} (default before issue 15)"
+# `python -c "import torch"`: the start-up every torch tool here pays (htsr, the floor, naive, the loop),
+# measured beside them on the small checkpoints where it is most of their wall time.
+IMPORT_TORCH = "import torch"
 HTSR_TOOLS = (HTSR, HTSR_F64, HTSR_F32, HTSR_FARMS, HTSR_BEFORE, HTSR_RMT)  # the rows that write an htsr.report/1 JSON
 TOOL_ORDER = (
-    HTSR, HTSR_F64, HTSR_F32, HTSR_BEFORE, FLOOR, NAIVE, WEIGHTWATCHER, HTSR_FARMS, FARMS_LOOP, HTSR_RMT, WEIGHTWATCHER_RMT,
+    HTSR, HTSR_F64, HTSR_F32, HTSR_BEFORE, FLOOR, NAIVE, IMPORT_TORCH, WEIGHTWATCHER, HTSR_FARMS, FARMS_LOOP, HTSR_RMT,
+    WEIGHTWATCHER_RMT,
 )
 # The naive baseline is what CPU tools do today; WeightWatcher is measured on the CPU (issue 15),
 # and so is the previous default, whose speed target issue 15 sets on the CPU.
-CPU_ONLY_TOOLS = {NAIVE, WEIGHTWATCHER, HTSR_BEFORE, WEIGHTWATCHER_RMT}
+CPU_ONLY_TOOLS = {NAIVE, WEIGHTWATCHER, HTSR_BEFORE, WEIGHTWATCHER_RMT, IMPORT_TORCH}
 WEIGHTWATCHER_TOOLS = (WEIGHTWATCHER, WEIGHTWATCHER_RMT)
 
 
@@ -215,6 +219,10 @@ FARMS_COLUMNS = [
     Column("htsr", "htsr --farms (s)", digits=2),
     Column("loop", "svdvals loop (s)", digits=2),
     Column("speedup", "loop / htsr", digits=2),
+    Column("windows", "windows", digits=0),
+    Column("bound", "roofline with windows (s)", digits=2),
+    Column("fraction", "roofline / htsr --farms", digits=2),
+    Column("most", "loop / roofline with windows", digits=2),
     Column("htsr_rss", "htsr RSS (MB)", digits=0),
     Column("loop_rss", "loop RSS (MB)", digits=0),
     Column("runs", "runs"),
@@ -231,6 +239,7 @@ ROOFLINE_COLUMNS = [
     Column("htsr", "htsr wall (s)", digits=2),
     Column("fraction", "roofline / htsr wall", digits=2),
     Column("solve", "roofline / htsr solve stage", digits=2),
+    Column("float64", "float64 roofline / roofline", digits=2),
 ]
 
 DEPTH_COLUMNS = [
@@ -348,6 +357,14 @@ def farms_rows(entries: dict[str, dict]) -> list[dict]:
                 line.update(loop=loop["wall"], loop_rss=loop["rss"])
             if htsr is not None and loop is not None:
                 line["speedup"] = loop["wall"] / htsr["wall"]
+            record = entry.get("roofline", {}).get(device, {})
+            if "farms" in record:
+                # The plain roofline plus the windows' eigensolves: what `--farms` must at least spend.
+                line.update(windows=record["farms"]["windows"], bound=record["seconds"] + record["farms"]["seconds"])
+                if htsr is not None:
+                    line["fraction"] = line["bound"] / htsr["wall"]
+                if loop is not None:
+                    line["most"] = loop["wall"] / line["bound"]
             table.append(line)
     return table
 
@@ -369,6 +386,8 @@ def roofline_rows(entries: dict[str, dict]) -> list[dict]:
             stages = entry.get("profile", {}).get(device, {}).get("stages", {})
             if stages.get("solve"):
                 line["solve"] = record["seconds"] / stages["solve"]
+            if record.get("seconds_float64"):
+                line["float64"] = record["seconds_float64"] / record["seconds"]
             table.append(line)
     return table
 
@@ -667,7 +686,14 @@ def render_machine(result: dict) -> str:
         parts += ["### WeightWatcher 0.7.7 on the same checkpoints (CPU)\n", to_markdown(WEIGHTWATCHER_COLUMNS, weightwatcher)]
     farms = farms_rows(entries)
     if farms:
-        parts += ["### FARMS: one batched solve vs a loop of svdvals\n", to_markdown(FARMS_COLUMNS, farms)]
+        parts += [
+            "### FARMS: one batched solve vs a loop of svdvals\n",
+            "roofline with windows: the checkpoint's roofline (below) plus every FARMS window's float64 "
+            "eigensolve at the measured `eigvalsh` rate (`roofline.farms_roofline`; the windows' Grams, which can "
+            "share work, are not counted). The loop's wall over it is the largest speed-up over the loop that any "
+            "implementation of the default float64 eigensolve reaches on this machine.\n",
+            to_markdown(FARMS_COLUMNS, farms),
+        ]
     rooflines = roofline_rows(entries)
     if rooflines:
         parts += [
@@ -677,7 +703,9 @@ def render_machine(result: dict) -> str:
             "reduction at the float64 `eigvalsh` rate measured at the nearest n, both measured on one thread times "
             "the cores (independent solves scale so) in the same run right after the checkpoint's timed runs. roofline / htsr wall is the fraction of what "
             "the hardware allows that htsr reaches end to end (its wall also holds start-up, reading and fits); "
-            "roofline / solve stage compares with the summed solve seconds of the `--profile` run.\n",
+            "roofline / solve stage compares with the summed solve seconds of the `--profile` run. "
+            "float64 roofline: the same work with float64 Grams at the measured float64 GEMM rate; over the roofline it "
+            "is the most the default (float32 Grams, the same float64 eigensolves) can gain over `--precision float64`.\n",
             to_markdown(ROOFLINE_COLUMNS, rooflines),
         ]
     depth = depth_rows(entries)

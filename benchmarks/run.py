@@ -51,7 +51,7 @@ from accuracy import (  # noqa: E402
     read_json,
     report_facts,
 )
-from roofline import measure_throughput, roofline  # noqa: E402
+from roofline import farms_roofline, measure_throughput, roofline  # noqa: E402
 from sections import keep_sections  # noqa: E402
 from checkpoints import (  # noqa: E402
     LlamaShape,
@@ -80,6 +80,7 @@ from render import (  # noqa: E402
     HTSR_BEFORE,
     HTSR_RMT,
     HTSR_TOOLS,
+    IMPORT_TORCH,
     NAIVE,
     PREVIOUS_COMMIT,
     TOOL_ORDER,
@@ -166,12 +167,12 @@ def planned_cases(args: argparse.Namespace) -> list[Case]:
         Case(f"moe-{moe.layers}L-{moe.experts}e", "moe", lambda: write_hf_directory(work, moe), (HTSR, HTSR_F64, FLOOR, WEIGHTWATCHER), moe.layers, True),
         Case("small-matrices", "small", lambda: write_small_matrices(work, *small), (HTSR, HTSR_F64, FLOOR), small[0], True),
         # WeightWatcher on the state dict: ww_runner.py rebuilds its module tree from plain torch modules.
-        Case("resnet50", "resnet50", lambda: write_resnet50(work, shapes.resnet_width), (HTSR, HTSR_F64, FLOOR, NAIVE, WEIGHTWATCHER), profile=True),
+        Case("resnet50", "resnet50", lambda: write_resnet50(work, shapes.resnet_width), (HTSR, HTSR_F64, FLOOR, NAIVE, IMPORT_TORCH, WEIGHTWATCHER), profile=True),
         Case(
             "all-MiniLM-L6-v2",
             "minilm",
             minilm_directory,
-            (HTSR, HTSR_F64, HTSR_F32, FLOOR, NAIVE, WEIGHTWATCHER, *FARMS_TOOLS, HTSR_RMT, WEIGHTWATCHER_RMT),
+            (HTSR, HTSR_F64, HTSR_F32, FLOOR, NAIVE, IMPORT_TORCH, WEIGHTWATCHER, *FARMS_TOOLS, HTSR_RMT, WEIGHTWATCHER_RMT),
             profile=True,
         ),
         Case("farms-matrix", "matrix", lambda: write_matrix(work, *shapes.matrix), (HTSR, HTSR_F64, *FARMS_TOOLS)),
@@ -213,11 +214,18 @@ def previous_tree(work_dir: Path) -> Path:
 
 
 def tool_command(
-    tool: str, checkpoint: Path, device: str, report: Path, python: Path | None = None, tree: Path | None = None
+    tool: str,
+    checkpoint: Path,
+    device: str,
+    report: Path,
+    python: Path | None = None,
+    tree: Path | None = None,
+    plain_modules: bool = False,
 ) -> list[str]:
     """The command of one row; `report` is where htsr (or WeightWatcher's runner) writes its per-layer results.
 
-    `python`: WeightWatcher's venv interpreter; `tree`: where the previous commit's htsr_cli is.
+    `python`: WeightWatcher's venv interpreter; `tree`: where the previous commit's htsr_cli is;
+    `plain_modules`: WeightWatcher reads the directory's stored tensors as plain modules (MoE experts).
     """
     if tool in HTSR_FLAGS:
         # A real file, not /dev/null: an atomic writer would replace /dev/null itself.
@@ -230,7 +238,10 @@ def tool_command(
         return command + ["--quiet", "--device", device]
     if tool in WEIGHTWATCHER_TOOLS:
         command = [str(python), str(HERE / "ww_runner.py"), str(checkpoint), "--out", str(report)]
+        command += ["--plain-modules"] if plain_modules else []
         return command + (["--mp-fit", "--randomize"] if tool == WEIGHTWATCHER_RMT else [])
+    if tool == IMPORT_TORCH:
+        return [sys.executable, "-c", "import torch"]
     script = {FLOOR: "floor.py", NAIVE: "naive.py", FARMS_LOOP: "farms_loop.py"}[tool]
     command = [sys.executable, str(HERE / script), str(checkpoint)]
     return command if tool in CPU_ONLY_TOOLS else command + ["--device", device]
@@ -288,7 +299,7 @@ def planned_rows(case: Case, checkpoint: Path, args: argparse.Namespace) -> list
                 "tool": tool,
                 "device": device,
                 "date": utc_now(),
-                "command": tool_command(tool, checkpoint, device, report, python, tree),
+                "command": tool_command(tool, checkpoint, device, report, python, tree, case.kind == "moe"),
                 "report": str(report) if tool in HTSR_TOOLS or tool in WEIGHTWATCHER_TOOLS else None,
                 "runs": [],
                 "error": error,
@@ -386,6 +397,9 @@ def run_case(case: Case, args: argparse.Namespace) -> dict:
         if HTSR in case.tools:
             # Measured after the timed runs of this checkpoint, so under the same machine load.
             entry["roofline"] = {device: roofline(shapes, throughput(device, args)) for device in args.devices}
+            if HTSR_FARMS in case.tools:
+                for record in entry["roofline"].values():
+                    record["farms"] = farms_roofline(shapes, record["rates"])
         if case.profile and HTSR in case.tools:
             entry["profile"] = profile_case(case, checkpoint, args)
         if HTSR_F32 in case.tools:

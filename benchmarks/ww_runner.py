@@ -14,6 +14,13 @@ A state dict (`.pth`) has no class to build: the module tree its keys name is
 rebuilt from plain torch modules (`nn.Conv2d`, `nn.Linear`, `nn.BatchNorm2d`
 with the stored shapes; no torchvision) and the weights loaded into it, which
 is all WeightWatcher reads (it never runs the model).
+
+`--plain-modules` does the same for a Hugging Face directory, from its
+safetensors files and in their stored dtype. The MoE benchmark needs it:
+transformers 5 fuses a Qwen3-MoE layer's per-expert `gate_proj`, `up_proj`
+and `down_proj` (stored one tensor per expert) into 3-D parameters of one
+module, which WeightWatcher does not analyse (measured: 18 of the checkpoint's
+790 weight matrices), so `from_pretrained` would compare a different set of layers.
 """
 
 from __future__ import annotations
@@ -42,8 +49,14 @@ def _number(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def plain_module(state: dict):
-    """An nn.Module whose parameters and buffers are named and shaped as `state`'s tensors."""
+def plain_module(state: dict, dtype=None):
+    """An nn.Module whose parameters and buffers are named and shaped as `state`'s tensors.
+
+    4-D weights become `nn.Conv2d`, 2-D ones `nn.Linear` (what WeightWatcher
+    analyses), BatchNorm statistics `nn.BatchNorm2d`; anything else (norm scales,
+    biases of no layer) is held by a bare module WeightWatcher skips. `dtype`:
+    the parameters' dtype, the stored one when None.
+    """
     import torch
     from torch import nn
 
@@ -62,7 +75,9 @@ def plain_module(state: dict):
         elif "running_mean" in leaves:
             module = nn.BatchNorm2d(state[f"{path}.running_mean"].numel())
         else:
-            raise ValueError(f"{path}: no plain module holds {sorted(leaves)}")
+            module = nn.Module()
+            for leaf in leaves:
+                module.register_parameter(leaf, nn.Parameter(torch.empty_like(state[f"{path}.{leaf}"]), requires_grad=False))
         parent = root
         names = path.split(".")
         for name in names[:-1]:
@@ -70,8 +85,21 @@ def plain_module(state: dict):
                 parent.add_module(name, nn.Module())
             parent = getattr(parent, name)
         parent.add_module(names[-1], module)
-    root.load_state_dict(state, strict=True)
-    return root.to(torch.float32)
+    # assign: the modules take the stored tensors themselves (their dtype, no second copy of the model).
+    root.load_state_dict(state, strict=True, assign=True)
+    return root if dtype is None else root.to(dtype)
+
+
+def stored_state(directory: str) -> dict:
+    """Every tensor of a Hugging Face directory's safetensors files, as stored."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    state = {}
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        state.update(load_file(file))
+    return state
 
 
 def main() -> None:
@@ -80,6 +108,11 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="per-layer alphas as JSON")
     parser.add_argument("--mp-fit", action="store_true", help="also WeightWatcher's Marchenko-Pastur fits (mp_fit=True)")
     parser.add_argument("--randomize", action="store_true", help="also its randomization pass (randomize=True)")
+    parser.add_argument(
+        "--plain-modules",
+        action="store_true",
+        help="build the module tree from the directory's stored tensors instead of from_pretrained (MoE experts)",
+    )
     args = parser.parse_args()
     settings = {**ANALYZE_SETTINGS, "mp_fit": args.mp_fit, "randomize": args.randomize}
     started = time.perf_counter()
@@ -89,7 +122,10 @@ def main() -> None:
     if args.checkpoint.endswith((".pth", ".pt")):
         import torch
 
-        model = plain_module(torch.load(args.checkpoint, map_location="cpu", weights_only=True))
+        model = plain_module(torch.load(args.checkpoint, map_location="cpu", weights_only=True), torch.float32)
+        model_class = type(model)
+    elif args.plain_modules:
+        model = plain_module(stored_state(args.checkpoint))
         model_class = type(model)
     else:
         import transformers

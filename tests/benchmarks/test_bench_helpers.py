@@ -24,14 +24,17 @@ sys.path.append(str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from accuracy import alpha_differences, float32_alpha_shifts, guard_summary, read_fits, report_facts  # noqa: E402
 from checkpoints import LlamaShape, MoeShape, model_layout, write_hf_directory, write_small_matrices  # noqa: E402
 from estimate import distributed_estimate, lpt_partition, shape_class  # noqa: E402
-from roofline import roofline  # noqa: E402
+from roofline import farms_roofline, roofline  # noqa: E402
 from render import (  # noqa: E402
+    FARMS_LOOP,
     FLOOR,
     HTSR,
+    HTSR_FARMS,
     HTSR_F32,
     HTSR_F64,
     WEIGHTWATCHER,
     display_command,
+    farms_rows,
     render_benchmarks,
     roofline_rows,
     target_results,
@@ -425,6 +428,56 @@ def test_roofline_counts_triangle_grams_and_tridiagonal_reductions_at_the_neares
     entry["roofline"] = {"cpu": got}
     (line,) = roofline_rows({"x": entry})
     assert line["fraction"] == pytest.approx(0.25) and line["eigvalsh"] == "4: 1.0, 1000: 10.0"
+    assert "float64" not in line  # no float64 GEMM rate measured: no bound for --precision mixed
+
+
+def test_roofline_bounds_what_float32_grams_gain_when_the_eigensolves_stay_float64():
+    rates = {"gemm_gflops": 4.0, "gemm64_gflops": 2.0, "eigvalsh_gflops": {"4": 1.0}}
+    got = roofline({"a.weight": (10, 4)}, rates)
+    gram, eig = 160 / 1e9, 4 / 3 * 64 / 1e9
+    assert got["seconds"] == pytest.approx(gram / 4.0 + eig) and got["seconds_float64"] == pytest.approx(gram / 2.0 + eig)
+    entry = _entry([_row(HTSR, "cpu", None)])
+    entry["roofline"] = {"cpu": got}
+    (line,) = roofline_rows({"x": entry})
+    assert line["float64"] == pytest.approx((gram / 2.0 + eig) / (gram / 4.0 + eig))
+
+
+def test_farms_roofline_counts_the_published_windows_at_their_eigvalsh_rate():
+    rates = {"gemm_gflops": 1.0, "eigvalsh_gflops": {"64": 2.0, "2048": 40.0}}
+    # algorithms.md section 5: 4096 x 4096 with w = 2000, k = 10 gives 100 windows of 2000 x 2000;
+    # a 64-wide conv of 3 x 3 slices with Q = 1 has one 64 x 64 block per slice.
+    got = farms_roofline({"w": (4096, 4096), "c": (64, 64, 3, 3)}, rates)
+    big, small = 100 * 4 / 3 * 2000**3 / 1e9, 9 * 4 / 3 * 64**3 / 1e9
+    assert got["windows"] == 109
+    assert got["eig_gflop"] == pytest.approx(big + small)
+    assert got["seconds"] == pytest.approx(big / 40.0 + small / 2.0)
+
+
+def test_farms_table_bounds_the_speedup_over_the_loop_by_the_roofline_with_windows():
+    rows = [_row(HTSR_FARMS, "cpu", None, walls=(20.0,)), _row(FARMS_LOOP, "cpu", None, walls=(60.0,))]
+    entry = _entry(rows)
+    entry["roofline"] = {"cpu": {"seconds": 2.0, "farms": {"windows": 100, "seconds": 13.0}}}
+    (line,) = farms_rows({"m": entry})
+    assert line["speedup"] == pytest.approx(3.0) and line["windows"] == 100
+    assert line["bound"] == pytest.approx(15.0)
+    assert line["fraction"] == pytest.approx(0.75) and line["most"] == pytest.approx(4.0)
+
+
+def test_weightwatcher_gets_stored_moe_experts_as_plain_linear_modules_in_their_dtype(tmp_path):
+    from torch import nn
+
+    from ww_runner import plain_module, stored_state
+
+    expert = "model.layers.0.mlp.experts.{}.down_proj.weight"
+    save_file({expert.format(0): torch.randn(8, 4).bfloat16(), "model.norm.weight": torch.ones(8).bfloat16()}, tmp_path / "a.safetensors")
+    save_file({expert.format(1): torch.randn(8, 4).bfloat16()}, tmp_path / "b.safetensors")
+    state = stored_state(str(tmp_path))
+    model = plain_module(state)
+    linears = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    # Every stored expert is its own Linear (what WeightWatcher analyses); the norm's scale is kept, not a layer.
+    assert linears == {"model.layers.0.mlp.experts.0.down_proj", "model.layers.0.mlp.experts.1.down_proj"}
+    assert model.get_submodule("model.layers.0.mlp.experts.1.down_proj").weight.dtype == torch.bfloat16
+    assert torch.equal(model.get_submodule("model.norm").weight, state["model.norm.weight"])
 
 
 def test_weightwatcher_gets_a_state_dict_as_plain_torch_modules():
