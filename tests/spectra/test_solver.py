@@ -105,3 +105,76 @@ def test_non_finite_check_is_blockwise(monkeypatch):
     conv = torch.randn(4, 3, 2, 2)
     conv[0, 0, 1, 1] = float("inf")
     assert not SOLVER.all_finite(as_slices(conv))
+
+
+# --- numpy's LAPACK for mid-sized float64 Grams on a one-thread CPU eigensolver ---------------------
+
+
+def _one_thread(precision: str = "mixed") -> Eigensolver:
+    return dataclasses.replace(Eigensolver.create("cpu", precision), eigensolver_threads=1, parallel_solves=2)
+
+
+def _grams(count: int, side: int, seed: int = 0) -> torch.Tensor:
+    samples = torch.randn(count, 2 * side, side, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return samples.mT @ samples
+
+
+def test_mid_sized_float64_grams_are_solved_by_numpy_and_agree_with_torch():
+    import numpy as np
+
+    from htsr_cli.spectra.solver import NUMPY_EIGVALSH_SIDES, _ONE_THREAD_BLAS
+
+    if not _ONE_THREAD_BLAS.available:
+        pytest.skip("threadpoolctl finds no BLAS under numpy to hold at one thread")
+    solver = _one_thread()
+    for side in (NUMPY_EIGVALSH_SIDES[0], 600):
+        grams = _grams(3, side)
+        got = solver.eigenvalues(grams)
+        # The route: bit for bit numpy's answer on one thread (OpenBLAS's bits depend on its thread count) ...
+        expected = torch.from_numpy(np.linalg.eigvalsh(grams.numpy(), UPLO="L")).clamp_min(0.0)
+        assert torch.equal(got, expected)
+        # ... and the same spectrum as torch's to round-off.
+        reference = torch.linalg.eigvalsh(grams)
+        assert torch.allclose(got, reference.clamp_min(0.0), rtol=0, atol=1e-12 * float(reference.max()))
+
+
+def test_small_float32_and_multithreaded_solves_stay_with_torch():
+    from htsr_cli.spectra.solver import NUMPY_EIGVALSH_SIDES
+
+    small = _grams(4, NUMPY_EIGVALSH_SIDES[0] - 1)
+    assert not _one_thread()._numpy_solves(small.shape[-1], torch.float64)
+    assert not _one_thread("float32")._numpy_solves(768, torch.float32)
+    assert not dataclasses.replace(_one_thread(), eigensolver_threads=2)._numpy_solves(768, torch.float64)
+    assert not _one_thread()._numpy_solves(NUMPY_EIGVALSH_SIDES[1] + 1, torch.float64)
+    assert _one_thread()._numpy_solves(768, torch.float64) or not _blas_available()
+
+
+def _blas_available() -> bool:
+    from htsr_cli.spectra.solver import _ONE_THREAD_BLAS
+
+    return _ONE_THREAD_BLAS.available
+
+
+def test_numpy_blas_is_set_to_one_thread_by_the_first_numpy_solve_and_stays_there():
+    pytest.importorskip("threadpoolctl")
+    if not _blas_available():
+        pytest.skip("threadpoolctl finds no BLAS under numpy to hold at one thread")
+
+    from htsr_cli.spectra.solver import _ONE_THREAD_BLAS
+
+    _one_thread().eigenvalues(_grams(1, 512))
+    # The BLAS libraries loaded when htsr first looked (numpy's); one loaded later (scipy's) is not numpy's.
+    held = _ONE_THREAD_BLAS._controller.lib_controllers
+    assert held and all(lib.num_threads == 1 for lib in held)
+    _one_thread().eigenvalues(_grams(1, 512))
+    assert all(lib.num_threads == 1 for lib in held)
+
+
+def test_numpy_solves_on_the_pool_equal_solves_one_at_a_time_bit_for_bit():
+    solver = _one_thread()
+    # Measured: with OpenBLAS's thread count set and restored around each solve, solves on the pool
+    # threads came out different in the last bits from the same solves on the main thread.
+    stacks = [_grams(2, side, seed) for seed, side in enumerate((512, 256, 600, 512, 768) * 3)]
+    pooled = solver.eigenvalues_of_each(iter(stacks))
+    alone = [dataclasses.replace(solver, parallel_solves=1).eigenvalues(stack) for stack in stacks]
+    assert all(torch.equal(a, b) for a, b in zip(pooled, alone))
