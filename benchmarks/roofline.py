@@ -95,16 +95,15 @@ def _eigen_rate(rates: dict, side: int) -> float:
 
 def roofline(shapes: dict[str, tuple[int, ...]], rates: dict) -> dict:
     """Gram and eigensolve GFLOP of every analysable weight, and their seconds at `rates`."""
-    gram_gflop = eig_gflop = seconds = eig_seconds = 0.0
+    gram_gflop = eig_gflop = eig_seconds = 0.0
     for shape in shapes.values():
         slices = math.prod(shape[2:])
         short, long = min(shape[0], shape[1]), max(shape[0], shape[1])
-        gram = slices * long * short * short / 1e9
         eig = slices * 4.0 / 3.0 * short**3 / 1e9
-        gram_gflop += gram
+        gram_gflop += slices * long * short * short / 1e9
         eig_gflop += eig
-        seconds += gram / rates["gemm_gflops"] + eig / _eigen_rate(rates, short)
-        eig_seconds += eig / _eigen_rate(rates, short)
+        eig_seconds += eig / _eigen_rate(rates, short)  # the rate depends on the size: summed per shape
+    seconds = gram_gflop / rates["gemm_gflops"] + eig_seconds
     record = {"gram_gflop": gram_gflop, "eig_gflop": eig_gflop, "seconds": seconds, "rates": rates}
     if "gemm64_gflops" in rates:
         record["seconds_float64"] = gram_gflop / rates["gemm64_gflops"] + eig_seconds
